@@ -1,0 +1,26 @@
+# dropblock_det: `make demo` and `make test` each set up .venv first (see tools/bootstrap_venv.sh).
+SHELL := /bin/bash
+PY := .venv/bin/python
+# Two threads per run; the demo runs its two trainings side by side with one thread each.
+export OMP_NUM_THREADS ?= 2
+
+.PHONY: venv test demo bench format lint clean
+
+venv:
+	@bash tools/bootstrap_venv.sh
+
+test: venv
+	$(PY) -m pytest -q tests
+
+demo: venv
+	$(PY) tools/demo.py
+
+bench: venv
+	$(PY) benchmarks/bench_dropblock.py
+
+format: venv
+	$(PY) -m black -l 100 dropblock_det tools tests benchmarks
+	$(PY) -m isort --profile black -l 100 dropblock_det tools tests benchmarks
+
+clean:
+	rm -rf .venv build *.egg-info

@@ -1,0 +1,19 @@
+"""dropblock_det: DropBlock (Ghiasi, Lin, Le, NeurIPS 2018) for Detectron2's RetinaNet.
+
+Importing the package registers its backbone and meta-architecture in Detectron2's registries and
+its embedded datasets in the DatasetCatalog, as Detectron2's own projects do.
+"""
+
+from .config import add_dropblock_config, validate_dropblock_config
+from .layers import DropBlock2d, drop_block_2d
+from .hooks import DropBlockSchedule
+from . import data, modeling  # noqa: F401  (registrations on import)
+
+__all__ = [
+    "DropBlock2d",
+    "DropBlockSchedule",
+    "add_dropblock_config",
+    "drop_block_2d",
+    "validate_dropblock_config",
+]
+__version__ = "0.1.0"

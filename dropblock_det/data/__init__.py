@@ -1,0 +1,1 @@
+"""PLACEHOLDER (issue 3): embedded dataset, registered on import."""
