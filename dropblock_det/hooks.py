@@ -1,6 +1,147 @@
-"""PLACEHOLDER (issue 3): the keep_prob schedule hook."""
+"""The keep_prob schedule of DropBlock, as a Detectron2 training hook."""
+
+from typing import List, Optional, Sequence, Tuple
+
+from detectron2.config import configurable
 from detectron2.engine import HookBase
+from fvcore.common.param_scheduler import (
+    CompositeParamScheduler,
+    ConstantParamScheduler,
+    LinearParamScheduler,
+    ParamScheduler,
+)
+from torch import nn
+
+from .layers import DropBlock2d
+from .modeling.groups import DROPBLOCK_GROUP_ATTR, group_keep_prob
+
+__all__ = ["DropBlockSchedule", "build_keep_prob_scheduler"]
+
+# Name of the scalar written to the EventStorage (metrics.json, TensorBoard) every iteration.
+KEEP_PROB_METRIC = "dropblock/keep_prob"
+
+
+def build_keep_prob_scheduler(keep_prob: float, start: float, ramp: float) -> ParamScheduler:
+    """The paper's schedule as an fvcore ParamScheduler over the fraction of training done.
+
+    keep_prob falls linearly from ``start`` to ``keep_prob`` over the first ``ramp`` of the run,
+    then stays at ``keep_prob`` (paper §3: "decrease linearly from 1 to the target"; the TF
+    reference ramps over the whole run, ``ramp`` 1.0).
+
+    Args:
+        keep_prob (float): the final keep probability (MODEL.DROPBLOCK.KEEP_PROB).
+        start (float): the keep probability at iteration 0 (MODEL.DROPBLOCK.SCHEDULE.START).
+        ramp (float): fraction of the run the fall takes, in [0, 1] (SCHEDULE.RAMP).
+
+    Returns:
+        ParamScheduler: maps ``where`` in [0, 1) to the unscaled keep probability.
+    """
+    if ramp <= 0.0:
+        return ConstantParamScheduler(float(keep_prob))
+    linear = LinearParamScheduler(float(start), float(keep_prob))
+    if ramp >= 1.0:
+        return linear
+    return CompositeParamScheduler(
+        [linear, ConstantParamScheduler(float(keep_prob))],
+        lengths=[float(ramp), 1.0 - float(ramp)],
+        interval_scaling=["rescaled", "fixed"],
+    )
 
 
 class DropBlockSchedule(HookBase):
-    pass
+    """Sets every DropBlock's keep_prob from the iteration count before each training step.
+
+    keep_prob(t) comes from :func:`build_keep_prob_scheduler` at ``where = iter / max_iter``;
+    DropBlocks in a ResNet stage get it through GROUP_SCALING (see
+    :func:`~dropblock_det.modeling.group_keep_prob`), FPN and head DropBlocks get it as is. The
+    unscaled value is written as ``dropblock/keep_prob`` to the EventStorage.
+
+    The hook keeps no state: the value depends only on ``trainer.iter`` and ``trainer.max_iter``,
+    so a run resumed from a checkpoint continues the schedule exactly. Register it on every rank
+    (each rank has its own model replica).
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        keep_prob: float,
+        start: float = 1.0,
+        ramp: float = 1.0,
+        stages: Sequence[str] = (),
+        group_scaling: bool = True,
+        model: Optional[nn.Module] = None,
+    ):
+        """
+        Args:
+            keep_prob (float): final keep probability (MODEL.DROPBLOCK.KEEP_PROB).
+            start (float): keep probability at iteration 0 (MODEL.DROPBLOCK.SCHEDULE.START).
+            ramp (float): fraction of the run over which it falls (MODEL.DROPBLOCK.SCHEDULE.RAMP).
+            stages (Sequence[str]): MODEL.DROPBLOCK.STAGES, for GROUP_SCALING.
+            group_scaling (bool): MODEL.DROPBLOCK.GROUP_SCALING.
+            model (nn.Module or None): the model to schedule; None uses ``trainer.model``
+                (DDP-wrapped or not: the DropBlocks are found among its modules).
+        """
+        self._scheduler = build_keep_prob_scheduler(keep_prob, start, ramp)
+        self._stages = tuple(stages)
+        self._group_scaling = bool(group_scaling)
+        self._model = model
+        self._dropblocks: List[Tuple[DropBlock2d, str]] = []
+
+    @classmethod
+    def from_config(cls, cfg, model=None):
+        """
+        Args:
+            cfg (CfgNode): a config with the ``MODEL.DROPBLOCK`` keys.
+            model (nn.Module or None): see ``__init__``.
+
+        Returns:
+            dict: the keyword arguments of ``__init__``.
+        """
+        d = cfg.MODEL.DROPBLOCK
+        return {
+            "keep_prob": d.KEEP_PROB,
+            "start": d.SCHEDULE.START,
+            "ramp": d.SCHEDULE.RAMP,
+            "stages": list(d.STAGES),
+            "group_scaling": d.GROUP_SCALING,
+            "model": model,
+        }
+
+    def keep_prob_at(self, iteration: int, max_iter: int, group: Optional[str] = None) -> float:
+        """The keep probability the hook sets before training step ``iteration``.
+
+        Args:
+            iteration (int): the step about to run, in [0, max_iter).
+            max_iter (int): the run's total number of steps.
+            group (str or None): a DropBlock group ("res4", "p3", "head" …); None for the
+                unscaled value that is logged.
+
+        Returns:
+            float: the keep probability.
+        """
+        keep_prob = float(self._scheduler(iteration / max_iter))
+        if group is None:
+            return keep_prob
+        return group_keep_prob(keep_prob, group, self._stages, self._group_scaling)
+
+    def before_train(self):
+        model = self._model if self._model is not None else self.trainer.model
+        # modules() reaches through a DistributedDataParallel wrapper to the inner model.
+        self._dropblocks = [
+            (m, getattr(m, DROPBLOCK_GROUP_ATTR, None))
+            for m in model.modules()
+            if isinstance(m, DropBlock2d)
+        ]
+        if not self._dropblocks:
+            raise RuntimeError(
+                "DropBlockSchedule found no DropBlock2d in the model: build it with "
+                "cfg.MODEL.BACKBONE.NAME = 'build_retinanet_resnet_fpn_dropblock_backbone' and/or "
+                "cfg.MODEL.META_ARCHITECTURE = 'DropBlockRetinaNet', with MODEL.DROPBLOCK.ENABLED."
+            )
+
+    def before_step(self):
+        keep_prob = self.keep_prob_at(self.trainer.iter, self.trainer.max_iter)
+        for module, group in self._dropblocks:
+            module.keep_prob = group_keep_prob(keep_prob, group, self._stages, self._group_scaling)
+        self.trainer.storage.put_scalar(KEEP_PROB_METRIC, keep_prob, smoothing_hint=False)

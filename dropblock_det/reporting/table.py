@@ -1,0 +1,174 @@
+"""The comparison table: box AP per run, its difference to the first run, and the paper's rows."""
+
+import math
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence
+
+from .runs import BBOX_METRICS, Run
+
+__all__ = [
+    "PAPER_RESULTS",
+    "PAPER_SOURCE",
+    "PaperResult",
+    "TableRow",
+    "build_rows",
+    "format_markdown_table",
+    "format_text_table",
+]
+
+_MISSING = "–"
+
+
+@dataclass(frozen=True)
+class PaperResult:
+    """A published COCO val2017 result; only the metrics the paper's text verifies are given."""
+
+    label: str
+    dropblock: str
+    metrics: Dict[str, float]
+
+
+# Ghiasi et al. 2018, Table 3 (RetinaNet R50-FPN trained from random initialisation, 150 epochs,
+# 640 px). Only AP is verified from the text; AP50 ... APl are left out rather than guessed.
+PAPER_RESULTS = (
+    PaperResult("Paper: RetinaNet R50-FPN, random init", "off", {"AP": 36.8}),
+    PaperResult("Paper: + DropBlock kp 0.9", "kp 0.9", {"AP": 38.4}),
+)
+PAPER_SOURCE = "Ghiasi et al. 2018, Table 3"
+
+
+@dataclass
+class TableRow:
+    """One line of the comparison table.
+
+    Attributes:
+        label: run name or paper row title.
+        dropblock: the DropBlock setting in a few words.
+        values: metric -> value; None where there is no number (not evaluated, not published).
+        deltas: metric -> difference to the row's reference (the first run, or the paper's own
+            baseline for paper rows); None where it cannot be computed or for the reference row.
+        status: evaluation / training state of a run, or the source of a paper row.
+        is_paper: whether this is a published row rather than a run.
+    """
+
+    label: str
+    dropblock: str
+    values: Dict[str, Optional[float]]
+    deltas: Optional[Dict[str, Optional[float]]]
+    status: str
+    is_paper: bool = False
+
+
+def build_rows(runs: Sequence[Run], include_paper: bool = True) -> List[TableRow]:
+    """Turn runs (and the paper's results) into table rows with deltas to the first run.
+
+    Args:
+        runs: the runs; the first is the reference for every delta.
+        include_paper: append the paper's baseline and DropBlock rows.
+
+    Returns:
+        list[TableRow]: one row per run, then the paper rows.
+    """
+    reference = runs[0].evaluation.metrics if runs and runs[0].evaluation else None
+    rows = []
+    for index, run in enumerate(runs):
+        values = dict(run.evaluation.metrics) if run.evaluation else {m: None for m in BBOX_METRICS}
+        deltas = None
+        if index > 0:
+            deltas = {
+                m: _difference(values[m], reference[m] if reference else None) for m in BBOX_METRICS
+            }
+        rows.append(TableRow(run.name, run.dropblock_label, values, deltas, run.status))
+    if include_paper:
+        paper_baseline = PAPER_RESULTS[0].metrics
+        for index, paper in enumerate(PAPER_RESULTS):
+            values = {m: paper.metrics.get(m) for m in BBOX_METRICS}
+            deltas = None
+            if index > 0:
+                deltas = {m: _difference(values[m], paper_baseline.get(m)) for m in BBOX_METRICS}
+            rows.append(
+                TableRow(paper.label, paper.dropblock, values, deltas, PAPER_SOURCE, is_paper=True)
+            )
+    return rows
+
+
+def format_text_table(rows: Sequence[TableRow], decimals: int = 1) -> str:
+    """Format rows as a fixed-width table for a terminal.
+
+    Args:
+        rows: from :func:`build_rows`.
+        decimals: digits after the point for metrics and deltas.
+
+    Returns:
+        str: the table, paper rows set apart by a rule.
+    """
+    header = ["Run", "DropBlock", *BBOX_METRICS, "Status"]
+    body = [_cells(row, decimals) for row in rows]
+    widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
+    numeric = range(2, 2 + len(BBOX_METRICS))
+
+    def render(cells):
+        padded = [
+            c.rjust(w) if i in numeric else c.ljust(w)
+            for i, (c, w) in enumerate(zip(cells, widths))
+        ]
+        return "  ".join(padded).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    lines = [render(header), rule]
+    for index, (row, cells) in enumerate(zip(rows, body)):
+        if row.is_paper and (index == 0 or not rows[index - 1].is_paper):
+            lines.append(rule)  # sets the published rows apart from the runs
+        lines.append(render(cells))
+    return "\n".join(lines)
+
+
+def format_markdown_table(rows: Sequence[TableRow], decimals: int = 1) -> str:
+    """Format rows as a GitHub-flavoured Markdown table (metric columns right-aligned).
+
+    Args:
+        rows: from :func:`build_rows`.
+        decimals: digits after the point for metrics and deltas.
+
+    Returns:
+        str: the table.
+    """
+    header = ["Run", "DropBlock", *BBOX_METRICS, "Status"]
+    align = [":--", ":--", *["--:"] * len(BBOX_METRICS), ":--"]
+    lines = [_markdown_line(header), _markdown_line(align)]
+    for row in rows:
+        cells = _cells(row, decimals)
+        if row.is_paper:
+            cells[0] = f"*{cells[0]}*"
+        lines.append(_markdown_line(cells))
+    return "\n".join(lines)
+
+
+def _cells(row: TableRow, decimals: int) -> List[str]:
+    metrics = []
+    for m in BBOX_METRICS:
+        text = _format_value(row.values[m], decimals)
+        delta = row.deltas.get(m) if row.deltas else None
+        if delta is not None:
+            # Rounding first avoids "-0.0" for differences below display precision.
+            text += f" ({round(delta, decimals) + 0.0:+.{decimals}f})"
+        metrics.append(text)
+    return [row.label, row.dropblock, *metrics, row.status]
+
+
+def _format_value(value: Optional[float], decimals: int) -> str:
+    if value is None:
+        return _MISSING
+    if math.isnan(value):
+        return "NaN"
+    return f"{value:.{decimals}f}"
+
+
+def _difference(value: Optional[float], reference: Optional[float]) -> Optional[float]:
+    if value is None or reference is None or math.isnan(value) or math.isnan(reference):
+        return None
+    return value - reference
+
+
+def _markdown_line(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"

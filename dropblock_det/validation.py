@@ -1,0 +1,438 @@
+"""Input checks that run before any training time is spent.
+
+:func:`check_training_inputs` reads the config, the dataset catalogs and the annotation files and
+raises one :class:`InputError` that names the offending config key or file and says what to do.
+It only reads: it runs before the trainer creates or opens anything in ``OUTPUT_DIR``, so a bad
+input never costs a checkpoint or a metrics file already there.
+"""
+
+import difflib
+import json
+import logging
+import os
+import re
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.modeling import BACKBONE_REGISTRY, META_ARCH_REGISTRY
+
+from .config import validate_dropblock_config
+
+__all__ = ["InputError", "check_training_inputs"]
+
+logger = logging.getLogger(__name__)
+
+# Datasets that dropblock_det.data generates on first use; their files may not exist yet.
+_GENERATED_PREFIX = "dropblock_digits"
+# Backbone builders known to produce Detectron2's RetinaNet FPN levels (see _fpn_levels).
+_RETINANET_FPN_BACKBONES = (
+    "build_retinanet_resnet_fpn_backbone",
+    "build_retinanet_resnet_fpn_dropblock_backbone",
+)
+# How many offending paths or ids a message lists before it only counts them.
+_MAX_LISTED = 3
+
+
+class InputError(ValueError):
+    """A bad config value, dataset name or dataset file, found before training starts.
+
+    The message names the config key or the file and says how to fix it; the command-line entry
+    point logs it and exits with status 2.
+    """
+
+
+def check_training_inputs(cfg, *, check_train=True, check_test=True):
+    """Check the config and the datasets it names, raising on the first problem found.
+
+    Checks, in order: the ``MODEL.DROPBLOCK`` values (and that the backbone and meta-architecture
+    honour them); that every name in ``DATASETS.TRAIN`` / ``DATASETS.TEST`` is registered; that each
+    dataset's COCO json exists, parses and has non-empty ``images`` and ``categories`` lists (and
+    ``annotations``, which a test set may lack, as COCO test-dev does) and that every image file it
+    references exists; and that ``MODEL.RETINANET.NUM_CLASSES`` equals each dataset's number of
+    categories. Each json is parsed at most once per call. Nothing is written, except that the
+    embedded ``dropblock_digits_*`` datasets are generated if they do not exist yet.
+
+    Args:
+        cfg (CfgNode): the final (merged) Detectron2 config.
+        check_train (bool): check ``DATASETS.TRAIN`` (must be non-empty). False for ``--eval-only``.
+        check_test (bool): check ``DATASETS.TEST``.
+
+    Raises:
+        InputError: one message naming the config key or file at fault and what to do.
+    """
+    _check_model(cfg)
+
+    datasets_by_key = {}
+    if check_train:
+        datasets_by_key["DATASETS.TRAIN"] = _dataset_names(cfg, "TRAIN")
+        if not datasets_by_key["DATASETS.TRAIN"]:
+            raise InputError(
+                "DATASETS.TRAIN is empty, so there is nothing to train on. Set it to registered "
+                "dataset names in the config file, e.g. DATASETS.TRAIN \"('dropblock_digits_train',)\"."
+            )
+    if check_test:
+        datasets_by_key["DATASETS.TEST"] = _dataset_names(cfg, "TEST")
+
+    # All names first: a typo is reported before any large json is parsed.
+    for key, names in datasets_by_key.items():
+        for name in names:
+            _check_registered(name, key)
+
+    checker = _DatasetChecker()
+    checked = set()
+    for key, names in datasets_by_key.items():
+        for name in names:
+            if name in checked:
+                continue
+            checked.add(name)
+            num_categories = checker.check(name, key, require_annotations=key == "DATASETS.TRAIN")
+            _check_num_classes(cfg, name, key, num_categories)
+
+
+def _dataset_names(cfg, split):
+    names = cfg.DATASETS[split]
+    # Detectron2's get_detection_dataset_dicts also accepts a single name.
+    return [names] if isinstance(names, str) else list(names)
+
+
+def _close_matches_hint(name, candidates):
+    matches = difflib.get_close_matches(name, list(candidates), n=3, cutoff=0.6)
+    return f" Did you mean {', '.join(repr(m) for m in matches)}?" if matches else ""
+
+
+def _override_hint(key, example):
+    return f"Fix it in the config file or override it on the command line, e.g. `{key} {example}`."
+
+
+def _check_model(cfg):
+    """Check the meta-architecture, the backbone and the ``MODEL.DROPBLOCK`` values."""
+    for key, value, registry, registry_name in (
+        ("MODEL.META_ARCHITECTURE", cfg.MODEL.META_ARCHITECTURE, META_ARCH_REGISTRY, "META_ARCH"),
+        ("MODEL.BACKBONE.NAME", cfg.MODEL.BACKBONE.NAME, BACKBONE_REGISTRY, "BACKBONE"),
+    ):
+        if value not in registry:
+            raise InputError(
+                f"{key} = {value!r} is not registered in Detectron2's {registry_name} registry."
+                f"{_close_matches_hint(value, (n for n, _ in registry))} Fix the name in the config "
+                "file, or import the module that registers it before the config is checked."
+            )
+
+    if "DROPBLOCK" not in cfg.MODEL:
+        return
+    try:
+        validate_dropblock_config(cfg, fpn_levels=_fpn_levels(cfg))
+    except ValueError as error:
+        # The message starts with "cfg.<KEY> = <value> is invalid".
+        key = str(error).split(" ", 1)[0].removeprefix("cfg.")
+        raise InputError(
+            f"{error} Fix it in the config file or override it on the command line, e.g. "
+            f"`{key} <value>` after the other arguments."
+        ) from error
+
+    dropblock = cfg.MODEL.DROPBLOCK
+    if not dropblock.ENABLED:
+        return
+    # A stock Detectron2 builder ignores MODEL.DROPBLOCK, so the run would silently train
+    # without DropBlock; a builder defined outside detectron2 (ours or the user's) is trusted.
+    backbone = cfg.MODEL.BACKBONE.NAME
+    if BACKBONE_REGISTRY.get(backbone).__module__.startswith("detectron2."):
+        raise InputError(
+            f"MODEL.DROPBLOCK.ENABLED is True but MODEL.BACKBONE.NAME = {backbone!r} is a stock "
+            "Detectron2 backbone that ignores MODEL.DROPBLOCK. Set MODEL.BACKBONE.NAME to "
+            "'build_retinanet_resnet_fpn_dropblock_backbone', or MODEL.DROPBLOCK.ENABLED to False."
+        )
+    arch = cfg.MODEL.META_ARCHITECTURE
+    if dropblock.HEAD and META_ARCH_REGISTRY.get(arch).__module__.startswith("detectron2."):
+        raise InputError(
+            f"MODEL.DROPBLOCK.HEAD is True but MODEL.META_ARCHITECTURE = {arch!r} is a stock "
+            "Detectron2 meta-architecture that has no head DropBlock. Set "
+            "MODEL.META_ARCHITECTURE to 'DropBlockRetinaNet', or MODEL.DROPBLOCK.HEAD to False."
+        )
+
+
+def _fpn_levels(cfg):
+    """The FPN levels a RetinaNet ResNet-FPN backbone produces, or None when unknown.
+
+    Detectron2's FPN names the output of ``resN`` (stride 2**N) ``pN`` and its ``LastLevelP6P7``
+    top block adds the two levels above the last one, so ``res3..res5`` give ``p3..p7``.
+    """
+    if cfg.MODEL.BACKBONE.NAME not in _RETINANET_FPN_BACKBONES:
+        return None
+    stages = []
+    for feature in cfg.MODEL.FPN.IN_FEATURES:
+        match = re.fullmatch(r"res(\d)", feature)
+        if match is None:
+            return None
+        stages.append(int(match.group(1)))
+    if not stages:
+        return None
+    return [f"p{s}" for s in sorted(stages)] + [f"p{max(stages) + 1}", f"p{max(stages) + 2}"]
+
+
+def _check_registered(name, key):
+    if name in DatasetCatalog:
+        return
+    raise InputError(
+        f"{key} names dataset {name!r}, which is not registered in Detectron2's DatasetCatalog."
+        f"{_close_matches_hint(name, DatasetCatalog.keys())} Register it before training with "
+        f"detectron2.data.datasets.register_coco_instances({name!r}, {{}}, "
+        "'path/to/instances.json', 'path/to/images'), or import the module that registers it "
+        "(importing dropblock_det registers 'dropblock_digits_train' and 'dropblock_digits_val')."
+    )
+
+
+def _check_num_classes(cfg, name, key, num_categories):
+    if num_categories is None or "RetinaNet" not in cfg.MODEL.META_ARCHITECTURE:
+        return
+    num_classes = cfg.MODEL.RETINANET.NUM_CLASSES
+    if num_classes != num_categories:
+        raise InputError(
+            f"MODEL.RETINANET.NUM_CLASSES = {num_classes} but {key} dataset {name!r} has "
+            f"{num_categories} categories. "
+            + _override_hint("MODEL.RETINANET.NUM_CLASSES", num_categories)
+        )
+
+
+def _datasets_root():
+    return os.getenv("DETECTRON2_DATASETS", "datasets")
+
+
+class _DatasetChecker:
+    """Checks one dataset at a time, parsing each json file at most once."""
+
+    def __init__(self):
+        self._parsed_json = {}
+
+    def check(self, name, key, *, require_annotations):
+        """Check one registered dataset.
+
+        Args:
+            name (str): a registered dataset name.
+            key (str): the config key that names it, for the messages.
+            require_annotations (bool): whether the json must have annotations (training data).
+
+        Returns:
+            int or None: its number of categories, None when it cannot be told.
+        """
+        where = f"{key} dataset {name!r}"
+        if name.startswith(_GENERATED_PREFIX):
+            self._generate(name, where)
+        metadata = MetadataCatalog.get(name) if name in MetadataCatalog else None
+        json_file = metadata.get("json_file") if metadata is not None else None
+        if json_file is None:
+            return self._check_loaded_dicts(name, where)
+        image_root = metadata.get("image_root", "")
+        if "://" in str(json_file):
+            # A remote file (iopath URI) cannot be checked without downloading it.
+            logger.info("Not checking %s: its json %s is not a local file.", where, json_file)
+            return None
+        return self._check_coco_json(
+            where, os.fspath(json_file), os.fspath(image_root), require_annotations
+        )
+
+    @staticmethod
+    def _generate(name, where):
+        from . import data  # lazy: the data package imports this package's config
+
+        ensure_dataset = getattr(data, "ensure_dataset", None)
+        if ensure_dataset is None:
+            return
+        try:
+            ensure_dataset(name)
+        except Exception as error:
+            raise InputError(
+                f"{where} could not be generated under DETECTRON2_DATASETS = "
+                f"{_datasets_root()!r}: {type(error).__name__}: {error}. Point DETECTRON2_DATASETS "
+                "at a writable folder, or remove the partly written dataset folder and retry."
+            ) from error
+
+    def _check_loaded_dicts(self, name, where):
+        """Check a dataset without a json_file by loading it through the catalog."""
+        try:
+            dicts = DatasetCatalog.get(name)
+        except Exception as error:
+            raise InputError(
+                f"{where} could not be loaded: DatasetCatalog.get({name!r}) raised "
+                f"{type(error).__name__}: {error}. Check that its files exist (Detectron2's builtin "
+                f"datasets are read from DETECTRON2_DATASETS = {_datasets_root()!r}) or fix the "
+                "function registered for it."
+            ) from error
+        if not isinstance(dicts, list) or not dicts:
+            found = "an empty list" if isinstance(dicts, list) else type(dicts).__name__
+            raise InputError(
+                f"{where}: the function registered in DatasetCatalog returned {found}; it must "
+                "return a non-empty list of dicts. Fix the dataset's files or its registration."
+            )
+        paths = [d.get("file_name") for d in dicts if isinstance(d, dict)]
+        _check_images_exist(where, [p for p in paths if p], image_root=None)
+        thing_classes = MetadataCatalog.get(name).get("thing_classes")
+        return len(thing_classes) if thing_classes is not None else None
+
+    def _load_json(self, where, json_file):
+        cache_key = os.path.abspath(json_file)
+        if cache_key in self._parsed_json:
+            return self._parsed_json[cache_key]
+        relative_hint = (
+            ""
+            if os.path.isabs(json_file)
+            else f" (relative to the working directory {os.getcwd()!r})"
+        )
+        fix = (
+            "Fix the json_file given to register_coco_instances, or put the file there (Detectron2's "
+            f"builtin datasets are read from DETECTRON2_DATASETS = {_datasets_root()!r})."
+        )
+        if not os.path.exists(json_file):
+            raise InputError(
+                f"{where}: annotation file {json_file!r}{relative_hint} does not exist. {fix}"
+            )
+        if not os.path.isfile(json_file):
+            raise InputError(
+                f"{where}: annotation file {json_file!r}{relative_hint} is not a file. {fix}"
+            )
+        regenerate = "Restore or regenerate the file, or register the right one."
+        try:
+            with open(json_file, "rb") as f:
+                raw = f.read()
+        except OSError as error:
+            raise InputError(
+                f"{where}: cannot read annotation file {json_file!r}: {error}. Check its "
+                "permissions."
+            ) from error
+        if not raw.strip():
+            raise InputError(
+                f"{where}: annotation file {json_file!r} is empty ({len(raw)} bytes). {regenerate}"
+            )
+        try:
+            content = json.loads(raw)
+        except json.JSONDecodeError as error:
+            raise InputError(
+                f"{where}: annotation file {json_file!r} is not valid JSON: {error.msg} at line "
+                f"{error.lineno} column {error.colno}. {regenerate}"
+            ) from error
+        except UnicodeDecodeError as error:
+            raise InputError(
+                f"{where}: annotation file {json_file!r} is not JSON text ({error}). {regenerate}"
+            ) from error
+        self._parsed_json[cache_key] = content
+        return content
+
+    def _check_coco_json(self, where, json_file, image_root, require_annotations):
+        content = self._load_json(where, json_file)
+        fix = (
+            "A COCO instances json is an object with the lists 'images', 'annotations' and "
+            "'categories'; fix or regenerate the file, or register the right one."
+        )
+        if not isinstance(content, dict):
+            raise InputError(
+                f"{where}: annotation file {json_file!r} holds a {type(content).__name__}, not an "
+                f"object. {fix}"
+            )
+        # A test set may lack annotations (COCO test-dev): COCOEvaluator then only writes the
+        # predictions. Training needs them.
+        required = [
+            field
+            for field in ("images", "annotations", "categories")
+            if require_annotations or field != "annotations"
+        ]
+        for field in required:
+            if field not in content:
+                raise InputError(
+                    f"{where}: annotation file {json_file!r} lacks the key {field!r} (keys found: "
+                    f"{sorted(content)}). {fix}"
+                )
+        for field in ("images", "annotations", "categories"):
+            if field in content and not isinstance(content[field], list):
+                raise InputError(
+                    f"{where}: in annotation file {json_file!r}, {field!r} is a "
+                    f"{type(content[field]).__name__}, not a list. {fix}"
+                )
+        for field in required:
+            if not content[field]:
+                raise InputError(
+                    f"{where}: annotation file {json_file!r} has an empty {field!r} list. Check "
+                    "that the file is the complete one, or regenerate it."
+                )
+        if "annotations" not in content:
+            logger.warning(
+                "%s: %s has no 'annotations'; predictions are written but not scored.",
+                where,
+                json_file,
+            )
+
+        category_ids = set()
+        for index, category in enumerate(content["categories"]):
+            if not isinstance(category, dict) or "id" not in category:
+                raise InputError(
+                    f"{where}: in annotation file {json_file!r}, categories[{index}] has no 'id'. "
+                    f"{fix}"
+                )
+            category_ids.add(category["id"])
+        if len(category_ids) != len(content["categories"]):
+            raise InputError(
+                f"{where}: annotation file {json_file!r} repeats category ids in 'categories'; "
+                "give each category its own 'id'."
+            )
+        self._check_annotations(where, json_file, content.get("annotations", []), category_ids)
+
+        bad_images = [
+            i
+            for i, image in enumerate(content["images"])
+            if not isinstance(image, dict)
+            or not isinstance(image.get("file_name"), str)
+            or "id" not in image
+        ]
+        if bad_images:
+            raise InputError(
+                f"{where}: in annotation file {json_file!r}, {len(bad_images)} entries of 'images' "
+                f"lack a 'file_name' string or an 'id' (first: images[{bad_images[0]}]). {fix}"
+            )
+        # Detectron2's load_coco_json joins image_root and file_name the same way.
+        paths = [os.path.join(image_root, image["file_name"]) for image in content["images"]]
+        _check_images_exist(where, paths, image_root=image_root, json_file=json_file)
+        return len(category_ids)
+
+    @staticmethod
+    def _check_annotations(where, json_file, annotations, category_ids):
+        unknown_categories = []
+        bad_boxes = []
+        for index, annotation in enumerate(annotations):
+            if not isinstance(annotation, dict):
+                bad_boxes.append(index)
+                continue
+            if annotation.get("category_id") not in category_ids:
+                unknown_categories.append(annotation.get("category_id"))
+            box = annotation.get("bbox")
+            if not isinstance(box, list) or len(box) != 4:
+                bad_boxes.append(index)
+        if unknown_categories:
+            listed = sorted({repr(c) for c in unknown_categories})[:_MAX_LISTED]
+            raise InputError(
+                f"{where}: in annotation file {json_file!r}, {len(unknown_categories)} annotations "
+                f"have a category_id that is not in 'categories' (e.g. {', '.join(listed)}). Add "
+                "those categories or fix the annotations."
+            )
+        if bad_boxes:
+            raise InputError(
+                f"{where}: in annotation file {json_file!r}, {len(bad_boxes)} annotations lack a "
+                f"'bbox' [x, y, width, height] (first: annotations[{bad_boxes[0]}]). Fix the "
+                "annotations or regenerate the file."
+            )
+
+
+def _check_images_exist(where, paths, *, image_root, json_file=None):
+    """Raise when any of ``paths`` is missing, counting them and listing the first few."""
+    missing = [p for p in paths if not os.path.exists(p)]
+    if not missing:
+        return
+    source = f"annotation file {json_file!r}" if json_file else "its dataset dicts"
+    listed = ", ".join(repr(p) for p in missing[:_MAX_LISTED])
+    if image_root is not None and not os.path.isdir(image_root):
+        raise InputError(
+            f"{where}: image_root {image_root!r} is not a folder, so all {len(missing)} images "
+            f"listed in {source} are missing (e.g. {listed}). Fix the image_root given to "
+            "register_coco_instances, or put the images there."
+        )
+    raise InputError(
+        f"{where}: {len(missing)} of the {len(paths)} image files listed in {source} are missing "
+        f"(first: {listed}). Put the images there, or fix "
+        + ("image_root or the 'file_name' entries." if image_root is not None else "'file_name'.")
+    )

@@ -1,0 +1,207 @@
+"""Tests of DropBlockSchedule: the keep_prob it sets, what it logs, and resuming."""
+
+import itertools
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+from detectron2.engine import SimpleTrainer, hooks
+from fvcore.common.checkpoint import Checkpointer
+from torch import nn
+
+from dropblock_det import DropBlock2d, DropBlockSchedule
+from dropblock_det.modeling import DROPBLOCK_GROUP_ATTR
+
+GROUPS = ("res3", "res4", "res5", "p3", "head")
+
+
+class _Net(nn.Module):
+    """A tiny model with one tagged DropBlock per group; records their keep_prob at each step."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3, padding=1)
+        self.dropblocks = nn.ModuleDict()
+        for group in GROUPS:
+            module = DropBlock2d(keep_prob=0.5, block_size=3)
+            setattr(module, DROPBLOCK_GROUP_ATTR, group)
+            self.dropblocks[group] = module
+        self.seen = []
+
+    def forward(self, x):
+        self.seen.append({g: m.keep_prob for g, m in self.dropblocks.items()})
+        y = self.conv(x)
+        for module in self.dropblocks.values():
+            y = module(y)
+        return {"loss": y.square().mean()}
+
+
+class _Wrapper(nn.Module):
+    """Holds the model as ``.module``, as DistributedDataParallel does."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, x):
+        return self.module(x)
+
+
+def _trainer(model, *extra_hooks, **schedule_kwargs):
+    data = itertools.repeat(torch.ones(2, 1, 8, 8))
+    trainer = SimpleTrainer(model, data, torch.optim.SGD(model.parameters(), lr=0.01))
+    schedule = DropBlockSchedule(
+        **{"keep_prob": 0.9, "stages": ["res3", "res4", "res5"], **schedule_kwargs}
+    )
+    trainer.register_hooks([schedule, *extra_hooks])
+    return trainer, schedule
+
+
+def _expected_keep_prob(iteration, max_iter, keep_prob, start, ramp):
+    """The schedule written out independently of fvcore: linear over the first ramp, then flat."""
+    if ramp == 0:
+        return keep_prob
+    progress = min(1.0, iteration / (ramp * max_iter))
+    return start + (keep_prob - start) * progress
+
+
+@pytest.mark.parametrize(
+    "keep_prob, start, ramp",
+    [(0.9, 1.0, 1.0), (0.9, 1.0, 0.5), (0.75, 0.95, 0.3), (0.9, 1.0, 0.0), (1.0, 1.0, 1.0)],
+)
+def test_keep_prob_follows_the_linear_ramp(keep_prob, start, ramp):
+    schedule = DropBlockSchedule(keep_prob=keep_prob, start=start, ramp=ramp)
+    max_iter = 200
+    for iteration in (0, 1, 29, 30, 59, 60, 99, 100, 101, 150, 199):
+        expected = _expected_keep_prob(iteration, max_iter, keep_prob, start, ramp)
+        # fvcore's CompositeParamScheduler switches to the flat part WHERE_EPSILON (1e-6 of the
+        # run) early; the linear part is then within (1 - keep_prob) * 1e-6 / ramp of the target.
+        assert schedule.keep_prob_at(iteration, max_iter) == pytest.approx(expected, abs=1e-6)
+
+
+def test_known_values_of_the_paper_schedule():
+    schedule = DropBlockSchedule(keep_prob=0.9)
+    assert schedule.keep_prob_at(0, 100) == 1.0
+    assert schedule.keep_prob_at(50, 100) == pytest.approx(0.95)
+    assert schedule.keep_prob_at(99, 100) == pytest.approx(0.901)
+
+
+def test_group_scaling_divides_the_drop_rate_by_four_per_stage_below_the_last():
+    scaled = DropBlockSchedule(keep_prob=0.9, stages=["res3", "res4", "res5"], group_scaling=True)
+    flat = DropBlockSchedule(keep_prob=0.9, stages=["res3", "res4", "res5"], group_scaling=False)
+    # At the middle of the run the unscaled keep_prob is 0.95, a drop rate of 0.05.
+    expected = {
+        "res5": 0.95,
+        "res4": 1 - 0.05 / 4,
+        "res3": 1 - 0.05 / 16,
+        "p3": 0.95,
+        "head": 0.95,
+        None: 0.95,
+    }
+    for group, value in expected.items():
+        assert scaled.keep_prob_at(50, 100, group) == pytest.approx(value)
+        assert flat.keep_prob_at(50, 100, group) == pytest.approx(0.95)
+    # The distance counts stage numbers, not positions in STAGES.
+    gapped = DropBlockSchedule(keep_prob=0.9, stages=["res3", "res5"], group_scaling=True)
+    assert gapped.keep_prob_at(50, 100, "res3") == pytest.approx(1 - 0.05 / 16)
+
+
+def test_sets_every_dropblock_before_each_step_and_logs_the_unscaled_value():
+    net = _Net()
+    trainer, schedule = _trainer(net)
+    max_iter = 10
+    trainer.train(0, max_iter)
+
+    assert len(net.seen) == max_iter
+    for iteration, seen in enumerate(net.seen):
+        for group in GROUPS:
+            expected = schedule.keep_prob_at(iteration, max_iter, group)
+            assert seen[group] == pytest.approx(expected, abs=1e-7)  # float32 buffer
+    history = trainer.storage.history("dropblock/keep_prob").values()
+    assert [it for _, it in history] == list(range(max_iter))
+    assert [v for v, _ in history] == [schedule.keep_prob_at(i, max_iter) for i in range(max_iter)]
+    assert trainer.storage.smoothing_hints()["dropblock/keep_prob"] is False
+    # Spot check against the paper's formula: step 5 of 10 runs at 1 - 0.5 * 0.1.
+    assert net.seen[5]["res5"] == pytest.approx(0.95)
+    assert net.seen[5]["res4"] == pytest.approx(1 - 0.05 / 4)
+
+
+def test_resumed_run_continues_the_schedule_exactly(tmp_path):
+    max_iter, period = 12, 6
+    net = _Net()
+    trainer, _ = _trainer(net)
+    checkpointer = Checkpointer(net, str(tmp_path), trainer=trainer)
+    trainer.register_hooks([hooks.PeriodicCheckpointer(checkpointer, period)])
+    trainer.train(0, max_iter)
+    uninterrupted = trainer.storage.history("dropblock/keep_prob").values()
+    # The schedule keeps no state of its own in the trainer's checkpoint.
+    assert "DropBlockSchedule" not in trainer.state_dict().get("hooks", {})
+
+    resumed_net = _Net()
+    resumed, _ = _trainer(resumed_net)
+    Checkpointer(resumed_net, str(tmp_path), trainer=resumed).load(
+        os.path.join(tmp_path, f"model_{period - 1:07d}.pth")
+    )
+    assert resumed.iter == period - 1  # the last finished iteration
+    resumed.train(resumed.iter + 1, max_iter)
+
+    assert resumed_net.seen == net.seen[period:]
+    assert resumed.storage.history("dropblock/keep_prob").values() == uninterrupted[period:]
+
+
+def test_reaches_dropblocks_inside_a_ddp_style_wrapper():
+    net = _Net()
+    trainer, schedule = _trainer(_Wrapper(net))
+    trainer.train(0, 4)
+    assert [s["res5"] for s in net.seen] == pytest.approx(
+        [schedule.keep_prob_at(i, 4) for i in range(4)], abs=1e-7
+    )
+
+
+def test_reaches_dropblocks_inside_distributed_data_parallel(tmp_path):
+    dist.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1
+    )
+    try:
+        net = _Net()
+        ddp = nn.parallel.DistributedDataParallel(net)
+        trainer, schedule = _trainer(ddp)
+        trainer.train(0, 4)
+    finally:
+        dist.destroy_process_group()
+    assert [s["res4"] for s in net.seen] == pytest.approx(
+        [schedule.keep_prob_at(i, 4, "res4") for i in range(4)], abs=1e-7
+    )
+
+
+def test_fails_before_training_when_the_model_has_no_dropblock():
+    class NoDropBlock(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 1, 1)
+
+        def forward(self, x):
+            return {"loss": self.conv(x).mean()}
+
+    model = NoDropBlock()
+    data = itertools.repeat(torch.ones(1, 1, 2, 2))
+    trainer = SimpleTrainer(model, data, torch.optim.SGD(model.parameters(), lr=0.1))
+    trainer.register_hooks([DropBlockSchedule(keep_prob=0.9)])
+    with pytest.raises(RuntimeError, match="no DropBlock2d"):
+        trainer.train(0, 2)
+    assert trainer.iter == 0  # failed in before_train, before any step
+
+
+def test_builds_from_the_config(tiny_cfg):
+    cfg = tiny_cfg(
+        "MODEL.DROPBLOCK.KEEP_PROB", 0.8,
+        "MODEL.DROPBLOCK.STAGES", ["res4", "res5"],
+        "MODEL.DROPBLOCK.SCHEDULE.START", 0.96,
+        "MODEL.DROPBLOCK.SCHEDULE.RAMP", 0.5,
+    )  # fmt: skip
+    schedule = DropBlockSchedule(cfg)
+    assert schedule.keep_prob_at(0, 100) == pytest.approx(0.96)
+    assert schedule.keep_prob_at(25, 100) == pytest.approx(0.88)
+    assert schedule.keep_prob_at(75, 100) == pytest.approx(0.8)
+    assert schedule.keep_prob_at(25, 100, "res4") == pytest.approx(1 - 0.12 / 4)

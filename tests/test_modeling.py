@@ -1,0 +1,416 @@
+"""Tests of the Detectron2 integration: where DropBlock goes, and that it changes nothing else."""
+
+import glob
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import REPO_ROOT, load_config
+from detectron2.modeling import build_model
+from detectron2.modeling.backbone.fpn import FPN
+from detectron2.modeling.backbone.resnet import BasicBlock, BasicStem, BottleneckBlock, ResNet
+from detectron2.structures import Boxes, Instances
+from detectron2.utils.events import EventStorage
+from torch import nn
+
+from dropblock_det import DropBlock2d
+from dropblock_det.modeling import (
+    DropBlockBasicBlock,
+    DropBlockBottleneckBlock,
+    DropBlockFPN,
+    DropBlockRetinaNet,
+    insert_dropblock_into_resnet,
+)
+
+CONFIG_FILES = sorted(glob.glob(os.path.join(REPO_ROOT, "configs", "**", "*.yaml"), recursive=True))
+
+
+def _dropblock_names(model):
+    return sorted(name for name, m in model.named_modules() if isinstance(m, DropBlock2d))
+
+
+def _stock_twin(cfg):
+    """The same config as stock Detectron2 RetinaNet: stock names, DropBlock off."""
+    stock = cfg.clone()
+    stock.MODEL.META_ARCHITECTURE = "RetinaNet"
+    stock.MODEL.BACKBONE.NAME = "build_retinanet_resnet_fpn_backbone"
+    stock.MODEL.DROPBLOCK.ENABLED = False
+    return stock
+
+
+def _images(seed=0):
+    """Two images of different, non-square sizes (Detectron2 pads them into one batch)."""
+    generator = torch.Generator().manual_seed(seed)
+    return [
+        {"image": torch.randint(0, 256, (3, 128, 96), generator=generator).float()},
+        {"image": torch.randint(0, 256, (3, 100, 128), generator=generator).float()},
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Configs
+
+
+@pytest.mark.parametrize(
+    "config_file", CONFIG_FILES, ids=[os.path.relpath(f, REPO_ROOT) for f in CONFIG_FILES]
+)
+def test_every_config_builds_on_cpu_without_weights(config_file):
+    cfg = load_config(config_file)
+    model = build_model(cfg)
+    assert isinstance(model, DropBlockRetinaNet)
+    assert bool(_dropblock_names(model)) == cfg.MODEL.DROPBLOCK.ENABLED
+
+
+@pytest.mark.parametrize(
+    "config_file", CONFIG_FILES, ids=[os.path.relpath(f, REPO_ROOT) for f in CONFIG_FILES]
+)
+def test_every_config_opens_with_a_header_naming_the_expected_result(config_file):
+    with open(config_file, encoding="utf-8") as f:
+        header = []
+        for line in f:
+            if not line.startswith("#"):
+                break
+            header.append(line)
+    assert header, f"{config_file} has no header comment"
+    assert "Expected" in "".join(header), f"{config_file}'s header states no expected result"
+
+
+def test_tiny_baseline_and_dropblock_configs_differ_only_in_model_dropblock():
+    tiny = os.path.join(REPO_ROOT, "configs", "tiny")
+    baseline = load_config(os.path.join(tiny, "tiny_retinanet_R18_FPN_baseline.yaml"))
+    dropblock = load_config(os.path.join(tiny, "tiny_retinanet_R18_FPN_dropblock.yaml"))
+    assert dropblock.MODEL.DROPBLOCK.ENABLED and not baseline.MODEL.DROPBLOCK.ENABLED
+    baseline.MODEL.DROPBLOCK = dropblock.MODEL.DROPBLOCK.clone()
+    assert baseline.dump() == dropblock.dump()
+
+
+# ---------------------------------------------------------------------------------------------
+# Where the DropBlocks go
+
+
+def test_block_placement_in_basic_blocks(tiny_cfg):
+    model = build_model(tiny_cfg("MODEL.DROPBLOCK.ENABLED", True))
+    expected = [
+        f"backbone.bottom_up.{stage}.{block}.dropblock_{point}"
+        for stage in ("res4", "res5")
+        for block in (0, 1)
+        for point in ("conv1", "conv2", "shortcut")
+    ]
+    assert _dropblock_names(model) == sorted(expected)
+    resnet = model.backbone.bottom_up
+    assert all(type(b) is BasicBlock for b in [*resnet.res2, *resnet.res3])
+    assert all(type(b) is DropBlockBasicBlock for b in [*resnet.res4, *resnet.res5])
+    assert type(model.backbone) is FPN
+
+
+def test_block_placement_in_bottlenecks_of_non_adjacent_stages(narrow_r50_cfg):
+    cfg = narrow_r50_cfg(
+        "MODEL.DROPBLOCK.ENABLED", True, "MODEL.DROPBLOCK.STAGES", ["res3", "res5"]
+    )
+    model = build_model(cfg)
+    expected = [
+        f"backbone.bottom_up.{stage}.{block}.dropblock_{point}"
+        for stage, num_blocks in (("res3", 4), ("res5", 3))
+        for block in range(num_blocks)
+        for point in ("conv1", "conv2", "conv3", "shortcut")
+    ]
+    assert _dropblock_names(model) == sorted(expected)
+    resnet = model.backbone.bottom_up
+    assert all(type(b) is BottleneckBlock for b in [*resnet.res2, *resnet.res4])
+
+
+def test_stage_placement_appends_one_dropblock_per_stage_and_keeps_freeze_working(tiny_cfg):
+    cfg = tiny_cfg(
+        "MODEL.DROPBLOCK.ENABLED", True,
+        "MODEL.DROPBLOCK.PLACEMENT", "stage",
+        "MODEL.DROPBLOCK.STAGES", ["res2", "res4"],
+    )  # fmt: skip
+    model = build_model(cfg)
+    assert _dropblock_names(model) == [
+        "backbone.bottom_up.res2.dropblock",
+        "backbone.bottom_up.res4.dropblock",
+    ]
+    resnet = model.backbone.bottom_up
+    assert all(type(b) is BasicBlock for stage in resnet.stages for b in list(stage)[:2])
+    resnet.freeze(5)  # walks every child of every stage
+    assert not any(p.requires_grad for p in resnet.parameters())
+
+
+def test_fpn_levels_only(tiny_cfg):
+    cfg = tiny_cfg(
+        "MODEL.DROPBLOCK.ENABLED", True,
+        "MODEL.DROPBLOCK.STAGES", [],
+        "MODEL.DROPBLOCK.FPN", ["p3", "p7"],
+    )  # fmt: skip
+    model = build_model(cfg)
+    assert isinstance(model.backbone, DropBlockFPN)
+    assert _dropblock_names(model) == ["backbone.dropblock.p3", "backbone.dropblock.p7"]
+
+
+@pytest.mark.parametrize("head_norm, relu_indices", [("", (1, 3)), ("BN", (2, 5)), ("GN", (2, 5))])
+def test_head_dropblock_after_every_subnet_activation(tiny_cfg, head_norm, relu_indices):
+    cfg = tiny_cfg(
+        "MODEL.DROPBLOCK.ENABLED", True,
+        "MODEL.DROPBLOCK.STAGES", [],
+        "MODEL.DROPBLOCK.HEAD", True,
+        "MODEL.RETINANET.NORM", head_norm,
+    )  # fmt: skip
+    model = build_model(cfg)
+    expected = [
+        f"head.{subnet}.{index}.dropblock"
+        for subnet in ("cls_subnet", "bbox_subnet")
+        for index in relu_indices
+    ]
+    assert _dropblock_names(model) == sorted(expected)
+    for subnet in (model.head.cls_subnet, model.head.bbox_subnet):
+        for index in relu_indices:
+            assert isinstance(subnet[index].relu, nn.ReLU)
+
+
+def test_disabled_builds_stock_modules_even_with_everything_requested(tiny_cfg):
+    cfg = tiny_cfg(
+        "MODEL.DROPBLOCK.ENABLED", False,
+        "MODEL.DROPBLOCK.FPN", ["p3"],
+        "MODEL.DROPBLOCK.HEAD", True,
+    )  # fmt: skip
+    model = build_model(cfg)
+    assert _dropblock_names(model) == []
+    assert type(model.backbone) is FPN
+    assert all(type(b) is BasicBlock for s in model.backbone.bottom_up.stages for b in s)
+    assert all(
+        type(layer) in (nn.Conv2d, nn.ReLU)
+        for subnet in (model.head.cls_subnet, model.head.bbox_subnet)
+        for layer in subnet
+    )
+
+
+def test_keep_prob_at_build_is_the_group_scaled_target(tiny_cfg):
+    def keep_probs(group_scaling):
+        cfg = tiny_cfg(
+            "MODEL.DROPBLOCK.ENABLED", True,
+            "MODEL.DROPBLOCK.KEEP_PROB", 0.8,
+            "MODEL.DROPBLOCK.STAGES", ["res3", "res5"],
+            "MODEL.DROPBLOCK.FPN", ["p4"],
+            "MODEL.DROPBLOCK.HEAD", True,
+            "MODEL.DROPBLOCK.GROUP_SCALING", group_scaling,
+        )  # fmt: skip
+        model = build_model(cfg)
+        values = {}
+        for m in model.modules():
+            if isinstance(m, DropBlock2d):
+                values.setdefault(m.dropblock_group, set()).add(round(m.keep_prob, 6))
+        return values
+
+    # res3 is two stages below res5: 1 - 0.2 / 4**2.
+    assert keep_probs(True) == {"res3": {0.9875}, "res5": {0.8}, "p4": {0.8}, "head": {0.8}}
+    assert keep_probs(False) == {"res3": {0.8}, "res5": {0.8}, "p4": {0.8}, "head": {0.8}}
+
+
+class _Scale(nn.Module):
+    """Stands in for a DropBlock: multiplies by a constant, so a misplaced one shows."""
+
+    def __init__(self, factor):
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x):
+        return x * self.factor
+
+
+def test_bottleneck_dropblocks_sit_at_the_tf_reference_points(narrow_r50_cfg):
+    model = build_model(narrow_r50_cfg("MODEL.DROPBLOCK.ENABLED", True)).eval()
+    # Block 0 of res4 has a projection shortcut, block 1 an identity one.
+    for block in model.backbone.bottom_up.res4[:2]:
+        # Negative factors tell "before the ReLU" from "after"; eval-mode BN is affine, so they
+        # also tell "before the norm" from "after".
+        factors = {"conv1": -2.0, "conv2": 3.0, "conv3": -0.5, "shortcut": 1.5}
+        for point, factor in factors.items():
+            setattr(block, f"dropblock_{point}", _Scale(factor))
+        x = torch.randn(2, block.in_channels, 6, 10)
+        with torch.no_grad():
+            out = F.relu(block.conv1(x)) * factors["conv1"]
+            out = F.relu(block.conv2(out)) * factors["conv2"]
+            out = block.conv3(out) * factors["conv3"]
+            shortcut = block.shortcut(x) if block.shortcut is not None else x
+            expected = F.relu(out + shortcut * factors["shortcut"])
+            torch.testing.assert_close(block(x.clone()), expected, rtol=1e-6, atol=1e-6)
+    assert model.backbone.bottom_up.res4[0].shortcut is not None
+    assert model.backbone.bottom_up.res4[1].shortcut is None
+
+
+def test_basic_block_dropblocks_sit_after_conv1_act_conv2_norm_and_on_the_shortcut(tiny_cfg):
+    model = build_model(tiny_cfg("MODEL.DROPBLOCK.ENABLED", True)).eval()
+    for block in model.backbone.bottom_up.res4:
+        factors = {"conv1": -2.0, "conv2": -0.5, "shortcut": 1.5}
+        for point, factor in factors.items():
+            setattr(block, f"dropblock_{point}", _Scale(factor))
+        x = torch.randn(2, block.in_channels, 6, 10)
+        with torch.no_grad():
+            out = F.relu(block.conv1(x)) * factors["conv1"]
+            out = block.conv2(out) * factors["conv2"]
+            shortcut = block.shortcut(x) if block.shortcut is not None else x
+            expected = F.relu(out + shortcut * factors["shortcut"])
+            torch.testing.assert_close(block(x.clone()), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_dropblock_blocks_build_directly_through_make_stage():
+    def make_dropblock():
+        return DropBlock2d(keep_prob=0.9, block_size=3)
+
+    kwargs = dict(in_channels=16, out_channels=32, bottleneck_channels=8)
+    torch.manual_seed(0)
+    stock = nn.Sequential(*ResNet.make_stage(BottleneckBlock, 2, **kwargs))
+    torch.manual_seed(0)
+    blocks = ResNet.make_stage(DropBlockBottleneckBlock, 2, make_dropblock=make_dropblock, **kwargs)
+    dropblock = nn.Sequential(*blocks)
+    assert len(_dropblock_names(dropblock)) == 8
+    assert stock.state_dict().keys() == dropblock.state_dict().keys()
+    x = torch.randn(2, 16, 8, 8)
+    assert torch.equal(stock.eval()(x), dropblock.eval()(x))
+
+
+def test_block_placement_rejects_blocks_it_cannot_take(tiny_cfg):
+    class CustomBottleneck(BottleneckBlock):
+        """A bottleneck variant whose forward the DropBlock subclass would not reproduce."""
+
+    stages = ResNet.make_default_stages(50, block_class=CustomBottleneck)
+    resnet = ResNet(BasicStem(), stages, out_features=["res4", "res5"])
+    cfg = tiny_cfg("MODEL.DROPBLOCK.ENABLED", True)
+    with pytest.raises(ValueError, match=r"MODEL\.DROPBLOCK\.PLACEMENT.*CustomBottleneck"):
+        insert_dropblock_into_resnet(resnet, cfg)
+    cfg.MODEL.DROPBLOCK.PLACEMENT = "stage"
+    insert_dropblock_into_resnet(resnet, cfg)
+    assert _dropblock_names(resnet) == ["res4.dropblock", "res5.dropblock"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Nothing else changes: checkpoints and eval-mode detections are stock RetinaNet's
+
+
+# name: (backbone fixture, extra options); DropBlock is on in every case.
+STOCK_EQUIVALENCE_CASES = {
+    "basic-block+fpn+head": (
+        "tiny_cfg", ("MODEL.DROPBLOCK.FPN", ["p3", "p6"], "MODEL.DROPBLOCK.HEAD", True)
+    ),
+    "stage+head-bn": ("tiny_cfg", (
+        "MODEL.DROPBLOCK.PLACEMENT", "stage",
+        "MODEL.DROPBLOCK.STAGES", ["res3", "res4", "res5"],
+        "MODEL.DROPBLOCK.HEAD", True,
+        "MODEL.RETINANET.NORM", "BN",
+    )),
+    "bottleneck": ("narrow_r50_cfg", ()),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(STOCK_EQUIVALENCE_CASES))
+def test_state_dict_and_eval_detections_equal_stock_retinanet(request, case):
+    fixture, opts = STOCK_EQUIVALENCE_CASES[case]
+    make_cfg = request.getfixturevalue(fixture)
+    # Score threshold 0 so that the randomly initialised model returns detections to compare.
+    cfg = make_cfg("MODEL.DROPBLOCK.ENABLED", True, "MODEL.RETINANET.SCORE_THRESH_TEST", 0.0, *opts)
+    torch.manual_seed(0)
+    stock = build_model(_stock_twin(cfg))
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    assert _dropblock_names(model)
+
+    # Same keys in the same order, and the same random initialisation under the same seed.
+    stock_state, state = stock.state_dict(), model.state_dict()
+    assert list(state) == list(stock_state)
+    assert all(torch.equal(state[k], stock_state[k]) for k in state)
+
+    # A stock checkpoint loads strictly; then eval mode is bit-identical whatever the keep_prob.
+    torch.manual_seed(1)
+    model = build_model(cfg)
+    incompatible = model.load_state_dict(stock_state, strict=True)
+    assert not incompatible.missing_keys and not incompatible.unexpected_keys
+    for m in model.modules():
+        if isinstance(m, DropBlock2d):
+            m.keep_prob = 0.5
+    stock.eval()
+    model.eval()
+    with torch.no_grad():
+        expected, actual = stock(_images()), model(_images())
+    for e, a in zip(expected, actual):
+        e, a = e["instances"], a["instances"]
+        assert len(e) > 0
+        assert torch.equal(e.pred_boxes.tensor, a.pred_boxes.tensor)
+        assert torch.equal(e.scores, a.scores)
+        assert torch.equal(e.pred_classes, a.pred_classes)
+
+
+def test_training_step_runs_through_every_dropblock_and_drops(tiny_cfg):
+    cfg = tiny_cfg(
+        "MODEL.DROPBLOCK.ENABLED", True,
+        "MODEL.DROPBLOCK.FPN", ["p3"],
+        "MODEL.DROPBLOCK.HEAD", True,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = build_model(cfg).train()
+    calls = {}
+
+    def record(name):
+        def hook(module, inputs, output):
+            dropped = bool((output == 0).logical_and(inputs[0] != 0).any())
+            calls.setdefault(name, []).append(dropped)
+
+        return hook
+
+    for name, m in model.named_modules():
+        if isinstance(m, DropBlock2d):
+            m.keep_prob = 0.7
+            m.register_forward_hook(record(name))
+    batch = _images()
+    for item in batch:
+        instances = Instances(item["image"].shape[1:])
+        instances.gt_boxes = Boxes(
+            torch.tensor([[10.0, 12.0, 40.0, 60.0], [50.0, 20.0, 90.0, 70.0]])
+        )
+        instances.gt_classes = torch.tensor([1, 7])
+        item["instances"] = instances
+    with EventStorage():
+        losses = model(batch)
+    total = sum(losses.values())
+    assert torch.isfinite(total)
+    total.backward()
+    assert set(calls) == set(_dropblock_names(model))
+    # Each DropBlock zeroed some non-zero activation at keep_prob 0.7 (the head ones once per
+    # FPN level).
+    assert all(any(dropped) for dropped in calls.values())
+
+
+# ---------------------------------------------------------------------------------------------
+# Invalid values fail when the model is built, naming the key
+
+
+@pytest.mark.parametrize(
+    "opts, key",
+    [
+        (("MODEL.DROPBLOCK.KEEP_PROB", 0.0), "MODEL.DROPBLOCK.KEEP_PROB"),
+        (("MODEL.DROPBLOCK.KEEP_PROB", 1.5), "MODEL.DROPBLOCK.KEEP_PROB"),
+        (("MODEL.DROPBLOCK.BLOCK_SIZE", 0), "MODEL.DROPBLOCK.BLOCK_SIZE"),
+        (("MODEL.DROPBLOCK.STAGES", ["res6"]), "MODEL.DROPBLOCK.STAGES"),
+        (("MODEL.DROPBLOCK.FPN", ["p2"]), "MODEL.DROPBLOCK.FPN"),  # RetinaNet's FPN has p3-p7
+        (("MODEL.DROPBLOCK.PLACEMENT", "everywhere"), "MODEL.DROPBLOCK.PLACEMENT"),
+        (("MODEL.DROPBLOCK.SCHEDULE.RAMP", 1.5), "MODEL.DROPBLOCK.SCHEDULE.RAMP"),
+        (
+            ("MODEL.DROPBLOCK.HEAD", True, "MODEL.META_ARCHITECTURE", "RetinaNet"),
+            "MODEL.META_ARCHITECTURE",
+        ),
+        (
+            ("MODEL.BACKBONE.NAME", "build_retinanet_resnet_fpn_backbone"),
+            "MODEL.BACKBONE.NAME",
+        ),
+    ],
+)
+def test_invalid_values_fail_at_model_build_naming_the_key(tiny_cfg, opts, key):
+    cfg = tiny_cfg("MODEL.DROPBLOCK.ENABLED", True, *opts)
+    with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+        build_model(cfg)
+
+
+def test_invalid_values_fail_even_with_dropblock_disabled(tiny_cfg):
+    cfg = tiny_cfg("MODEL.DROPBLOCK.ENABLED", False, "MODEL.DROPBLOCK.FPN", ["p2"])
+    with pytest.raises(ValueError, match=r"MODEL\.DROPBLOCK\.FPN"):
+        build_model(cfg)

@@ -1,0 +1,153 @@
+"""Tests of the entry point: tools/train_net.py end to end, and the Trainer it runs."""
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import REPO_ROOT
+from detectron2.config import CfgNode as CN
+from detectron2.engine import hooks
+from detectron2.modeling import build_model
+
+from dropblock_det import DropBlockSchedule
+from dropblock_det.engine import EVAL_RESULTS_FILE, Trainer, write_eval_results
+
+TRAIN_NET = os.path.join(REPO_ROOT, "tools", "train_net.py")
+TINY = os.path.join(REPO_ROOT, "configs", "tiny")
+TINY_DROPBLOCK = os.path.join(TINY, "tiny_retinanet_R18_FPN_dropblock.yaml")
+TINY_BASELINE = os.path.join(TINY, "tiny_retinanet_R18_FPN_baseline.yaml")
+
+
+def _load_train_net():
+    spec = importlib.util.spec_from_file_location("train_net", TRAIN_NET)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _read_metrics(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def test_train_net_trains_and_evaluates_the_tiny_dropblock_config(tmp_path):
+    """The README's command, shortened: a few iterations, then the COCO evaluation."""
+    out = tmp_path / "run"
+    max_iter = 4
+    cmd = [
+        sys.executable, TRAIN_NET, "--config-file", TINY_DROPBLOCK,
+        "MODEL.DEVICE", "cpu",
+        "OUTPUT_DIR", str(out),
+        "SOLVER.MAX_ITER", str(max_iter),
+        "SOLVER.IMS_PER_BATCH", "4",
+        # Keep every candidate so that the few-iteration model has detections to score.
+        "MODEL.RETINANET.SCORE_THRESH_TEST", "0.0",
+    ]  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    assert (out / "config.yaml").is_file()
+    assert (out / "model_final.pth").is_file()
+    metrics = _read_metrics(out / "metrics.json")
+    keep_probs = [row["dropblock/keep_prob"] for row in metrics if "dropblock/keep_prob" in row]
+    # Written at the last iteration (3 of 4): 1 - 3/4 * (1 - 0.9).
+    assert keep_probs and keep_probs[-1] == pytest.approx(0.925)
+
+    with open(out / EVAL_RESULTS_FILE) as f:
+        eval_results = json.load(f)
+    assert eval_results["iteration"] == max_iter
+    bbox = eval_results["results"]["bbox"]
+    for key in ("AP", "AP50", "AP75", "APs", "APm", "APl"):
+        assert key in bbox
+    assert math.isfinite(bbox["AP"]) and 0.0 <= bbox["AP"] <= 100.0
+    # The evaluator's metrics also reach metrics.json, as Detectron2's EvalHook writes them.
+    assert any("bbox/AP" in row for row in metrics)
+
+
+@pytest.mark.parametrize(
+    "argv_tail, message",
+    [
+        (["MODEL.DROPBLOCK.KEEP_PROB", "1.5"], "MODEL.DROPBLOCK.KEEP_PROB"),
+        (["MODEL.DROPBLOCK.KEEPPROB", "0.9"], "MODEL.DROPBLOCK.KEEPPROB"),
+        (["MODEL.DROPBLOCK.STAGES", "['res1']"], "MODEL.DROPBLOCK.STAGES"),
+        (["DATASETS.TRAIN", "('dropblock_digits_trian',)"], "dropblock_digits_trian"),
+    ],
+)
+def test_bad_input_exits_with_status_2_before_writing_anything(
+    tmp_path, capsys, argv_tail, message
+):
+    out = tmp_path / "never_created"
+    argv = ["--config-file", TINY_DROPBLOCK, "MODEL.DEVICE", "cpu", "OUTPUT_DIR", str(out)]
+    assert _load_train_net().cli(argv + argv_tail) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_missing_config_file_exits_with_status_2(tmp_path, capsys):
+    missing = str(tmp_path / "nope.yaml")
+    assert _load_train_net().cli(["--config-file", missing]) == 2
+    assert "--config-file" in capsys.readouterr().err
+
+
+def test_trainer_registers_the_schedule_before_the_lr_scheduler_only_with_dropblock(
+    tiny_cfg, tmp_path
+):
+    cfg = tiny_cfg("MODEL.DROPBLOCK.ENABLED", True, "OUTPUT_DIR", str(tmp_path))
+    names = [type(h) for h in Trainer(cfg)._hooks]
+    assert names.index(DropBlockSchedule) < names.index(hooks.LRScheduler)
+
+    cfg = tiny_cfg("MODEL.DROPBLOCK.ENABLED", False, "OUTPUT_DIR", str(tmp_path))
+    assert DropBlockSchedule not in [type(h) for h in Trainer(cfg)._hooks]
+
+
+def test_trainer_refuses_enabled_dropblock_that_inserts_nothing(tiny_cfg):
+    cfg = tiny_cfg("MODEL.DROPBLOCK.ENABLED", True, "MODEL.DROPBLOCK.STAGES", [])
+    with pytest.raises(ValueError, match=r"MODEL\.DROPBLOCK\.ENABLED is True but"):
+        Trainer.build_model(cfg)
+
+
+def test_optimizer_choice(tiny_cfg):
+    cfg = tiny_cfg()
+    model = build_model(cfg)
+    assert isinstance(Trainer.build_optimizer(cfg, model), torch.optim.SGD)
+    # SOLVER.OPTIMIZER is read when the config has it.
+    cfg.SOLVER.OPTIMIZER = "ADAMW"
+    optimizer = Trainer.build_optimizer(cfg, model)
+    assert isinstance(optimizer, torch.optim.AdamW)
+    assert optimizer.param_groups[0]["lr"] == cfg.SOLVER.BASE_LR
+    cfg.SOLVER.OPTIMIZER = "ADAM"
+    with pytest.raises(ValueError, match=r"SOLVER\.OPTIMIZER"):
+        Trainer.build_optimizer(cfg, model)
+
+
+def test_scale_jitter_crops_and_pads_every_training_image_to_the_target_size(tiny_cfg):
+    cfg = tiny_cfg("SOLVER.IMS_PER_BATCH", 4)
+    target = 96
+    cfg.INPUT.SCALE_JITTER = CN(
+        {"ENABLED": True, "MIN_SCALE": 0.5, "MAX_SCALE": 1.5, "TARGET_SIZE": target}
+    )
+    loader = Trainer.build_train_loader(cfg)
+    batches = [batch for _, batch in zip(range(3), loader)]
+    for batch in batches:
+        for item in batch:
+            assert tuple(item["image"].shape[1:]) == (target, target)
+            boxes = item["instances"].gt_boxes.tensor
+            assert bool((boxes >= 0).all() and (boxes <= target).all())
+            assert bool((item["instances"].gt_boxes.area() > 0).all())
+
+
+def test_write_eval_results_is_atomic_and_keeps_nan(tmp_path):
+    results = {"bbox": {"AP": 12.5, "AP-7": float("nan")}}
+    path = write_eval_results(str(tmp_path), results, iteration=99)
+    with open(path) as f:
+        written = json.load(f)
+    assert written["iteration"] == 99
+    assert written["results"]["bbox"]["AP"] == 12.5
+    assert math.isnan(written["results"]["bbox"]["AP-7"])
+    assert os.listdir(tmp_path) == [EVAL_RESULTS_FILE]  # no temporary file left behind

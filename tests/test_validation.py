@@ -1,0 +1,371 @@
+"""Tests of dropblock_det.validation: every bad input gets one InputError naming its key or file."""
+
+import json
+import os
+import uuid
+
+import pytest
+from detectron2.config import get_cfg
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.datasets import register_coco_instances
+from detectron2.modeling import BACKBONE_REGISTRY
+from PIL import Image
+
+import dropblock_det
+from dropblock_det.validation import InputError, check_training_inputs
+
+CATEGORIES = [{"id": 1, "name": "one"}, {"id": 7, "name": "seven"}]
+
+
+def _coco_content(num_images=2):
+    images = [
+        {"id": i, "file_name": f"img_{i}.png", "width": 8, "height": 8} for i in range(num_images)
+    ]
+    annotations = [
+        {
+            "id": i,
+            "image_id": i,
+            "category_id": CATEGORIES[i % 2]["id"],
+            "bbox": [1, 1, 4, 4],
+            "area": 16,
+            "iscrowd": 0,
+        }
+        for i in range(num_images)
+    ]
+    return {"images": images, "annotations": annotations, "categories": CATEGORIES}
+
+
+@pytest.fixture
+def registry():
+    """Registers datasets under unique names and removes them from both catalogs afterwards."""
+    names = []
+
+    def register(name_prefix="validation_test", **kwargs):
+        name = f"{name_prefix}_{uuid.uuid4().hex[:8]}"
+        names.append(name)
+        if "loader" in kwargs:
+            DatasetCatalog.register(name, kwargs["loader"])
+            MetadataCatalog.get(name).set(**kwargs.get("metadata", {}))
+        else:
+            register_coco_instances(name, {}, kwargs["json_file"], kwargs["image_root"])
+        return name
+
+    yield register
+    for name in names:
+        DatasetCatalog.pop(name, None)
+        MetadataCatalog.pop(name, None)
+
+
+@pytest.fixture
+def coco_dataset(tmp_path, registry):
+    """A valid tiny COCO dataset (json + images) in tmp_path; returns (name, json_path, root)."""
+
+    def make(content=None, *, json_text=None):
+        image_root = tmp_path / "images"
+        image_root.mkdir(exist_ok=True)
+        content = _coco_content() if content is None else content
+        for image in content.get("images", []):
+            Image.new("RGB", (8, 8)).save(image_root / image["file_name"])
+        json_path = tmp_path / "instances.json"
+        json_path.write_text(json.dumps(content) if json_text is None else json_text)
+        name = registry(json_file=str(json_path), image_root=str(image_root))
+        return name, json_path, image_root
+
+    return make
+
+
+def _cfg(train=(), test=(), num_classes=len(CATEGORIES)):
+    cfg = get_cfg()
+    dropblock_det.add_dropblock_config(cfg)
+    cfg.MODEL.META_ARCHITECTURE = "RetinaNet"
+    cfg.MODEL.BACKBONE.NAME = "build_retinanet_resnet_fpn_backbone"
+    cfg.MODEL.FPN.IN_FEATURES = ["res3", "res4", "res5"]
+    cfg.MODEL.RETINANET.NUM_CLASSES = num_classes
+    cfg.DATASETS.TRAIN = tuple(train)
+    cfg.DATASETS.TEST = tuple(test)
+    return cfg
+
+
+def _tree_state(root):
+    """Every path under root with its size and modification time, to detect any write."""
+    state = {}
+    for folder, _, files in os.walk(root):
+        state[folder] = os.stat(folder).st_mtime_ns
+        for name in files:
+            path = os.path.join(folder, name)
+            stat = os.stat(path)
+            state[path] = (stat.st_size, stat.st_mtime_ns)
+    return state
+
+
+def test_valid_inputs_pass(coco_dataset):
+    name, _, _ = coco_dataset()
+    check_training_inputs(_cfg(train=[name], test=[name]))
+
+
+def test_invalid_dropblock_value_names_key():
+    cfg = _cfg()
+    cfg.MODEL.DROPBLOCK.KEEP_PROB = 1.5
+    with pytest.raises(InputError, match=r"MODEL\.DROPBLOCK\.KEEP_PROB") as info:
+        check_training_inputs(cfg)
+    assert "(0, 1]" in str(info.value) and "command line" in str(info.value)
+
+
+def test_fpn_level_the_backbone_does_not_produce():
+    # res3..res5 through Detectron2's RetinaNet FPN give p3..p7: p2 does not exist.
+    cfg = _cfg()
+    cfg.MODEL.DROPBLOCK.FPN = ["p2"]
+    with pytest.raises(InputError, match=r"MODEL\.DROPBLOCK\.FPN.*'p3', 'p4', 'p5', 'p6', 'p7'"):
+        check_training_inputs(cfg, check_train=False)
+
+
+def test_enabled_with_stock_backbone_is_refused():
+    cfg = _cfg()
+    cfg.MODEL.DROPBLOCK.ENABLED = True
+    with pytest.raises(
+        InputError, match=r"MODEL\.BACKBONE\.NAME.*ignores MODEL\.DROPBLOCK"
+    ) as info:
+        check_training_inputs(cfg, check_train=False)
+    assert "build_retinanet_resnet_fpn_dropblock_backbone" in str(info.value)
+
+
+def test_head_dropblock_with_stock_meta_architecture_is_refused(monkeypatch):
+    # A backbone builder defined outside detectron2 stands in for the DropBlock one.
+    monkeypatch.setitem(BACKBONE_REGISTRY._obj_map, "validation_test_backbone", lambda *a: None)
+    cfg = _cfg()
+    cfg.MODEL.BACKBONE.NAME = "validation_test_backbone"
+    cfg.MODEL.DROPBLOCK.ENABLED = True
+    check_training_inputs(cfg, check_train=False)  # backbone accepted
+    cfg.MODEL.DROPBLOCK.HEAD = True
+    with pytest.raises(InputError, match=r"MODEL\.DROPBLOCK\.HEAD.*'DropBlockRetinaNet'"):
+        check_training_inputs(cfg, check_train=False)
+
+
+def test_unknown_meta_architecture_suggests_close_match():
+    cfg = _cfg()
+    cfg.MODEL.META_ARCHITECTURE = "RetinaNett"
+    with pytest.raises(InputError, match=r"MODEL\.META_ARCHITECTURE = 'RetinaNett'.*'RetinaNet'"):
+        check_training_inputs(cfg, check_train=False)
+
+
+def test_unregistered_train_dataset_names_key_and_close_match():
+    with pytest.raises(InputError, match=r"DATASETS\.TRAIN .*'coco_2017_trian'") as info:
+        check_training_inputs(_cfg(train=["coco_2017_trian"]))
+    message = str(info.value)
+    assert "Did you mean 'coco_2017_train'" in message
+    assert "register_coco_instances" in message
+
+
+def test_unregistered_test_dataset_names_its_key(coco_dataset):
+    name, _, _ = coco_dataset()
+    cfg = _cfg(train=[name], test=["no_such_dataset"])
+    with pytest.raises(InputError, match=r"DATASETS\.TEST names dataset 'no_such_dataset'"):
+        check_training_inputs(cfg)
+    check_training_inputs(cfg, check_test=False)
+
+
+def test_empty_train_list():
+    with pytest.raises(InputError, match=r"DATASETS\.TRAIN is empty.*DATASETS\.TRAIN \""):
+        check_training_inputs(_cfg(train=[]))
+    check_training_inputs(_cfg(train=[]), check_train=False)
+
+
+def test_missing_json_names_file(coco_dataset):
+    name, json_path, _ = coco_dataset()
+    json_path.unlink()
+    with pytest.raises(InputError, match="does not exist") as info:
+        check_training_inputs(_cfg(train=[name]))
+    assert str(json_path) in str(info.value) and "register_coco_instances" in str(info.value)
+
+
+def test_empty_json_names_file(coco_dataset):
+    name, json_path, _ = coco_dataset(json_text="")
+    with pytest.raises(InputError, match=r"is empty \(0 bytes\)") as info:
+        check_training_inputs(_cfg(train=[name]))
+    assert str(json_path) in str(info.value) and "regenerate" in str(info.value)
+
+
+def test_json_syntax_error_reports_line_and_column(coco_dataset):
+    name, json_path, _ = coco_dataset(json_text='{\n  "images": [,]\n}')
+    with pytest.raises(InputError, match="not valid JSON.*line 2 column 14") as info:
+        check_training_inputs(_cfg(train=[name]))
+    assert str(json_path) in str(info.value)
+
+
+def test_binary_file_is_not_json(coco_dataset):
+    name, json_path, _ = coco_dataset()
+    json_path.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe\x00")
+    with pytest.raises(InputError, match="not (valid )?JSON") as info:
+        check_training_inputs(_cfg(train=[name]))
+    assert str(json_path) in str(info.value)
+
+
+def test_json_that_is_not_an_object(coco_dataset):
+    name, _, _ = coco_dataset(json_text="[1, 2]")
+    with pytest.raises(InputError, match="holds a list, not an object.*'categories'"):
+        check_training_inputs(_cfg(train=[name]))
+
+
+@pytest.mark.parametrize("missing", ["images", "annotations", "categories"])
+def test_json_lacking_a_key_names_it(coco_dataset, missing):
+    content = _coco_content()
+    name, json_path, _ = coco_dataset({k: v for k, v in content.items() if k != missing})
+    with pytest.raises(InputError, match=f"lacks the key '{missing}'") as info:
+        check_training_inputs(_cfg(train=[name]))
+    assert str(json_path) in str(info.value) and "regenerate" in str(info.value)
+
+
+def test_test_set_without_annotations_is_accepted(coco_dataset, registry, tmp_path):
+    # COCO test-dev has no annotations: COCOEvaluator then writes predictions without scoring.
+    train_name, _, _ = coco_dataset()
+    content = _coco_content()
+    del content["annotations"]
+    test_json = tmp_path / "test.json"
+    test_json.write_text(json.dumps(content))
+    test_name = registry(json_file=str(test_json), image_root=str(tmp_path / "images"))
+    check_training_inputs(_cfg(train=[train_name], test=[test_name]))
+
+
+@pytest.mark.parametrize("empty", ["images", "annotations", "categories"])
+def test_json_with_an_empty_list(coco_dataset, empty):
+    content = dict(_coco_content(), **{empty: []})
+    name, _, _ = coco_dataset(content)
+    with pytest.raises(InputError, match=f"empty '{empty}' list"):
+        check_training_inputs(_cfg(train=[name]))
+
+
+def test_annotation_with_unknown_category(coco_dataset):
+    content = _coco_content()
+    content["annotations"][0]["category_id"] = 99
+    name, _, _ = coco_dataset(content)
+    with pytest.raises(InputError, match="1 annotations have a category_id.*99"):
+        check_training_inputs(_cfg(train=[name]))
+
+
+def test_annotation_without_bbox(coco_dataset):
+    content = _coco_content()
+    del content["annotations"][1]["bbox"]
+    name, _, _ = coco_dataset(content)
+    with pytest.raises(InputError, match=r"1 annotations lack a 'bbox'.*annotations\[1\]"):
+        check_training_inputs(_cfg(train=[name]))
+
+
+def test_missing_images_are_counted_and_listed(coco_dataset):
+    name, json_path, image_root = coco_dataset(_coco_content(num_images=5))
+    (image_root / "img_1.png").unlink()
+    (image_root / "img_3.png").unlink()
+    with pytest.raises(InputError, match="2 of the 5 image files") as info:
+        check_training_inputs(_cfg(train=[name]))
+    message = str(info.value)
+    assert str(image_root / "img_1.png") in message and str(image_root / "img_3.png") in message
+    assert str(json_path) in message and "Put the images there" in message
+
+
+def test_missing_image_root_names_it(coco_dataset):
+    name, _, image_root = coco_dataset()
+    for path in image_root.iterdir():
+        path.unlink()
+    image_root.rmdir()
+    with pytest.raises(InputError, match="image_root .* is not a folder, so all 2 images"):
+        check_training_inputs(_cfg(train=[name]))
+
+
+def test_num_classes_mismatch_names_key_and_both_numbers(coco_dataset):
+    name, _, _ = coco_dataset()
+    with pytest.raises(InputError, match=r"NUM_CLASSES = 80 but DATASETS\.TRAIN dataset") as info:
+        check_training_inputs(_cfg(train=[name], num_classes=80))
+    message = str(info.value)
+    assert name in message and "has 2 categories" in message
+    assert "MODEL.RETINANET.NUM_CLASSES 2" in message
+
+
+def test_num_classes_checked_against_test_set_in_eval_only(coco_dataset):
+    name, _, _ = coco_dataset()
+    with pytest.raises(InputError, match=r"NUM_CLASSES = 3 but DATASETS\.TEST dataset"):
+        check_training_inputs(_cfg(test=[name], num_classes=3), check_train=False)
+
+
+def test_loader_dataset_errors_name_the_dataset(registry):
+    def broken_loader():
+        raise FileNotFoundError("datasets/voc/Annotations/0001.xml")
+
+    name = registry(loader=broken_loader)
+    with pytest.raises(
+        InputError, match=f"{name}.*FileNotFoundError.*0001.xml.*DETECTRON2_DATASETS"
+    ):
+        check_training_inputs(_cfg(train=[name]))
+
+
+def test_loader_dataset_missing_image_and_class_count(registry, tmp_path):
+    present = tmp_path / "present.png"
+    Image.new("RGB", (8, 8)).save(present)
+    dicts = [{"file_name": str(present)}, {"file_name": str(tmp_path / "absent.png")}]
+    name = registry(loader=lambda: dicts, metadata={"thing_classes": ["a", "b"]})
+    with pytest.raises(InputError, match="1 of the 2 image files.*absent.png"):
+        check_training_inputs(_cfg(train=[name]))
+    dicts.pop()
+    check_training_inputs(_cfg(train=[name]))
+    with pytest.raises(InputError, match="NUM_CLASSES = 5 .* has 2 categories"):
+        check_training_inputs(_cfg(train=[name], num_classes=5))
+
+
+def test_generated_dataset_is_generated_before_its_files_are_checked(
+    monkeypatch, registry, tmp_path
+):
+    json_path = tmp_path / "generated" / "instances.json"
+    image_root = tmp_path / "generated" / "images"
+    name = registry(
+        "dropblock_digits_testonly", json_file=str(json_path), image_root=str(image_root)
+    )
+    generated = []
+
+    def ensure_dataset(dataset_name):
+        generated.append(dataset_name)
+        image_root.mkdir(parents=True)
+        content = _coco_content()
+        for image in content["images"]:
+            Image.new("RGB", (8, 8)).save(image_root / image["file_name"])
+        json_path.write_text(json.dumps(content))
+
+    monkeypatch.setattr(dropblock_det.data, "ensure_dataset", ensure_dataset, raising=False)
+    check_training_inputs(_cfg(train=[name]))
+    assert generated == [name]
+
+
+def test_generation_failure_names_dataset(monkeypatch, registry, tmp_path):
+    name = registry(
+        "dropblock_digits_testonly", json_file=str(tmp_path / "a.json"), image_root=str(tmp_path)
+    )
+
+    def ensure_dataset(dataset_name):
+        raise PermissionError("read-only file system")
+
+    monkeypatch.setattr(dropblock_det.data, "ensure_dataset", ensure_dataset, raising=False)
+    with pytest.raises(InputError, match=f"{name}.*could not be generated.*read-only"):
+        check_training_inputs(_cfg(train=[name]))
+
+
+def test_each_json_is_parsed_once(coco_dataset, registry, monkeypatch):
+    name, json_path, image_root = coco_dataset()
+    second_name = registry(json_file=str(json_path), image_root=str(image_root))
+    parses = []
+    real_loads = json.loads
+    monkeypatch.setattr(json, "loads", lambda raw: parses.append(1) or real_loads(raw))
+    check_training_inputs(_cfg(train=[name, second_name], test=[name]))
+    assert len(parses) == 1
+
+
+def test_nothing_is_written_or_removed(coco_dataset, tmp_path, monkeypatch):
+    name, _, _ = coco_dataset()
+    output_dir = tmp_path / "output"
+    output_dir.mkdir()
+    (output_dir / "model_final.pth").write_bytes(b"weights")
+    (output_dir / "metrics.json").write_text('{"iteration": 9}\n')
+    monkeypatch.chdir(tmp_path)
+    before = _tree_state(tmp_path)
+    check_training_inputs(_cfg(train=[name]))
+    with pytest.raises(InputError):
+        check_training_inputs(_cfg(train=[name], num_classes=80))
+    with pytest.raises(InputError):
+        check_training_inputs(_cfg(train=["not_registered"]))
+    assert _tree_state(tmp_path) == before
