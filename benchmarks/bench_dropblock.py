@@ -150,8 +150,12 @@ def format_table(results, impls, markdown=False):
         kind = "ready mask" if name == "floor" else impls[name][1]
         times = [results[s][name] * 1e3 for s in shapes]
         total = sum(times)
-        rows.append([name, kind] + [f"{t:.2f}" for t in times] + [f"{total:.2f}"]
-                    + [f"{total / (floor_total * 1e3):.2f}"])
+        rows.append(
+            [name, kind]
+            + [f"{t:.2f}" for t in times]
+            + [f"{total:.2f}"]
+            + [f"{total / (floor_total * 1e3):.2f}"]
+        )
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -165,15 +169,24 @@ def format_table(results, impls, markdown=False):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--dtypes", default=None,
-                        help="comma list of fp32,fp16,bf16 (default: fp32 on cpu, all on cuda)")
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads (torch.set_num_threads)")
+    parser.add_argument(
+        "--dtypes",
+        default=None,
+        help="comma list of fp32,fp16,bf16 (default: fp32 on cpu, all on cuda)",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=2, help="CPU threads (torch.set_num_threads)"
+    )
     parser.add_argument("--reps", type=int, default=9, help="timed repetitions (median reported)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed repetitions first")
     parser.add_argument("--keep-prob", type=float, default=0.9)
     parser.add_argument("--block-size", type=int, default=7)
-    parser.add_argument("--scale", type=float, default=1.0,
-                        help="shrink the channel counts by this factor (quick smoke runs)")
+    parser.add_argument(
+        "--scale",
+        type=float,
+        default=1.0,
+        help="shrink the channel counts by this factor (quick smoke runs)",
+    )
     parser.add_argument("--markdown", action="store_true", help="also print Markdown tables")
     args = parser.parse_args(argv)
 
@@ -181,18 +194,25 @@ def main(argv=None):
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
     torch.set_num_threads(args.threads)
-    dtype_names = (args.dtypes or ("fp32,fp16,bf16" if device.type == "cuda" else "fp32")).split(",")
+    dtype_names = (args.dtypes or ("fp32,fp16,bf16" if device.type == "cuda" else "fp32")).split(
+        ","
+    )
     for name in dtype_names:
         if name not in DTYPES:
             parser.error(f"--dtypes: unknown dtype {name!r} (choose from {', '.join(DTYPES)})")
     shapes = [(b, max(1, int(c * args.scale)), h, w) for b, c, h, w in RETINANET_SHAPES]
     impls, notes = build_implementations(args.keep_prob, args.block_size)
 
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else (
-        platform.processor() or platform.machine())
-    print(f"# DropBlock forward+backward, {date.today().isoformat()}, torch {torch.__version__}, "
-          f"device {device} ({device_name}), threads {torch.get_num_threads()}, "
-          f"keep_prob {args.keep_prob}, block {args.block_size}, median of {args.reps}")
+    device_name = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else (platform.processor() or platform.machine())
+    )
+    print(
+        f"# DropBlock forward+backward, {date.today().isoformat()}, torch {torch.__version__}, "
+        f"device {device} ({device_name}), threads {torch.get_num_threads()}, "
+        f"keep_prob {args.keep_prob}, block {args.block_size}, median of {args.reps}"
+    )
     for note in notes:
         print(f"# note: {note}")
     for dtype_name in dtype_names:

@@ -64,6 +64,20 @@ def add_dropblock_config(cfg):
     # many times faster than pycocotools' pure-Python COCOeval that the registry build falls back to).
     _C.TEST.FAST_COCO_EVAL = True
 
+    # Optimizer of dropblock_det.engine.Trainer: "SGD" (Detectron2's) or "ADAMW" (the same
+    # parameter groups; SOLVER.WEIGHT_DECAY is then AdamW's decoupled decay).
+    _C.SOLVER.OPTIMIZER = "SGD"
+
+    # The DropBlock paper's training augmentation (§4.3, tensorflow/tpu resize_and_crop): resize so
+    # that the image fits in TARGET_SIZE * s, s uniform in [MIN_SCALE, MAX_SCALE], keeping the
+    # aspect ratio, then random-crop / pad to TARGET_SIZE x TARGET_SIZE. Off: Detectron2's
+    # ResizeShortestEdge from INPUT.MIN_SIZE_TRAIN / MAX_SIZE_TRAIN.
+    _C.INPUT.SCALE_JITTER = CN()
+    _C.INPUT.SCALE_JITTER.ENABLED = False
+    _C.INPUT.SCALE_JITTER.MIN_SCALE = 0.8
+    _C.INPUT.SCALE_JITTER.MAX_SCALE = 1.2
+    _C.INPUT.SCALE_JITTER.TARGET_SIZE = 640
+
 
 def _fail(key, value, expected):
     raise ValueError(f"cfg.{key} = {value!r} is invalid: {expected}.")
@@ -113,6 +127,19 @@ def validate_dropblock_config(cfg, fpn_levels=None):
     bad = [lv for lv in fpn if lv not in levels]
     if bad or len(set(fpn)) != len(fpn):
         _fail("MODEL.DROPBLOCK.FPN", fpn, f"expected distinct levels among {list(levels)}")
+    optimizer = cfg.SOLVER.get("OPTIMIZER", "SGD")
+    if optimizer not in ("SGD", "ADAMW"):
+        _fail("SOLVER.OPTIMIZER", optimizer, 'expected "SGD" or "ADAMW"')
+    jitter = cfg.INPUT.get("SCALE_JITTER", None)
+    if jitter is not None and jitter.ENABLED:
+        if not 0 < jitter.MIN_SCALE <= jitter.MAX_SCALE:
+            _fail(
+                "INPUT.SCALE_JITTER.MIN_SCALE",
+                jitter.MIN_SCALE,
+                f"expected 0 < MIN_SCALE <= MAX_SCALE ({jitter.MAX_SCALE})",
+            )
+        if not (isinstance(jitter.TARGET_SIZE, int) and jitter.TARGET_SIZE > 0):
+            _fail("INPUT.SCALE_JITTER.TARGET_SIZE", jitter.TARGET_SIZE, "expected a positive integer")
     for key in ("ENABLED", "SHARE_CHANNELS", "HEAD", "GROUP_SCALING"):
         if not isinstance(d[key], bool):
             _fail(f"MODEL.DROPBLOCK.{key}", d[key], "expected True or False")

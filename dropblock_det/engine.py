@@ -8,13 +8,15 @@ import json
 import logging
 import os
 import tempfile
+from unittest import mock
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.data import DatasetMapper, build_detection_train_loader
 from detectron2.data import transforms as T
-from detectron2.engine import DefaultTrainer, default_setup, hooks
+from detectron2.engine import DefaultTrainer, create_ddp_model, default_setup, hooks
+from detectron2.engine import defaults as d2_defaults
 from detectron2.evaluation import verify_results
 from detectron2.solver import get_default_optimizer_params
 from detectron2.solver.build import maybe_add_gradient_clipping
@@ -154,8 +156,39 @@ def write_eval_results(output_dir, results, iteration=None):
     return path
 
 
+def _create_ddp_model_on_any_device(model, **kwargs):
+    """Detectron2's ``create_ddp_model``, which also wraps a model that lives on the CPU.
+
+    Detectron2 passes ``device_ids=[local rank]``, which DistributedDataParallel accepts only for
+    a model on one accelerator: CPU processes (``launch`` without GPUs uses gloo) must pass none.
+
+    Args:
+        model (nn.Module): the model of this rank.
+        **kwargs: DistributedDataParallel's keyword arguments.
+
+    Returns:
+        nn.Module: the model, wrapped in DistributedDataParallel when there are several processes.
+    """
+    if "device_ids" not in kwargs and all(p.device.type == "cpu" for p in model.parameters()):
+        kwargs["device_ids"] = None
+    return create_ddp_model(model, **kwargs)
+
+
 class Trainer(DefaultTrainer):
-    """Detectron2's DefaultTrainer with the COCO evaluator and the DropBlock schedule hook."""
+    """Detectron2's DefaultTrainer with the COCO evaluator and the DropBlock schedule hook.
+
+    Multi-process training also runs on CPUs (gloo), e.g. to test it on a machine without GPUs.
+    """
+
+    def __init__(self, cfg):
+        """
+        Args:
+            cfg (CfgNode): the run's config.
+        """
+        # DefaultTrainer.__init__ wraps the model with its module's create_ddp_model, which
+        # cannot wrap a CPU model; only that call changes, for the duration of the constructor.
+        with mock.patch.object(d2_defaults, "create_ddp_model", _create_ddp_model_on_any_device):
+            super().__init__(cfg)
 
     @classmethod
     def build_model(cls, cfg):

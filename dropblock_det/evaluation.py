@@ -186,8 +186,9 @@ def build_coco_evaluator(cfg, dataset_name, output_dir=None):
     Args:
         cfg (CfgNode): a config that went through :func:`dropblock_det.add_dropblock_config`.
         dataset_name (str): a registered dataset, e.g. one of ``cfg.DATASETS.TEST``.
-        output_dir (str or None): where COCOEvaluator writes its prediction dumps (and the COCO
-            json of datasets registered without one); None writes nothing.
+        output_dir (str or None): where COCOEvaluator writes its prediction dumps and, for a
+            dataset registered without a COCO json, the converted json it then needs; None writes
+            no dumps.
 
     Returns:
         FasterCOCOEvaluator: a Detectron2 DatasetEvaluator.

@@ -56,9 +56,14 @@ class DropBlockSchedule(HookBase):
     :func:`~dropblock_det.modeling.group_keep_prob`), FPN and head DropBlocks get it as is. The
     unscaled value is written as ``dropblock/keep_prob`` to the EventStorage.
 
+    Between steps it switches DropBlock off (keep_prob 1), so that only training steps drop: hooks
+    that run the model in train mode after a step, such as Detectron2's PreciseBN, collect BN
+    statistics without DropBlock, as inference will see them.
+
     The hook keeps no state: the value depends only on ``trainer.iter`` and ``trainer.max_iter``,
     so a run resumed from a checkpoint continues the schedule exactly. Register it on every rank
-    (each rank has its own model replica).
+    (each rank has its own model replica), before the hooks whose ``after_step`` should see
+    DropBlock off.
     """
 
     @configurable
@@ -145,3 +150,7 @@ class DropBlockSchedule(HookBase):
         for module, group in self._dropblocks:
             module.keep_prob = group_keep_prob(keep_prob, group, self._stages, self._group_scaling)
         self.trainer.storage.put_scalar(KEEP_PROB_METRIC, keep_prob, smoothing_hint=False)
+
+    def after_step(self):
+        for module, _ in self._dropblocks:
+            module.keep_prob = 1.0

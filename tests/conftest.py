@@ -1,12 +1,22 @@
 """Shared fixtures: small CPU configs built from the repository's own yaml files."""
 
+import hashlib
+import json
 import os
+import signal
+import subprocess
+import sys
+from unittest import mock
 
+import numpy as np
 import pytest
+import torch
 from detectron2.config import get_cfg
+from detectron2.engine import HookBase
+from detectron2.utils import comm
 
 import dropblock_det  # noqa: F401  (registers the backbone, meta-architecture and datasets)
-from dropblock_det import add_dropblock_config
+from dropblock_det import DropBlock2d, add_dropblock_config
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_BASE_CONFIG = os.path.join(REPO_ROOT, "configs", "tiny", "Base-Tiny.yaml")
@@ -61,3 +71,253 @@ def narrow_r50_cfg(tiny_cfg):
         return tiny_cfg(*NARROW_R50_OPTS, *opts)
 
     return make
+
+
+# ----------------------------------------------------------------------------------------------
+# Training runs through tools/train_net.py, recorded step by step (reliability tests: resume,
+# distributed, determinism, non-finite losses).
+
+TRAIN_NET = os.path.join(REPO_ROOT, "tools", "train_net.py")
+TINY_DROPBLOCK_CONFIG = os.path.join(
+    REPO_ROOT, "configs", "tiny", "tiny_retinanet_R18_FPN_dropblock.yaml"
+)
+# The tiny DropBlock config made quick: 96 px images (res5 is 3x3, still >= BLOCK_SIZE 3), two
+# images a step, no evaluation.
+QUICK_TINY_OPTS = (
+    "MODEL.DEVICE", "cpu",
+    "SOLVER.IMS_PER_BATCH", "2",
+    "INPUT.MIN_SIZE_TRAIN", "(96,)",
+    "INPUT.MAX_SIZE_TRAIN", "96",
+    "DATASETS.TEST", "()",
+)  # fmt: skip
+# Read by recording_main in the training process: SIGKILL it before this iteration starts.
+KILL_AT_ITER_ENV = "DROPBLOCK_TEST_KILL_AT_ITER"
+_RECORDING_FILE = "recording_rank{rank}.jsonl"
+# Run in a fresh interpreter: tools/train_net.py's cli with every rank's main wrapped by
+# recording_main. ``launch`` pickles the wrapper by name, so spawned ranks import it from here.
+_RECORDING_RUNNER = """
+import importlib.util, sys
+import conftest
+spec = importlib.util.spec_from_file_location("train_net", conftest.TRAIN_NET)
+train_net = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(train_net)
+train_net.main = conftest.recording_main
+sys.exit(train_net.cli(sys.argv[1:]))
+"""
+
+
+class TrainingRecorder(HookBase):
+    """Test-only hook: what each training step did, one JSON line per step and rank.
+
+    A line holds ``iter``, ``lr`` (every parameter group's, as the step used it), ``keep_probs``
+    (every DropBlock call's keep_prob, in call order), ``masks`` (SHA-256 of the blocks those
+    calls dropped), ``dropped`` (units dropped), ``replay_ok`` (the replayed masks explain the
+    zeros of the real outputs) and ``loss`` (the sum of the model's losses). ``after_train`` adds
+    ``{"final_params": <SHA-256 of the parameters>}``.
+
+    The mask of a call is recovered independently of the data: the RNG state before the call is
+    restored and the module is run again on ones, which draws the same blocks. CPU RNG only.
+    """
+
+    def __init__(self, output_dir, *, kill_at_iter=None, nan_loss_at_iter=None):
+        """
+        Args:
+            output_dir (str): where ``recording_rank<r>.jsonl`` is written.
+            kill_at_iter (int or None): SIGKILL the process before this iteration (a crash).
+            nan_loss_at_iter (int or None): make every loss NaN at this iteration.
+        """
+        self._path = os.path.join(output_dir, _RECORDING_FILE.format(rank=comm.get_rank()))
+        self._kill_at_iter = kill_at_iter
+        self._nan_loss_at_iter = nan_loss_at_iter
+        self._handles = []
+        self._step = None
+
+    def before_train(self):
+        model = self.trainer.model
+        model = getattr(model, "module", model)  # DistributedDataParallel's inner model
+        for module in model.modules():
+            if isinstance(module, DropBlock2d):
+                self._handles.append(module.register_forward_pre_hook(self._save_rng_state))
+                self._handles.append(module.register_forward_hook(self._record_mask))
+        self._handles.append(model.register_forward_hook(self._record_loss))
+
+    def before_step(self):
+        if self.trainer.iter == self._kill_at_iter:
+            os.kill(os.getpid(), signal.SIGKILL)
+        self._step = {
+            "iter": self.trainer.iter,
+            "lr": [group["lr"] for group in self.trainer.optimizer.param_groups],
+            "keep_probs": [],
+            "masks": hashlib.sha256(),
+            "dropped": 0,
+            "replay_ok": True,
+            "loss": None,
+        }
+
+    def _save_rng_state(self, module, inputs):
+        module._recorder_rng_state = torch.get_rng_state()
+
+    def _record_mask(self, module, inputs, output):
+        if not module.training or self._step is None:
+            return
+        x = inputs[0]
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            torch.set_rng_state(module._recorder_rng_state)
+            replay = module.forward(torch.ones_like(x))
+        dropped = replay == 0
+        self._step["keep_probs"].append(module.keep_prob)
+        self._step["masks"].update(np.packbits(dropped.cpu().numpy()).tobytes())
+        self._step["dropped"] += int(dropped.sum())
+        explained = torch.equal(output == 0, dropped | (x == 0))
+        self._step["replay_ok"] = self._step["replay_ok"] and explained
+
+    def _record_loss(self, model, inputs, losses):
+        if not model.training or self._step is None:
+            return None
+        if self.trainer.iter == self._nan_loss_at_iter:
+            losses = {name: value * float("nan") for name, value in losses.items()}
+        self._step["loss"] = float(sum(value.detach() for value in losses.values()))
+        return losses
+
+    def after_step(self):
+        step = dict(self._step, masks=self._step["masks"].hexdigest())
+        self._write(step)
+        self._step = None
+
+    def after_train(self):
+        for handle in self._handles:
+            handle.remove()
+        digest = hashlib.sha256()
+        for name, param in self.trainer.model.named_parameters():
+            digest.update(name.encode())
+            digest.update(param.detach().cpu().numpy().tobytes())
+        self._write({"final_params": digest.hexdigest()})
+
+    def _write(self, record):
+        with open(self._path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def recording_main(args):
+    """``dropblock_det.engine.main`` with a :class:`TrainingRecorder` after the trainer's hooks.
+
+    Runs in each training process (``launch`` calls it per rank); reads KILL_AT_ITER_ENV.
+
+    Args:
+        args (argparse.Namespace): from Detectron2's ``default_argument_parser``.
+
+    Returns:
+        what ``main`` returns.
+    """
+    from dropblock_det import engine
+
+    kill_at = os.environ.get(KILL_AT_ITER_ENV)
+
+    class RecordingTrainer(engine.Trainer):
+        def build_hooks(self):
+            recorder = TrainingRecorder(
+                self.cfg.OUTPUT_DIR, kill_at_iter=None if kill_at is None else int(kill_at)
+            )
+            return super().build_hooks() + [recorder]
+
+    with mock.patch.object(engine, "Trainer", RecordingTrainer):
+        return engine.main(args)
+
+
+def run_recorded_train_net(argv, *, timeout=300, env=None):
+    """Run tools/train_net.py's cli in a subprocess, recording every step (see recording_main).
+
+    The subprocess gets its own session so that a timeout kills it with every rank it spawned:
+    a hang fails the test instead of blocking it.
+
+    Args:
+        argv (Sequence[str]): train_net.py's arguments.
+        timeout (float): seconds before the whole process group is killed and the test fails.
+        env (dict or None): extra environment variables.
+
+    Returns:
+        subprocess.CompletedProcess: with ``returncode``, ``stdout`` and ``stderr`` (text).
+    """
+    run_env = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    run_env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (tests_dir, REPO_ROOT, run_env.get("PYTHONPATH")) if p
+    )
+    cmd = [sys.executable, "-c", _RECORDING_RUNNER, *map(str, argv)]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=REPO_ROOT,
+        env=run_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        pytest.fail(f"train_net.py {' '.join(map(str, argv))} hung for {timeout} s:\n{stderr[-3000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+
+
+def read_recording(output_dir, rank=0):
+    """The steps a :class:`TrainingRecorder` wrote, and the final parameter hash if it got there.
+
+    Args:
+        output_dir (str or Path): the run's OUTPUT_DIR.
+        rank (int): the process.
+
+    Returns:
+        tuple(dict[int, dict], str or None): steps by iteration (a resumed run repeats none), and
+        ``final_params`` or None.
+    """
+    steps, final_params = {}, None
+    with open(os.path.join(output_dir, _RECORDING_FILE.format(rank=rank))) as f:
+        for line in f:
+            record = json.loads(line)
+            if "final_params" in record:
+                final_params = record["final_params"]
+            else:
+                steps[record["iter"]] = record
+    return steps, final_params
+
+
+def recorded_run_argv(output_dir, *opts):
+    """train_net.py arguments of a quick tiny DropBlock run (QUICK_TINY_OPTS) into output_dir."""
+    return ["--config-file", TINY_DROPBLOCK_CONFIG, *QUICK_TINY_OPTS, "OUTPUT_DIR", output_dir, *opts]
+
+
+# Shared by the resume and determinism tests: 8 steps, checkpoints after steps 3 and 7, warmup
+# over 3 steps and an LR step at 5, so that both keep_prob and LR change along the run.
+SCHEDULED_RUN_OPTS = (
+    "SOLVER.MAX_ITER", "8",
+    "SOLVER.CHECKPOINT_PERIOD", "4",
+    "SOLVER.WARMUP_ITERS", "3",
+    "SOLVER.STEPS", "(5,)",
+)  # fmt: skip
+# The interrupted run is killed before this step: after the checkpoint of step 3, so that the
+# resumed run repeats step 4 and 5.
+SCHEDULED_RUN_KILLED_AT = 6
+
+
+@pytest.fixture(scope="session")
+def uninterrupted_run(tmp_path_factory):
+    """OUTPUT_DIR of the tiny DropBlock run of SCHEDULED_RUN_OPTS, trained to the end."""
+    out = str(tmp_path_factory.mktemp("uninterrupted"))
+    proc = run_recorded_train_net(recorded_run_argv(out, *SCHEDULED_RUN_OPTS))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="session")
+def interrupted_run(tmp_path_factory):
+    """OUTPUT_DIR of the same run, SIGKILLed before step SCHEDULED_RUN_KILLED_AT."""
+    out = str(tmp_path_factory.mktemp("interrupted"))
+    proc = run_recorded_train_net(
+        recorded_run_argv(out, *SCHEDULED_RUN_OPTS),
+        env={KILL_AT_ITER_ENV: str(SCHEDULED_RUN_KILLED_AT)},
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    return out

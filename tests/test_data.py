@@ -82,7 +82,9 @@ def test_scene_params_round_trip_and_unknown_keys():
         data.SceneParams.from_dict({"digit_size": (8, 16)})
 
 
-@pytest.mark.parametrize("field, value", [("num_train", -1), ("seed", 1.5), ("val_source_fraction", 1.0)])
+@pytest.mark.parametrize(
+    "field, value", [("num_train", -1), ("seed", 1.5), ("val_source_fraction", 1.0)]
+)
 def test_dataset_spec_rejects_bad_values_naming_the_field(field, value):
     with pytest.raises(ValueError, match=f"DatasetSpec.{field}"):
         data.DatasetSpec(**{field: value})
@@ -110,8 +112,9 @@ def test_rendered_boxes_are_tight_around_ink_and_inside_the_image(difficulty):
     pool = np.arange(len(labels))
     num_objects = 0
     for index in range(15):
-        scene = synthetic.render_scene(synthetic.scene_rng(0, "train", index), params, images,
-                                       labels, pool)
+        scene = synthetic.render_scene(
+            synthetic.scene_rng(0, "train", index), params, images, labels, pool
+        )
         size = params.image_size
         assert scene.image.shape == (size, size, 3) and scene.image.dtype == np.uint8
         assert len(scene.boxes) <= params.digits_per_image[1]
@@ -168,14 +171,19 @@ def test_generation_is_deterministic_to_the_byte(tmp_path):
     first = synthetic.write_dataset(str(tmp_path / "a"), SMALL)
     second = synthetic.write_dataset(str(tmp_path / "b"), SMALL)
     assert first == second
-    for relpath in ["annotations/instances_train.json", "annotations/instances_val.json",
-                    "train/000005.png", "val/000003.png"]:
+    for relpath in [
+        "annotations/instances_train.json",
+        "annotations/instances_val.json",
+        "train/000005.png",
+        "val/000003.png",
+    ]:
         with open(tmp_path / "a" / relpath, "rb") as fa, open(tmp_path / "b" / relpath, "rb") as fb:
             assert fa.read() == fb.read(), relpath
     assert data.hash_dataset_files(str(tmp_path / "a")) == first["content_sha256"]
     assert data.hash_dataset_files(str(tmp_path / "b")) == first["content_sha256"]
-    other_seed = synthetic.write_dataset(str(tmp_path / "c"), data.DatasetSpec(seed=4, num_train=6,
-                                                                               num_val=4))
+    other_seed = synthetic.write_dataset(
+        str(tmp_path / "c"), data.DatasetSpec(seed=4, num_train=6, num_val=4)
+    )
     assert other_seed["content_sha256"] != first["content_sha256"]
 
 
@@ -211,8 +219,15 @@ def test_json_is_valid_coco_with_disjoint_train_and_val_sources(tmp_path):
             assert os.path.isfile(os.path.join(out, split, image["file_name"]))
         sources[split] = {ann["source_index"] for ann in anns}
         # Valid enough to evaluate: the ground truth as detections scores a perfect AP.
-        detections = [{"image_id": a["image_id"], "category_id": a["category_id"],
-                       "bbox": a["bbox"], "score": 1.0} for a in anns]
+        detections = [
+            {
+                "image_id": a["image_id"],
+                "category_id": a["category_id"],
+                "bbox": a["bbox"],
+                "score": 1.0,
+            }
+            for a in anns
+        ]
         with contextlib.redirect_stdout(io.StringIO()):
             evaluator = COCOeval(coco, coco.loadRes(detections), "bbox")
             evaluator.evaluate()
@@ -225,8 +240,9 @@ def test_json_is_valid_coco_with_disjoint_train_and_val_sources(tmp_path):
 def test_changed_parameters_regenerate_and_unchanged_ones_reuse(tmp_path, monkeypatch):
     out = str(tmp_path / "digits")
     first = data.prepare_dataset(out, SMALL)
-    harder = data.DatasetSpec(seed=3, num_train=6, num_val=4,
-                              scene=data.SceneParams(pixel_noise=0.1))
+    harder = data.DatasetSpec(
+        seed=3, num_train=6, num_val=4, scene=data.SceneParams(pixel_noise=0.1)
+    )
     second = data.prepare_dataset(out, harder)
     assert second["spec"]["scene"]["pixel_noise"] == 0.1
     assert second["content_sha256"] != first["content_sha256"]
@@ -288,13 +304,18 @@ def test_leftovers_of_a_killed_generation_are_removed(tmp_path):
     assert _hidden_siblings(out) == []
 
 
-def test_foreign_folder_is_left_untouched(tmp_path):
+def test_foreign_folder_or_file_is_left_untouched(tmp_path):
     out = tmp_path / "digits"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
     with pytest.raises(FileExistsError, match="manifest.json"):
         data.prepare_dataset(str(out), SMALL)
     assert (out / "notes.txt").read_text() == "mine"
+    a_file = tmp_path / "digits.txt"
+    a_file.write_text("also mine")
+    with pytest.raises(FileExistsError, match="digits.txt"):
+        data.prepare_dataset(str(a_file), SMALL)
+    assert a_file.read_text() == "also mine"
 
 
 def test_corrupt_manifest_is_reported_not_overwritten(tmp_path):
@@ -347,11 +368,14 @@ def test_default_datasets_are_registered_on_import_idempotently():
         metadata = MetadataCatalog.get(name)
         assert metadata.evaluator_type == "coco"
         assert metadata.thing_classes == [str(d) for d in range(10)]
-        assert metadata.json_file.endswith(os.path.join("dropblock_digits", "annotations",
-                                                        f"instances_{split}.json"))
+        assert metadata.json_file.endswith(
+            os.path.join("dropblock_digits", "annotations", f"instances_{split}.json")
+        )
         assert metadata.image_root.endswith(os.path.join("dropblock_digits", split))
-    assert (data.TRAIN_DATASET, data.VAL_DATASET) == ("dropblock_digits_train",
-                                                      "dropblock_digits_val")
+    assert (data.TRAIN_DATASET, data.VAL_DATASET) == (
+        "dropblock_digits_train",
+        "dropblock_digits_val",
+    )
     importlib.reload(data)  # registers again: must neither raise nor change anything
     assert data.register_dropblock_digits() == ("dropblock_digits_train", "dropblock_digits_val")
 
@@ -382,8 +406,9 @@ def test_catalog_get_generates_on_first_use_and_loads_dicts(tmp_path, monkeypatc
 
 def test_ensure_dataset_makes_the_json_exist_before_any_catalog_get(tmp_path, unique_prefix):
     dataset_dir = str(tmp_path / "elsewhere")
-    _, val = data.register_dropblock_digits(prefix=unique_prefix, dataset_dir=dataset_dir,
-                                            spec=SMALL)
+    _, val = data.register_dropblock_digits(
+        prefix=unique_prefix, dataset_dir=dataset_dir, spec=SMALL
+    )
     json_file = MetadataCatalog.get(val).json_file
     assert not os.path.exists(json_file)
     assert data.ensure_dataset(val) == dataset_dir
@@ -411,8 +436,19 @@ def _load_cli():
 def test_cli_generates_summarizes_verifies_and_previews(tmp_path, capsys):
     cli = _load_cli()
     out = tmp_path / "cli"
-    argv = ["--out", str(out), "--seed", "2", "--num-train", "5", "--num-val", "3", "--verify",
-            "--preview", str(tmp_path / "preview.png")]
+    argv = [
+        "--out",
+        str(out),
+        "--seed",
+        "2",
+        "--num-train",
+        "5",
+        "--num-val",
+        "3",
+        "--verify",
+        "--preview",
+        str(tmp_path / "preview.png"),
+    ]
     assert cli.main(argv) == 0
     printed = capsys.readouterr()
     assert f"wrote {out}" in printed.out and "verify: ok" in printed.out

@@ -127,6 +127,23 @@ def test_sets_every_dropblock_before_each_step_and_logs_the_unscaled_value():
     assert net.seen[5]["res4"] == pytest.approx(1 - 0.05 / 4)
 
 
+def test_dropblock_is_off_between_steps_for_the_hooks_after_it():
+    class AfterStepRecorder(hooks.HookBase):
+        def __init__(self, net):
+            self.net = net
+            self.seen = []
+
+        def after_step(self):
+            self.seen.append({m.keep_prob for m in self.net.dropblocks.values()})
+
+    net = _Net()
+    recorder = AfterStepRecorder(net)
+    trainer, _ = _trainer(net, recorder)
+    trainer.train(0, 5)
+    assert recorder.seen == [{1.0}] * 5
+    assert net.seen[3]["res5"] < 1.0  # while the steps themselves ran with the schedule
+
+
 def test_resumed_run_continues_the_schedule_exactly(tmp_path):
     max_iter, period = 12, 6
     net = _Net()

@@ -116,8 +116,8 @@ def runs(tmp_path):
         _make_run(
             root / "dropblock",
             dropblock=True,
-            metrics_evals=[(49, {m: 1.0 for m in BBOX_METRICS}), (99, DROPBLOCK_EVAL)],
-            final_checkpoint=True,
+            # Detectron2 logs the final evaluation at iteration MAX_ITER, after the last step.
+            metrics_evals=[(49, {m: 1.0 for m in BBOX_METRICS}), (100, DROPBLOCK_EVAL)],
         ),
         _make_run(
             root / "running", dropblock=True, keep_prob=0.8, logged_to=40, broken_last_line=True
@@ -175,7 +175,9 @@ def test_eval_results_json_preferred_over_metrics_json(tmp_path):
 def test_last_metrics_json_evaluation_used_without_eval_results(runs):
     run = read_run(runs[1])
     assert run.evaluation.source == "metrics.json"
-    assert run.evaluation.iteration == 99  # the later of the two evaluations
+    assert run.evaluation.iteration == 100  # the later of the two evaluations
+    assert run.iterations_done == 100  # evaluation lines are not training steps
+    assert run.training_finished is True and run.status == "evaluated"
     assert run.evaluation.metrics["AP"] == 33.0
     assert math.isnan(run.evaluation.metrics["APs"])
     assert run.dropblock_label == "kp 0.9 bs 7 res4,res5"
@@ -314,6 +316,7 @@ def test_compare_cli_writes_report_and_figures(runs, tmp_path, capsys):
     assert compare.main(argv) == 0
     printed = capsys.readouterr().out
     assert "33.0 (+1.8)" in printed and "38.4 (+1.6)" in printed
+    assert "NaN: COCOeval had no detections" in printed  # the DropBlock run's APs
     assert f"Wrote {out / 'report.md'}" in printed
     markdown = (out / "report.md").read_text(encoding="utf-8")
     assert "| base | off | 31.2 |" in markdown

@@ -36,21 +36,39 @@ from dropblock_det.data import (  # noqa: E402
 def parse_args(argv=None):
     """Args: argv (list[str] or None): command line, None for sys.argv. Returns: Namespace."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", default=None,
-                        help="dataset folder (default: $DETECTRON2_DATASETS/dropblock_digits, "
-                        f"currently {default_dataset_dir()})")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="dataset folder (default: $DETECTRON2_DATASETS/dropblock_digits, "
+        f"currently {default_dataset_dir()})",
+    )
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
     parser.add_argument("--num-train", type=int, default=DEFAULT_NUM_TRAIN)
     parser.add_argument("--num-val", type=int, default=DEFAULT_NUM_VAL)
-    parser.add_argument("--difficulty", choices=sorted(DIFFICULTY_PRESETS), default="medium",
-                        help="scene parameter preset (default: medium, the registered datasets')")
-    parser.add_argument("--force", action="store_true",
-                        help="regenerate even when the folder already holds this dataset")
-    parser.add_argument("--verify", action="store_true",
-                        help="recompute the content hash of the files and compare with the manifest")
-    parser.add_argument("--preview", nargs="?", const="", default=None, metavar="PNG",
-                        help="save a grid of train scenes with their boxes (default path: "
-                        "<out>/preview.png)")
+    parser.add_argument(
+        "--difficulty",
+        choices=sorted(DIFFICULTY_PRESETS),
+        default="medium",
+        help="scene parameter preset (default: medium, the registered datasets')",
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="regenerate even when the folder already holds this dataset",
+    )
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="recompute the content hash of the files and compare with the manifest",
+    )
+    parser.add_argument(
+        "--preview",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="PNG",
+        help="save a grid of train scenes with their boxes (default path: " "<out>/preview.png)",
+    )
     return parser.parse_args(argv)
 
 
@@ -86,8 +104,12 @@ def main(argv=None):
     args = parse_args(argv)
     out = os.path.abspath(args.out or default_dataset_dir())
     try:
-        spec = DatasetSpec(seed=args.seed, num_train=args.num_train, num_val=args.num_val,
-                           scene=DIFFICULTY_PRESETS[args.difficulty])
+        spec = DatasetSpec(
+            seed=args.seed,
+            num_train=args.num_train,
+            num_val=args.num_val,
+            scene=DIFFICULTY_PRESETS[args.difficulty],
+        )
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

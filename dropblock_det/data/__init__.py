@@ -1,10 +1,11 @@
 """Embedded detection dataset: scikit-learn's handwritten digits composed into scenes.
 
 Importing this package registers ``dropblock_digits_train`` and ``dropblock_digits_val`` in
-Detectron2's DatasetCatalog and MetadataCatalog (COCO evaluator type, classes "0".."9"). Their folder
-is ``$DETECTRON2_DATASETS/dropblock_digits`` as the environment says at import time; the data is
-generated there on first use (no download), deterministically, and regenerated when the generation
-parameters change. ``tools/generate_dataset.py`` generates one explicitly and saves a preview.
+Detectron2's DatasetCatalog and MetadataCatalog (COCO evaluator type, classes "0".."9"). Their
+folder is ``$DETECTRON2_DATASETS/dropblock_digits``, as the environment says at import time. The
+data is generated there on first use (no download), deterministically, and regenerated when the
+generation parameters change; ``ensure_dataset(name)`` generates it ahead of code that reads
+``metadata.json_file`` directly. ``tools/generate_dataset.py`` generates one and saves a preview.
 """
 
 from .datasets import (

@@ -56,11 +56,22 @@ def save_preview_grid(dataset_dir, out_path, split="train", num_images=12, colum
         for ann in anns:
             x, y, w, h = ann["bbox"]
             # Box edges drawn on pixel edges (imshow centres pixel i at i, so edges are at i-0.5).
-            axes.add_patch(Rectangle((x - 0.5, y - 0.5), w, h, fill=False, linewidth=1.0,
-                                     edgecolor="lime"))
-            axes.text(x - 0.5, y - 1.5, names[ann["category_id"]], color="black", fontsize=7,
-                      va="bottom", bbox={"facecolor": "lime", "pad": 0.5, "linewidth": 0})
-        axes.set_title(f"{split} {info['file_name']} ({len(anns)} boxes)", fontsize=7)
+            axes.add_patch(
+                Rectangle((x - 0.5, y - 0.5), w, h, fill=False, linewidth=1.0, edgecolor="lime")
+            )
+            axes.text(
+                x - 0.5,
+                y - 1.5,
+                names[ann["category_id"]],
+                color="black",
+                fontsize=7,
+                va="bottom",
+                bbox={"facecolor": "lime", "pad": 0.5, "linewidth": 0},
+            )
+        axes.set_title(
+            f"{split} {info['file_name']} ({len(anns)} box{'' if len(anns) == 1 else 'es'})",
+            fontsize=7,
+        )
         axes.set_axis_off()
     figure.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)

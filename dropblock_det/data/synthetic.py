@@ -8,8 +8,8 @@ The 1797 8×8 source digits of ``sklearn.datasets.load_digits`` ship inside the 
 (no download). They are split per class into disjoint train and val pools, so the val split measures
 generalisation to unseen handwriting rather than to unseen placements of the same digits.
 
-This module only renders and writes; :mod:`dropblock_det.data.datasets` decides when to (re)generate,
-under a lock and into a temporary folder, and registers the splits with Detectron2.
+This module only renders and writes; :mod:`dropblock_det.data.datasets` decides when to
+(re)generate, under a lock and into a temporary folder, and registers the splits with Detectron2.
 """
 
 import dataclasses
@@ -73,27 +73,26 @@ _BLUR_MARGIN = 4
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
-def _check_range(name, value, low, high=None, integer=True):
-    """Validate a ``(min, max)`` pair field of :class:`SceneParams`, naming it in the error."""
-    kind = int if integer else (int, float)
+def _check_range(name, value, low, high):
+    """Validate a ``(min, max)`` integer pair field of :class:`SceneParams`, naming it."""
     if (
         not isinstance(value, (tuple, list))
         or len(value) != 2
-        or not all(isinstance(v, kind) and not isinstance(v, bool) for v in value)
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)
         or not low <= value[0] <= value[1]
-        or (high is not None and value[1] > high)
+        or value[1] > high
     ):
-        bound = f"[{low}, {high}]" if high is not None else f">= {low}"
         raise ValueError(
-            f"SceneParams.{name} = {value!r} is invalid: expected a (min, max) pair of "
-            f"{'integers' if integer else 'numbers'} with min <= max, both in {bound}."
+            f"SceneParams.{name} = {value!r} is invalid: expected a (min, max) pair of integers "
+            f"with min <= max, both in [{low}, {high}]."
         )
 
 
 def _check_number(name, value, low, high):
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-        raise ValueError(f"SceneParams.{name} = {value!r} is invalid: expected a number in "
-                         f"[{low}, {high}].")
+        raise ValueError(
+            f"SceneParams.{name} = {value!r} is invalid: expected a number in [{low}, {high}]."
+        )
 
 
 @dataclass(frozen=True)
@@ -136,8 +135,10 @@ class SceneParams:
     def __post_init__(self):
         size = self.image_size
         if isinstance(size, bool) or not isinstance(size, int) or not 32 <= size <= 4096:
-            raise ValueError(f"SceneParams.image_size = {size!r} is invalid: expected an integer "
-                             "in [32, 4096].")
+            raise ValueError(
+                f"SceneParams.image_size = {size!r} is invalid: expected an integer "
+                "in [32, 4096]."
+            )
         # Tuples, not lists, so that instances stay hashable and compare equal after a json trip.
         for name in ("digits_per_image", "digit_height", "clutter_per_image", "clutter_size"):
             value = getattr(self, name)
@@ -155,7 +156,9 @@ class SceneParams:
 
     def to_dict(self):
         """Returns: dict of the fields, pairs as lists (json-ready)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        return {
+            k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
+        }
 
     @classmethod
     def from_dict(cls, values):
@@ -170,7 +173,9 @@ class SceneParams:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"Unknown SceneParams field(s) {unknown}; expected some of {sorted(known)}.")
+            raise ValueError(
+                f"Unknown SceneParams field(s) {unknown}; expected some of {sorted(known)}."
+            )
         return cls(**values)
 
 
@@ -224,16 +229,24 @@ class DatasetSpec:
         for name in ("seed", "num_train", "num_val"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"DatasetSpec.{name} = {value!r} is invalid: expected a "
-                                 "non-negative integer.")
+                raise ValueError(
+                    f"DatasetSpec.{name} = {value!r} is invalid: expected a "
+                    "non-negative integer."
+                )
         if self.num_train + self.num_val == 0:
             raise ValueError("DatasetSpec.num_train and num_val are both 0: nothing to generate.")
         if not isinstance(self.scene, SceneParams):
             raise ValueError(f"DatasetSpec.scene must be a SceneParams, got {type(self.scene)}.")
         fraction = self.val_source_fraction
-        if isinstance(fraction, bool) or not isinstance(fraction, float) or not 0.05 <= fraction <= 0.95:
-            raise ValueError(f"DatasetSpec.val_source_fraction = {fraction!r} is invalid: expected "
-                             "a float in [0.05, 0.95] (both splits need source digits of every class).")
+        if (
+            isinstance(fraction, bool)
+            or not isinstance(fraction, float)
+            or not 0.05 <= fraction <= 0.95
+        ):
+            raise ValueError(
+                f"DatasetSpec.val_source_fraction = {fraction!r} is invalid: expected "
+                "a float in [0.05, 0.95] (both splits need source digits of every class)."
+            )
 
     def num_images(self, split):
         """Args: split (str): "train" or "val". Returns: int, the split's image count."""
@@ -397,13 +410,22 @@ def _draw_distractor(rng, params):
             step = extent * rng.uniform(0.4, 1.0)
             cx, cy = cx + step * np.cos(angle), cy + step * np.sin(angle)
             points.append((cx, cy))
-        draw.line([(float(x), float(y)) for x, y in points], fill=255,
-                  width=int(rng.integers(1, max(2, extent // 5) + 1)), joint="curve")
+        draw.line(
+            [(float(x), float(y)) for x, y in points],
+            fill=255,
+            width=int(rng.integers(1, max(2, extent // 5) + 1)),
+            joint="curve",
+        )
     elif kind == 1:  # arc
         half = extent / 2
         start = rng.uniform(0, 360)
-        draw.arc([cx - half, cy - half, cx + half, cy + half], start, start + rng.uniform(60, 270),
-                 fill=255, width=int(rng.integers(1, max(2, extent // 5) + 1)))
+        draw.arc(
+            [cx - half, cy - half, cx + half, cy + half],
+            start,
+            start + rng.uniform(60, 270),
+            fill=255,
+            width=int(rng.integers(1, max(2, extent // 5) + 1)),
+        )
     else:  # blob
         rx, ry = extent / 2 * rng.uniform(0.3, 1.0, 2)
         draw.ellipse([cx - rx, cy - ry, cx + rx, cy + ry], fill=255)
@@ -583,36 +605,45 @@ def write_dataset(out_dir, spec, progress=None):
         class_counts = [0] * len(CLASS_NAMES)
         box_heights = []
         for index in range(total):
-            scene = render_scene(scene_rng(spec.seed, split, index), spec.scene, images, labels,
-                                 pools[split])
+            scene = render_scene(
+                scene_rng(spec.seed, split, index), spec.scene, images, labels, pools[split]
+            )
             file_name = f"{index:06d}.png"
             data = _encode_png(scene.image)
             with open(os.path.join(out_dir, split, file_name), "wb") as f:
                 f.write(data)
             digests[f"{split}/{file_name}"] = _file_digest(data)
             image_id = index + 1
-            coco_images.append({"id": image_id, "file_name": file_name,
-                                "width": spec.scene.image_size, "height": spec.scene.image_size})
+            coco_images.append(
+                {
+                    "id": image_id,
+                    "file_name": file_name,
+                    "width": spec.scene.image_size,
+                    "height": spec.scene.image_size,
+                }
+            )
             for box, label, source_index in zip(scene.boxes, scene.labels, scene.source_indices):
                 x, y, w, h = (int(v) for v in box)
-                coco_annotations.append({
-                    "id": len(coco_annotations) + 1,
-                    "image_id": image_id,
-                    "category_id": int(label) + CATEGORY_ID_OFFSET,
-                    "bbox": [x, y, w, h],
-                    "area": w * h,
-                    "iscrowd": 0,
-                    # Extra key (ignored by Detectron2 and pycocotools): which load_digits image
-                    # this object is, so train/val disjointness can be checked from the json.
-                    "source_index": int(source_index),
-                })
+                coco_annotations.append(
+                    {
+                        "id": len(coco_annotations) + 1,
+                        "image_id": image_id,
+                        "category_id": int(label) + CATEGORY_ID_OFFSET,
+                        "bbox": [x, y, w, h],
+                        "area": w * h,
+                        "iscrowd": 0,
+                        # Extra key (ignored by Detectron2 and pycocotools): which load_digits image
+                        # this object is, so train/val disjointness can be checked from the json.
+                        "source_index": int(source_index),
+                    }
+                )
                 class_counts[int(label)] += 1
                 box_heights.append(h)
             if progress is not None:
                 progress(split, index + 1, total)
         coco = {
             "info": {
-                "description": f"dropblock_digits {split}: scikit-learn digits composed into scenes",
+                "description": f"dropblock_digits {split}: scikit-learn digits in scenes",
                 "version": str(GENERATOR_VERSION),
             },
             "licenses": [],

@@ -13,7 +13,7 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .runs import BBOX_METRICS, Run
+from .runs import BBOX_METRICS, TRAINING_KEY, Run
 from .table import PAPER_RESULTS
 
 __all__ = ["plot_ap", "plot_keep_prob", "plot_losses", "run_colors", "smooth"]
@@ -110,7 +110,7 @@ def plot_ap(runs: Sequence[Run], out_path, include_paper: bool = True, decimals:
             text += f" ({round(value - base, decimals) + 0.0:+.{decimals}f})"
         left.text(value + 0.01 * span, y, text, va="center", ha="left")
     left.set_yticks(positions, labels)
-    left.invert_yaxis()
+    left.set_ylim(len(labels) - 0.5, -0.5)  # first run on top, whether or not it has a bar
     left.set_xlim(0, span * 1.3)
     left.set_xlabel("AP (COCO bbox, IoU 0.50:0.95)")
     left.set_title("AP per run" + (" (grey: published)" if include_paper else ""))
@@ -119,7 +119,10 @@ def plot_ap(runs: Sequence[Run], out_path, include_paper: bool = True, decimals:
 
     evaluated = [(r, c) for r, c in zip(runs, colors) if r.evaluation is not None]
     right.set_title("Box metrics of the evaluated runs")
-    if evaluated:
+    finite_metrics = [
+        h for r, _ in evaluated for h in r.evaluation.metrics.values() if not math.isnan(h)
+    ]
+    if finite_metrics:
         group = np.arange(len(BBOX_METRICS))
         width = 0.8 / len(evaluated)
         for i, (run, color) in enumerate(evaluated):
@@ -134,11 +137,10 @@ def plot_ap(runs: Sequence[Run], out_path, include_paper: bool = True, decimals:
         right.legend(loc="upper right", fontsize="small", framealpha=0.9)
         right.grid(axis="y", alpha=0.3)
         right.set_axisbelow(True)
-        finite_metrics = [
-            h for r, _ in evaluated for h in r.evaluation.metrics.values() if not math.isnan(h)
-        ]
         # Head room above the tallest bar for the legend.
         right.set_ylim(0, max(finite_metrics + [1.0]) * 1.3)
+    elif evaluated:
+        _no_data(right, "every metric is NaN (no detections to score)")
     else:
         _no_data(right, "no run has been evaluated yet")
     fig.savefig(out_path, dpi=110)
@@ -164,19 +166,22 @@ def plot_keep_prob(runs: Sequence[Run], out_path) -> Path:
     drawn, lowest = 0, 1.0
     for run, color in zip(runs, run_colors(len(runs))):
         iterations, keep_prob = run.log.series(KEEP_PROB_KEY)
+        trained, _ = run.log.series(TRAINING_KEY)
         if iterations:
-            ax.plot(iterations, keep_prob, color=color, lw=2, label=run.name)
+            ax.plot(
+                iterations, keep_prob, color=color, lw=2, label=run.name, **_markers(iterations)
+            )
             lowest = min(lowest, min(keep_prob))
             drawn += 1
-        elif run.log.entries:
-            trained = [e["iteration"] for e in run.log.entries]
+        elif trained:
             ax.plot(
-                [min(trained), max(trained)],
+                [trained[0], trained[-1]],
                 [1.0, 1.0],
                 color=color,
                 lw=2,
                 ls="--",
                 label=f"{run.name} (not logged: no DropBlock, 1.0)",
+                **_markers(trained),
             )
             drawn += 1
     if drawn:
@@ -223,7 +228,9 @@ def plot_losses(runs: Sequence[Run], out_path) -> Path:
             # Light smoothing: an EMA spanning ~1/20 of the logged points (none for short logs).
             smoothed = smooth(raw, span=max(1, len(raw) // 20))
             ax.plot(iterations, raw, color=color, lw=0.8, alpha=0.25)
-            ax.plot(iterations, smoothed, color=color, lw=1.8, label=run.name)
+            ax.plot(
+                iterations, smoothed, color=color, lw=1.8, label=run.name, **_markers(iterations)
+            )
             # Scale to the bulk of the curve, not to the first iterations' spike.
             upper = max(upper, float(np.percentile(raw, 98)))
         ax.set_ylim(0, upper * 1.1 if upper > 0 else 1.0)
@@ -235,6 +242,11 @@ def plot_losses(runs: Sequence[Run], out_path) -> Path:
     fig.suptitle("Training losses (faint: as logged; solid: smoothed)")
     fig.savefig(out_path, dpi=110)
     return Path(out_path)
+
+
+def _markers(points: Sequence) -> dict:
+    # Short logs (a run just started, a smoke test) would be invisible as lines alone.
+    return {"marker": "o", "markersize": 4} if len(points) < 15 else {}
 
 
 def _no_data(ax, message: str) -> None:

@@ -1,5 +1,6 @@
 """Write a comparison of run folders: a Markdown report, its table as text, and PNG figures."""
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,9 +83,11 @@ def write_report(
 
 
 def _footnotes(runs: Sequence[Run], include_paper: bool) -> List[str]:
-    notes = [
-        "Box metrics on Detectron2's 0-100 scale; '–': no number.",
-    ]
+    notes = ["Box metrics on Detectron2's 0-100 scale; '–': no number."]
+    if any(
+        math.isnan(v) for run in runs if run.evaluation for v in run.evaluation.metrics.values()
+    ):
+        notes.append("NaN: COCOeval had no detections, or no objects of that size, to score.")
     if len(runs) > 1:
         if runs[0].evaluation is not None:
             notes.append(f"(+x.x): difference to the first run, {runs[0].name}.")
@@ -127,11 +130,11 @@ def _markdown(runs, rows, footnotes, out_dir: Path, decimals: int) -> str:
 
 
 def _run_details(run: Run) -> List[str]:
-    details = [f"DropBlock: {run.dropblock_label}"]
+    details = [f"DropBlock: {_dropblock_details(run)}"]
     max_iter = run.max_iter if run.max_iter is not None else "unknown"
     done = run.iterations_done if run.iterations_done is not None else 0
     details.append(
-        f"training: {done} of SOLVER.MAX_ITER {max_iter} iterations logged"
+        f"training: {done}/{max_iter} iterations (SOLVER.MAX_ITER) logged"
         + (", model_final.pth present" if run.has_final_checkpoint else "")
     )
     evaluation = run.evaluation
@@ -146,6 +149,23 @@ def _run_details(run: Run) -> List[str]:
         details.append(source)
     details.extend(run.notes)
     return details
+
+
+def _dropblock_details(run: Run) -> str:
+    label = run.dropblock_label
+    if label in ("off", "?"):
+        return label
+    value = run.config_value
+    extras = [
+        f"placement {value('MODEL.DROPBLOCK.PLACEMENT', '?')}",
+        f"gamma {value('MODEL.DROPBLOCK.GAMMA', '?')}",
+    ]
+    start, target, ramp = (
+        value(f"MODEL.DROPBLOCK.{key}") for key in ("SCHEDULE.START", "KEEP_PROB", "SCHEDULE.RAMP")
+    )
+    if all(isinstance(v, (int, float)) for v in (start, target, ramp)):
+        extras.append(f"keep_prob {start:g} → {target:g} over {ramp:.0%} of the run")
+    return f"{label} ({', '.join(extras)})"
 
 
 def _display_path(path: Path, out_dir: Path) -> str:

@@ -28,6 +28,7 @@ __all__ = [
     "MetricsLog",
     "NotARunFolderError",
     "Run",
+    "TRAINING_KEY",
     "read_metrics_json",
     "read_run",
     "read_runs",
@@ -39,6 +40,8 @@ logger = logging.getLogger(__name__)
 BBOX_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 _RUN_FILES = ("config.yaml", "metrics.json", "eval_results.json")
+# Every training step of Detectron2's SimpleTrainer logs it; evaluation lines do not.
+TRAINING_KEY = "total_loss"
 
 
 class NotARunFolderError(ValueError):
@@ -62,9 +65,14 @@ class MetricsLog:
     line_count: int = 0
 
     @property
-    def last_iteration(self) -> Optional[int]:
-        """The highest iteration logged, or None for an empty log."""
-        return self.entries[-1]["iteration"] if self.entries else None
+    def last_training_iteration(self) -> Optional[int]:
+        """The highest iteration with a training loss, or None when no training step was logged.
+
+        Evaluation lines do not count: Detectron2 logs the final evaluation at iteration
+        ``MAX_ITER``, one past the last training step.
+        """
+        trained = [e["iteration"] for e in self.entries if TRAINING_KEY in e]
+        return max(trained) if trained else None
 
     def series(self, key: str) -> Tuple[List[int], List[float]]:
         """Return the iterations and values of one scalar, in iteration order.
@@ -138,7 +146,7 @@ class Run:
     @property
     def iterations_done(self) -> Optional[int]:
         """Number of training iterations logged (Detectron2 logs the 0-based index of the step)."""
-        last = self.log.last_iteration
+        last = self.log.last_training_iteration
         return None if last is None else last + 1
 
     @property
@@ -228,7 +236,11 @@ def read_metrics_json(path) -> MetricsLog:
             iteration = int(entry["iteration"])
             # Later lines win: after a resume the writer logs the repeated iterations again.
             by_iteration.setdefault(iteration, {}).update(entry, iteration=iteration)
-    if skipped:
+    if skipped == [line_number]:
+        logger.warning(
+            "%s: ignored its partial last line %d (writer interrupted)", path, line_number
+        )
+    elif skipped:
         logger.warning("%s: skipped %d unreadable line(s): %s", path, len(skipped), skipped)
     return MetricsLog(
         [by_iteration[k] for k in sorted(by_iteration)], skipped, line_count=line_number

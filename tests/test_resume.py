@@ -1,0 +1,77 @@
+"""Resume: a run killed after a checkpoint and resumed with --resume continues the schedules.
+
+Issue 5, point 2: at every later iteration the resumed run applies the keep_prob and uses the
+learning rate of an uninterrupted run. Both runs go through tools/train_net.py (the fixtures of
+conftest.py); the interrupted one is SIGKILLed before step 6, one step after its checkpoint of
+step 3 was written, so the resumed run must redo steps 4 and 5 from that checkpoint.
+"""
+
+import json
+import os
+import shutil
+
+import torch
+from conftest import (
+    SCHEDULED_RUN_KILLED_AT,
+    SCHEDULED_RUN_OPTS,
+    read_recording,
+    recorded_run_argv,
+    run_recorded_train_net,
+)
+
+MAX_ITER = int(SCHEDULED_RUN_OPTS[SCHEDULED_RUN_OPTS.index("SOLVER.MAX_ITER") + 1])
+CHECKPOINT_ITER = 3  # CHECKPOINT_PERIOD 4: saved after step 3 as model_0000003.pth
+
+
+def _last_metrics_row(output_dir):
+    with open(os.path.join(output_dir, "metrics.json")) as f:
+        return [json.loads(line) for line in f if line.strip()][-1]
+
+
+def test_resumed_run_follows_the_uninterrupted_keep_prob_and_lr(
+    uninterrupted_run, interrupted_run, tmp_path
+):
+    # The interrupted run stopped where it should: its last checkpoint is step 3's and steps
+    # after it were trained but lost.
+    with open(os.path.join(interrupted_run, "last_checkpoint")) as f:
+        assert f.read().strip() == f"model_{CHECKPOINT_ITER:07d}.pth"
+    interrupted_steps, _ = read_recording(interrupted_run)
+    assert max(interrupted_steps) == SCHEDULED_RUN_KILLED_AT - 1 > CHECKPOINT_ITER
+    assert not os.path.exists(os.path.join(interrupted_run, "model_final.pth"))
+
+    # Resume a copy: the session's interrupted run stays as it was for the determinism test.
+    resumed_run = str(tmp_path / "resumed")
+    shutil.copytree(interrupted_run, resumed_run)
+    proc = run_recorded_train_net(
+        ["--resume", *recorded_run_argv(resumed_run, *SCHEDULED_RUN_OPTS)]
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    reference, _ = read_recording(uninterrupted_run)
+    # The resumed process's steps overwrite the killed process's steps 4 and 5 in this dict.
+    resumed, final_params = read_recording(resumed_run)
+    assert final_params is not None  # the resumed process trained to the end
+    assert sorted(reference) == list(range(MAX_ITER))
+    assert sorted(resumed) == list(range(MAX_ITER))
+    for it in range(CHECKPOINT_ITER + 1, MAX_ITER):
+        assert resumed[it]["keep_probs"] == reference[it]["keep_probs"], f"iteration {it}"
+        assert resumed[it]["lr"] == reference[it]["lr"], f"iteration {it}"
+    # The comparison is not vacuous: both schedules move over the resumed steps (keep_prob falls
+    # every step; the LR steps down at SOLVER.STEPS 5).
+    resumed_keep = [resumed[it]["keep_probs"][0] for it in range(CHECKPOINT_ITER + 1, MAX_ITER)]
+    resumed_lr = [resumed[it]["lr"][0] for it in range(CHECKPOINT_ITER + 1, MAX_ITER)]
+    assert all(a > b for a, b in zip(resumed_keep, resumed_keep[1:]))
+    assert len(set(resumed_lr)) > 1
+    # The killed process recorded steps 0-5; the resumed one started at 4, not 0, and finished.
+    with open(os.path.join(resumed_run, "recording_rank0.jsonl")) as f:
+        iterations = [json.loads(line).get("iter") for line in f]
+    killed = list(range(SCHEDULED_RUN_KILLED_AT))
+    assert iterations == killed + list(range(CHECKPOINT_ITER + 1, MAX_ITER)) + [None]
+
+    # What users read: the last metrics row and the final weights' iteration agree too.
+    for key in ("lr", "dropblock/keep_prob", "iteration"):
+        assert _last_metrics_row(resumed_run)[key] == _last_metrics_row(uninterrupted_run)[key]
+    final = torch.load(
+        os.path.join(resumed_run, "model_final.pth"), map_location="cpu", weights_only=False
+    )
+    assert final["iteration"] == MAX_ITER - 1
