@@ -15,8 +15,9 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.data import DatasetMapper, build_detection_train_loader
 from detectron2.data import transforms as T
-from detectron2.engine import DefaultTrainer, create_ddp_model, default_setup, hooks
+from detectron2.engine import DefaultTrainer, create_ddp_model, default_setup
 from detectron2.engine import defaults as d2_defaults
+from detectron2.engine import hooks
 from detectron2.evaluation import verify_results
 from detectron2.solver import get_default_optimizer_params
 from detectron2.solver.build import maybe_add_gradient_clipping

@@ -238,7 +238,8 @@ def run_recorded_train_net(argv, *, timeout=300, env=None):
     Returns:
         subprocess.CompletedProcess: with ``returncode``, ``stdout`` and ``stderr`` (text).
     """
-    run_env = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))
+    # CPU runs even where GPUs are visible: launch would otherwise pick NCCL and check GPU counts.
+    run_env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", **(env or {})}
     tests_dir = os.path.dirname(os.path.abspath(__file__))
     run_env["PYTHONPATH"] = os.pathsep.join(
         p for p in (tests_dir, REPO_ROOT, run_env.get("PYTHONPATH")) if p
@@ -258,7 +259,9 @@ def run_recorded_train_net(argv, *, timeout=300, env=None):
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         stdout, stderr = proc.communicate()
-        pytest.fail(f"train_net.py {' '.join(map(str, argv))} hung for {timeout} s:\n{stderr[-3000:]}")
+        pytest.fail(
+            f"train_net.py {' '.join(map(str, argv))} hung for {timeout} s:\n{stderr[-3000:]}"
+        )
     return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
 
 
@@ -270,8 +273,8 @@ def read_recording(output_dir, rank=0):
         rank (int): the process.
 
     Returns:
-        tuple(dict[int, dict], str or None): steps by iteration (a resumed run repeats none), and
-        ``final_params`` or None.
+        tuple(dict[int, dict], str or None): steps by iteration (a later line replaces an earlier
+        one of the same iteration, as a resumed process's steps do), and ``final_params`` or None.
     """
     steps, final_params = {}, None
     with open(os.path.join(output_dir, _RECORDING_FILE.format(rank=rank))) as f:
@@ -286,7 +289,8 @@ def read_recording(output_dir, rank=0):
 
 def recorded_run_argv(output_dir, *opts):
     """train_net.py arguments of a quick tiny DropBlock run (QUICK_TINY_OPTS) into output_dir."""
-    return ["--config-file", TINY_DROPBLOCK_CONFIG, *QUICK_TINY_OPTS, "OUTPUT_DIR", output_dir, *opts]
+    opts = ("OUTPUT_DIR", output_dir, *opts)
+    return ["--config-file", TINY_DROPBLOCK_CONFIG, *QUICK_TINY_OPTS, *opts]
 
 
 # Shared by the resume and determinism tests: 8 steps, checkpoints after steps 3 and 7, warmup
@@ -298,7 +302,7 @@ SCHEDULED_RUN_OPTS = (
     "SOLVER.STEPS", "(5,)",
 )  # fmt: skip
 # The interrupted run is killed before this step: after the checkpoint of step 3, so that the
-# resumed run repeats step 4 and 5.
+# resumed run repeats steps 4 and 5.
 SCHEDULED_RUN_KILLED_AT = 6
 
 

@@ -30,4 +30,3 @@ def test_same_seed_gives_identical_masks_and_losses(uninterrupted_run, interrupt
     # Not vacuous: DropBlock dropped units at every step after the first (keep_prob starts at 1).
     assert first[0]["dropped"] == 0
     assert all(first[it]["dropped"] > 0 for it in compared if it > 0)
-

@@ -368,6 +368,43 @@ def test_cache_blocked_cpu_pass_equals_the_plain_one(monkeypatch, normalize):
     assert torch.equal(chunked_out, plain_out) and torch.equal(chunked_grad, plain_grad)
 
 
+@pytest.mark.parametrize("share_channels", [False, True])
+@pytest.mark.parametrize("normalize", ["batch", "sample", "expected"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64])
+def test_accelerator_bookkeeping_equals_host_bookkeeping(
+    monkeypatch, share_channels, normalize, dtype
+):
+    # On GPUs the counts and factors stay on the device (torch ops instead of NumPy and Python
+    # floats). Run that branch on CPU tensors: same generator, same result, so CI checks the
+    # GPU branch's logic without a GPU.
+    from dropblock_det.layers import drop_block as module
+
+    def run():
+        x = torch.rand(3, 4, 13, 21, generator=_generator("cpu", 1)).add_(0.5).to(dtype)
+        x.requires_grad_()
+        out = drop_block_2d(
+            x,
+            0.7,
+            5,
+            normalize=normalize,
+            share_channels=share_channels,
+            generator=_generator("cpu", 2),
+        )
+        out.backward(torch.ones_like(out))
+        return out.detach(), x.grad
+
+    host_out, host_grad = run()
+    monkeypatch.setattr(module, "_on_host", lambda device: False)
+    device_out, device_grad = run()
+    assert (host_out == 0).any()
+    assert torch.equal(host_out == 0, device_out == 0)
+    # Identical for float32/float64; for float16 channel-shared masks the host rounds the factor
+    # into float16 first (one extra rounding), the device path rounds the float32 product once.
+    rel = 0 if dtype != torch.float16 else torch.finfo(dtype).eps
+    assert torch.allclose(host_out, device_out, rtol=rel, atol=0)
+    assert torch.allclose(host_grad, device_grad, rtol=rel, atol=0)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("share_channels", [False, True])
 @pytest.mark.parametrize("device", DEVICES)
@@ -456,6 +493,17 @@ def test_identity_cases_return_the_input_itself():
     module.train()
     module.keep_prob = 1.0
     assert module(x) is x
+
+
+@pytest.mark.parametrize("share_channels", [False, True])
+@pytest.mark.parametrize("device", DEVICES)
+def test_no_seed_drawn_keeps_every_value(share_channels, device):
+    # keep_prob 1 - 1e-9 on 4 small maps: P(any seed) < 1e-6. Nothing dropped, factor exactly 1.
+    x = torch.rand(2, 2, 9, 9, device=device)
+    out = drop_block_2d(
+        x, 1 - 1e-9, 3, share_channels=share_channels, generator=_generator(device, 0)
+    )
+    assert out is not x and torch.equal(out, x)
 
 
 @pytest.mark.parametrize("device", DEVICES)

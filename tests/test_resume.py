@@ -2,7 +2,7 @@
 
 Issue 5, point 2: at every later iteration the resumed run applies the keep_prob and uses the
 learning rate of an uninterrupted run. Both runs go through tools/train_net.py (the fixtures of
-conftest.py); the interrupted one is SIGKILLed before step 6, one step after its checkpoint of
+conftest.py); the interrupted one is SIGKILLed before step 6, two steps after its checkpoint of
 step 3 was written, so the resumed run must redo steps 4 and 5 from that checkpoint.
 """
 

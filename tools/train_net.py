@@ -6,7 +6,7 @@ Examples:
     python tools/train_net.py --config-file configs/tiny/tiny_retinanet_R18_FPN_dropblock.yaml \
         MODEL.DEVICE cpu
     python tools/train_net.py --num-gpus 8 \
-        --config-file configs/COCO-Scratch/retinanet_R_50_FPN_scratch_150ep_dropblock_bs7.yaml
+        --config-file configs/COCO-Paper/retinanet_R_50_FPN_scratch_150ep_dropblock_bs7.yaml
     python tools/train_net.py --eval-only --config-file <cfg> MODEL.WEIGHTS <run>/model_final.pth
 
 A bad flag, config value or dataset file stops the run before anything is written, with a message

@@ -191,6 +191,16 @@ def _seed_rate_tensor(keep_prob, height, width, block_h, block_w, gamma_mode, de
     return torch.where(keep_prob >= 1.0, torch.zeros_like(gamma), gamma).float()
 
 
+def _on_host(device: torch.device) -> bool:
+    """Whether the bookkeeping of a tensor on ``device`` runs on the host (NumPy, Python floats).
+
+    On CPU that is free; on accelerators the counts and factors stay on the device, so that
+    nothing waits for the device beyond the one sync that sizes the seed list. (The tests also
+    run the accelerator branch on CPU tensors by patching this function.)
+    """
+    return device.type == "cpu"
+
+
 def _bernoulli_positions(num_trials: int, prob: float, device, generator) -> torch.Tensor:
     """Sorted indices of the successes among ``num_trials`` iid Bernoulli(prob) trials.
 
@@ -237,7 +247,7 @@ def _block_row_starts(x_shape, mask_channels, block_h, block_w, gamma, generator
     positions = _bernoulli_positions(
         batch * mask_channels * corners_per_map, gamma, device, generator
     )
-    on_cpu = positions.device.type == "cpu"
+    on_cpu = _on_host(positions.device)
     if on_cpu:
         # The bookkeeping below is a few small integer arrays: NumPy runs it single-threaded,
         # free of the thread-pool round trips that dominate such ops on a busy CPU.
@@ -265,7 +275,7 @@ def _dropped_units(row_starts: torch.Tensor, block_w: int, units_per_sample: int
     Returns:
         list[int] on CPU, or an int64 (batch,) tensor on the starts' accelerator (no sync).
     """
-    if row_starts.device.type == "cpu":
+    if _on_host(row_starts.device):
         starts = row_starts.numpy()
         new_units = np.minimum(np.diff(starts, prepend=starts[:1] - block_w), block_w)
         running = np.concatenate(([0], np.cumsum(new_units)))
@@ -313,7 +323,12 @@ def _scale_and_zero_segments(src, scale, out, row_starts, block_w) -> torch.Tens
     scattered writes, which cost about as much as the whole multiply when they miss the cache.
     """
     windows = _segment_windows(out.view(-1), block_w)
-    chunked = out.device.type == "cpu" and src.is_contiguous() and torch.get_num_threads() == 1
+    chunked = (
+        out.device.type == "cpu"
+        and not isinstance(scale, torch.Tensor)
+        and src.is_contiguous()
+        and torch.get_num_threads() == 1
+    )
     if not chunked:
         _scale_into(src, scale, out)
         if row_starts.numel():
@@ -330,7 +345,7 @@ def _scale_and_zero_segments(src, scale, out, row_starts, block_w) -> torch.Tens
     ]
     # A segment is zeroed once the chunk holding its last unit has been scaled.
     ends = np.array([end for _, end, _ in pieces], dtype=np.int64)
-    stops = np.searchsorted(row_starts.numpy(), ends - block_w + 3, side="right").tolist()
+    stops = np.searchsorted(row_starts.numpy(), ends - block_w, side="right").tolist()
     done = 0
     for (begin, end, factor), stop in zip(pieces, stops):
         torch.mul(flat_src[begin:end], factor, out=flat_out[begin:end])
@@ -368,11 +383,15 @@ class _ScaleAndDropBlocks(torch.autograd.Function):
         )
 
 
-def _rescale_factors(dropped, units_per_sample, batch, normalize, keep_prob, on_cpu):
-    """Rescaling factors from dropped-unit counts, in the form :func:`_scale_into` takes."""
+def _rescale_factors(dropped, units_per_sample, batch, normalize, keep_prob, device, dtype):
+    """Rescaling factors from dropped-unit counts, in the form :func:`_scale_into` takes.
+
+    Python floats on CPU; on accelerators an (N, 1, 1, 1) tensor of ``dtype`` (float32, or
+    float64 for float64 inputs) computed on the device, so that nothing waits for the GPU.
+    """
     if normalize == "expected":
         return 1.0 / keep_prob
-    if on_cpu:
+    if _on_host(device):
         counts = dropped
         if normalize == "batch":
             kept = units_per_sample * batch - sum(counts)
@@ -381,15 +400,17 @@ def _rescale_factors(dropped, units_per_sample, batch, normalize, keep_prob, on_
             units_per_sample / (units_per_sample - d) if d < units_per_sample else 0.0
             for d in counts
         ]
-    # Accelerator: stay on the device (no sync); float64 counts are exact, the factor is float32.
+    # float64 counts are exact; the factor is rounded once, to dtype.
     if normalize == "batch":
         dropped = dropped.sum().expand(batch)
         total = units_per_sample * batch
     else:
         total = units_per_sample
     kept = (total - dropped).double()
-    factor = torch.where(kept > 0, total / kept.clamp_min(1), torch.zeros_like(kept))
-    return factor.float().view(batch, 1, 1, 1)
+    # torch.div, not `total / kept`: a Python number over a tensor multiplies by the reciprocal,
+    # one more rounding than the CPU path's division.
+    factor = torch.where(kept > 0, torch.div(total, kept.clamp_min(1)), torch.zeros_like(kept))
+    return factor.to(dtype).view(batch, 1, 1, 1)
 
 
 def _drop_block_sparse(x, keep_prob, block_h, block_w, share_channels, gamma, normalize, generator):
@@ -404,17 +425,19 @@ def _drop_block_sparse(x, keep_prob, block_h, block_w, share_channels, gamma, no
         dropped = None
         if normalize != "expected":
             dropped = _dropped_units(row_starts, block_w, units_per_sample, batch)
+        # Factors and channel-shared masks are float32 (float64 for float64 inputs).
+        factor_dtype = torch.promote_types(x.dtype, torch.float32)
         scale = _rescale_factors(
-            dropped, units_per_sample, batch, normalize, keep_prob, x.device.type == "cpu"
+            dropped, units_per_sample, batch, normalize, keep_prob, x.device, factor_dtype
         )
     if not share_channels:
         return _ScaleAndDropBlocks.apply(x, scale, row_starts, block_w)
 
     # Channel-shared: a small (N, 1, H, W) mask holding the factor, broadcast in one multiply.
     with torch.no_grad():
-        float_mask = torch.empty((batch, 1, height, width), dtype=torch.float32, device=x.device)
+        float_mask = torch.empty((batch, 1, height, width), dtype=factor_dtype, device=x.device)
         if isinstance(scale, list):
-            float_mask.copy_(torch.tensor(scale, dtype=torch.float32).view(batch, 1, 1, 1))
+            float_mask.copy_(torch.tensor(scale, dtype=factor_dtype).view(batch, 1, 1, 1))
         elif isinstance(scale, float):
             float_mask.fill_(scale)
         else:
@@ -422,7 +445,7 @@ def _drop_block_sparse(x, keep_prob, block_h, block_w, share_channels, gamma, no
         if row_starts.numel():
             _segment_windows(float_mask.view(-1), block_w).index_fill_(0, row_starts, 0)
         mask = float_mask
-        if x.dtype != torch.float32 and x.device.type == "cpu":
+        if x.dtype != factor_dtype and _on_host(x.device):
             # CPU kernels are slow on mixed dtypes. A factor the dtype can hold is cast (a relative
             # error of at most half an ulp of the dtype); one it can't needs the float32 product.
             largest = max(scale) if isinstance(scale, list) else scale
@@ -432,7 +455,7 @@ def _drop_block_sparse(x, keep_prob, block_h, block_w, share_channels, gamma, no
                 return (x.float() * float_mask).to(x.dtype)
     if mask.dtype == x.dtype:
         return x * mask
-    # Accelerators: keep the float32 factor; the product is rounded once into x's dtype.
+    # 16-bit inputs on accelerators: the float32 product is rounded once into x's dtype.
     return _MixedDtypeMultiply.apply(x, mask)
 
 
@@ -471,7 +494,9 @@ def _drop_block_dense(x, keep_prob, block_h, block_w, share_channels, gamma, nor
         dims = (0, 1, 2, 3) if normalize == "batch" else (1, 2, 3)
         kept = keep.sum(dim=dims, keepdim=True)
         total = keep[0].numel() * (batch if normalize == "batch" else 1)
-        factor = torch.where(kept > 0, total / kept.clamp_min(1.0), torch.zeros_like(kept))
+        factor = torch.where(
+            kept > 0, torch.div(total, kept.clamp_min(1.0)), torch.zeros_like(kept)
+        )
     mask = keep * factor
     if x.dtype in (torch.float16, torch.bfloat16):
         # The float32 product is rounded once (the factor may not fit in float16); the compiler
