@@ -19,6 +19,7 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.join(REPO, "tools"))
 
 RUNS = (
     ("baseline", "configs/tiny/tiny_retinanet_R18_FPN_baseline.yaml"),
@@ -89,26 +90,27 @@ def main(argv=None):
     out_root = os.path.abspath(args.out)
     os.makedirs(out_root, exist_ok=True)
 
-    from dropblock_det.data import ensure_dataset
+    from dropblock_det.data import TRAIN_DATASET, VAL_DATASET, ensure_dataset
     from dropblock_det.reporting import write_report
+    from visualize_dropblock import main as visualize_dropblock
 
     print("[demo] preparing the embedded dataset (generated once, then reused)", flush=True)
-    for split in ("dropblock_digits_train", "dropblock_digits_val"):
-        ensure_dataset(split)
+    for name in (TRAIN_DATASET, VAL_DATASET):
+        ensure_dataset(name)
 
     print(f"[demo] training baseline and DropBlock side by side, outputs in {out_root}", flush=True)
     run_dirs = run_trainings(out_root, args.seed, args.max_iter, extra_opts, args.sequential)
 
     report_dir = os.path.join(out_root, "report")
     result = write_report(run_dirs, report_dir, names=[name for name, _ in RUNS])
+    masks_png = os.path.join(report_dir, "dropblock_masks.png")
+    visualize_dropblock(["--out", masks_png, "--strides", "8", "16", "32"])
+
     print(result.table_text)
-
-    from dropblock_det.reporting import draw_dropblock_masks
-
-    masks_png = draw_dropblock_masks(os.path.join(report_dir, "dropblock_masks.png"))
     minutes, seconds = divmod(int(time.time() - start), 60)
-    print(f"[demo] report: {os.path.join(report_dir, 'report.md')}")
-    print(f"[demo] pictures: {', '.join(result.figures + [masks_png])}")
+    figures = [str(path) for path in result.figures.values()] + [masks_png]
+    print(f"[demo] report: {result.report_path}")
+    print(f"[demo] pictures: {', '.join(figures)}")
     print(f"[demo] done in {minutes} min {seconds:02d} s")
 
 

@@ -451,6 +451,10 @@ def _drop_block_sparse(x, keep_prob, block_h, block_w, share_channels, gamma, no
             largest = max(scale) if isinstance(scale, list) else scale
             if largest <= torch.finfo(x.dtype).max:
                 mask = float_mask.to(x.dtype)
+                # Rounded toward zero: a factor rounded up could overflow a product that the
+                # float32 factor keeps representable.
+                rounded_up = mask.float() > float_mask
+                mask = torch.where(rounded_up, torch.nextafter(mask, torch.zeros_like(mask)), mask)
             else:
                 return (x.float() * float_mask).to(x.dtype)
     if mask.dtype == x.dtype:
@@ -543,6 +547,11 @@ def drop_block_2d(
     Returns:
         Tensor: same shape and dtype as x; ``x`` itself when not training, when keep_prob == 1
         or when x is empty. The gradient w.r.t. x is the same mask times the same factor.
+
+    Non-finite values: the rescale factor is computed in float32, so finite inputs never become
+    NaN. In float16/bfloat16 the product is rounded once into the input dtype: a kept value above
+    ``torch.finfo(dtype).max / factor`` becomes +-Inf (it is not representable), and every smaller
+    one stays finite.
 
     Raises:
         ValueError: keep_prob outside (0, 1], block_size < 1, an unknown gamma or normalize, or an
