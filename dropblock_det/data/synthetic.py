@@ -643,7 +643,9 @@ def write_dataset(out_dir, spec, progress=None):
                 progress(split, index + 1, total)
         coco = {
             "info": {
-                "description": f"dropblock_digits {split}: scikit-learn digits in scenes",
+                "description": (
+                    f"dropblock_digits {split}: scikit-learn digits composed into scenes"
+                ),
                 "version": str(GENERATOR_VERSION),
             },
             "licenses": [],

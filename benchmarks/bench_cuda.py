@@ -1,0 +1,141 @@
+"""One short CUDA run: the DropBlock operator table and the training-step overhead.
+
+Prints, on one GPU:
+
+1. the operator table of ``bench_dropblock.py`` (floor, peers, ours; forward + backward on the
+   RetinaNet res3-res5 maps) in fp32, fp16 and bf16;
+2. the training-step overhead of ``bench_train_step.py`` (RetinaNet R50-FPN, batch 2 x 512 px,
+   DropBlock off / res4+res5 / res3+res4+res5) in fp32 and with AMP (SOLVER.AMP.ENABLED, Detectron2's
+   AMPTrainer), for the paper's R50-FPN and for Detectron2's 1x fine-tuning layout.
+
+Everything printed is also written to ``--out`` (default: ``$OUT`` when set) as ``bench_cuda.txt``.
+About a minute on an H100.
+
+Usage:
+    python benchmarks/bench_cuda.py                 # needs a CUDA GPU
+    python benchmarks/bench_cuda.py --cpu-smoke     # the same steps on the CPU, tiny, to check the
+                                                    # script itself (AMP skipped; figures meaningless)
+"""
+
+import argparse
+import contextlib
+import os
+import sys
+import time
+import traceback
+
+import torch
+
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, BENCH_DIR)
+
+import bench_dropblock  # noqa: E402
+import bench_train_step  # noqa: E402
+
+PAPER_CONFIG = os.path.join(bench_train_step.REPO_ROOT, bench_train_step.DEFAULT_CONFIG)
+FINETUNE_CONFIG = os.path.join(
+    bench_train_step.REPO_ROOT, "configs", "COCO-Detection", "retinanet_R_50_FPN_1x.yaml"
+)
+
+
+class _Tee:
+    """A text stream that writes to several streams."""
+
+    def __init__(self, *streams):
+        self._streams = streams
+
+    def write(self, text):
+        for stream in self._streams:
+            stream.write(text)
+        return len(text)
+
+    def flush(self):
+        for stream in self._streams:
+            stream.flush()
+
+
+def plan(cpu_smoke):
+    """The steps to run: (title, function, argv) triples."""
+    if cpu_smoke:
+        operator_argv = ["--device", "cpu", "--dtypes", "fp32,bf16", "--scale", "0.02"]
+        operator_argv += ["--reps", "1", "--warmup", "0", "--threads", "1"]
+        train_common = ["--device", "cpu", "--threads", "1", "--size", "128"]
+        train_common += ["--iters", "1", "--warmup", "0"]
+        amp_modes = [[]]  # Detectron2's AMPTrainer needs CUDA
+    else:
+        operator_argv = ["--device", "cuda", "--dtypes", "fp32,fp16,bf16", "--markdown"]
+        train_common = ["--device", "cuda", "--iters", "20", "--warmup", "5", "--markdown"]
+        amp_modes = [[], ["--amp"]]
+    steps = [("DropBlock operator", bench_dropblock.main, operator_argv)]
+    for amp in amp_modes:
+        precision = "AMP" if amp else "fp32"
+        steps.append(
+            (
+                f"training step, paper R50-FPN (BN, from scratch), {precision}",
+                bench_train_step.main,
+                train_common + amp + ["--config-file", PAPER_CONFIG],
+            )
+        )
+        steps.append(
+            (
+                f"training step, Detectron2 1x R50-FPN (FrozenBN, res2 frozen, lr 0), {precision}",
+                bench_train_step.main,
+                train_common + amp + ["--config-file", FINETUNE_CONFIG, "--lr", "0"],
+            )
+        )
+    return steps
+
+
+def main(argv=None):
+    """Run every step, printing (and writing) their tables; a failed step does not stop the rest.
+
+    Args:
+        argv (list[str] or None): command-line arguments; None reads ``sys.argv``.
+
+    Returns:
+        int: 0 when every step ran, 1 otherwise.
+    """
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--cpu-smoke", action="store_true", help="run the same steps tiny on the CPU"
+    )
+    parser.add_argument(
+        "--out", default=os.environ.get("OUT"), help="folder for bench_cuda.txt (default: $OUT)"
+    )
+    args = parser.parse_args(argv)
+    if not args.cpu_smoke and not torch.cuda.is_available():
+        parser.error("no CUDA device is available (use --cpu-smoke to check the script on a CPU)")
+
+    log_file = None
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        log_file = open(os.path.join(args.out, "bench_cuda.txt"), "w")
+    stream = _Tee(sys.stdout, *([log_file] if log_file else []))
+    failures = 0
+    with contextlib.redirect_stdout(stream), contextlib.redirect_stderr(stream):
+        if torch.cuda.is_available() and not args.cpu_smoke:
+            props = torch.cuda.get_device_properties(0)
+            print(
+                f"# GPU: {torch.cuda.get_device_name(0)}, {props.total_memory / 2**30:.0f} GiB, "
+                f"torch {torch.__version__}, CUDA {torch.version.cuda}, "
+                f"cuDNN {torch.backends.cudnn.version()}"
+            )
+        else:
+            print(f"# CPU smoke run of the CUDA benchmark script, torch {torch.__version__}")
+        for title, function, step_argv in plan(args.cpu_smoke):
+            print(f"\n# === {title}\n# argv: {' '.join(step_argv)}", flush=True)
+            begin = time.perf_counter()
+            try:
+                function(step_argv)
+            except (Exception, SystemExit) as error:  # keep going: one short run on the GPU
+                failures += 1
+                print(f"# FAILED: {error!r}")
+                traceback.print_exc(file=sys.stdout)
+            print(f"# ({time.perf_counter() - begin:.0f} s)", flush=True)
+    if log_file:
+        log_file.close()
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# GPU check of dropblock_det: one call, from the repository root, on a machine with a CUDA GPU.
+#
+#   OUT=<folder> bash benchmarks/gpu_check.sh
+#
+# 1. Installs the prepared wheels of .whl/ (no network) into $SITE (default /tmp/site): every
+#    wheel but sal_detectron2 with pip --target; sal_detectron2 (pure Python except a _C extension
+#    that does not load, tagged cp310) unzipped. .whl/perf_helper/ holds fallbacks (pytest and its
+#    dependencies, tabulate, cloudpickle, tqdm), each installed only where its import fails.
+# 2. python -m pytest -q -x tests/test_drop_block.py: the operator tests, CUDA cases included.
+# 3. tools/train_net.py on configs/tiny/tiny_retinanet_R18_FPN_dropblock.yaml on CUDA with
+#    SOLVER.AMP.ENABLED: 30 iterations (DropBlock schedule, AMPTrainer), then COCO evaluation on
+#    dropblock_digits_val (generated on first use under $DETECTRON2_DATASETS).
+# 4. benchmarks/bench_cuda.py: the operator table (fp32/fp16/bf16) and the training-step overhead
+#    (fp32 and AMP).
+#
+# Everything is printed and also written under $OUT (default: a new temporary folder): one log per
+# step (bench_cuda.log holds the benchmark tables), the training run's log.txt, metrics.json and
+# eval_results.json.
+# A failed step does not stop the later ones; the exit status is the number of failed steps.
+# About 3-4 minutes on an H100, most of it the benchmark; each step has its own time limit.
+#
+# Without a GPU, check the script itself (CPU, no AMP, 4 iterations, tiny benchmark):
+#   PYTHON=.venv/bin/python bash benchmarks/gpu_check.sh --cpu-smoke
+set -u -o pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+OUT=${OUT:-$(mktemp -d)}
+SITE=${SITE:-/tmp/site}
+SMOKE=0
+[ "${1:-}" = "--cpu-smoke" ] && SMOKE=1
+mkdir -p "$OUT"
+FAILED=0
+
+step() {  # step NAME LIMIT_S COMMAND...: run with a time limit, log to $OUT/NAME.log, count failures
+    local name=$1 limit=$2
+    shift 2
+    echo
+    echo "=== $name: $*"
+    local begin=$SECONDS
+    timeout --kill-after=10 "$limit" "$@" 2>&1 | tee "$OUT/$name.log"
+    local rc=${PIPESTATUS[0]}
+    echo "=== $name: exit $rc after $((SECONDS - begin)) s"
+    if [ "$rc" -ne 0 ]; then
+        FAILED=$((FAILED + 1))
+        echo "$name: exit $rc" >> "$OUT/FAILED"
+    fi
+}
+
+install_wheels() {
+    local wheels=()
+    for wheel in .whl/*.whl; do
+        case $(basename "$wheel") in sal_detectron2-*) ;; *) wheels+=("$wheel") ;; esac
+    done
+    local pip_args=(-q --no-index --no-deps --no-compile --target "$SITE")
+    if [ "$SMOKE" = 1 ]; then
+        # The local Python is older than the wheels' (pycocotools is cp312): accept their tags.
+        pip_args+=(--python-version 3.12 --only-binary=:all: --platform manylinux2014_x86_64)
+    fi
+    "$PYTHON" -m pip install "${pip_args[@]}" "${wheels[@]}" || return 1
+    "$PYTHON" -m zipfile -e .whl/sal_detectron2-*.whl "$SITE" || return 1
+    if [ "$SMOKE" = 1 ]; then
+        rm -rf "$SITE"/pycocotools*  # the venv's own build loads; the cp312 one would not
+    fi
+    # Fallbacks, only for modules the machine lacks (installing them all could shadow newer ones).
+    for pair in pytest:pytest pluggy:pluggy iniconfig:iniconfig packaging:packaging \
+        pygments:pygments tabulate:tabulate cloudpickle:cloudpickle tqdm:tqdm; do
+        local module=${pair%%:*} wheel_prefix=${pair##*:}
+        if ! PYTHONPATH="$SITE:$PWD" "$PYTHON" -c "import $module" 2>/dev/null; then
+            echo "installing fallback $module from .whl/perf_helper"
+            "$PYTHON" -m pip install "${pip_args[@]}" .whl/perf_helper/"$wheel_prefix"-*.whl || return 1
+        fi
+    done
+    PYTHONPATH="$SITE:$PWD" "$PYTHON" -c "
+import detectron2, fvcore, iopath, yacs, omegaconf, pycocotools, pytest, torch, dropblock_det
+print('imports ok: detectron2', detectron2.__version__, 'from', detectron2.__file__)
+print('torch', torch.__version__, 'CUDA', torch.version.cuda, 'available', torch.cuda.is_available())
+"
+}
+
+echo "# dropblock_det GPU check, $(date -u +%Y-%m-%dT%H:%MZ), git $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+"$PYTHON" --version
+
+echo
+echo "=== install: $SITE"
+install_wheels 2>&1 | tee "$OUT/install.log"
+if [ "${PIPESTATUS[0]}" -ne 0 ]; then
+    FAILED=$((FAILED + 1))
+    echo "install: failed" >> "$OUT/FAILED"
+fi
+export PYTHONPATH="$SITE:$PWD"
+export PYTHONUNBUFFERED=1
+
+step test_drop_block 180 "$PYTHON" -m pytest -q -x -p no:cacheprovider tests/test_drop_block.py
+
+TRAIN_DIR=$(mktemp -d)
+if [ "$SMOKE" = 1 ]; then
+    TRAIN_OPTS=(MODEL.DEVICE cpu SOLVER.MAX_ITER 4 SOLVER.IMS_PER_BATCH 2 SOLVER.STEPS "(3,)"
+        SOLVER.WARMUP_ITERS 2)
+else
+    export DETECTRON2_DATASETS=${DETECTRON2_DATASETS:-/tmp/d2_datasets}
+    TRAIN_OPTS=(MODEL.DEVICE cuda SOLVER.AMP.ENABLED True SOLVER.MAX_ITER 30 SOLVER.STEPS "(20,)"
+        SOLVER.WARMUP_ITERS 10 DATALOADER.NUM_WORKERS 2)
+fi
+step train_smoke 240 "$PYTHON" tools/train_net.py \
+    --config-file configs/tiny/tiny_retinanet_R18_FPN_dropblock.yaml \
+    "${TRAIN_OPTS[@]}" SOLVER.CHECKPOINT_PERIOD 100000 OUTPUT_DIR "$TRAIN_DIR"
+# The run's records, not its weights (model_final.pth is too large to bring back).
+for file in log.txt metrics.json eval_results.json; do
+    [ -f "$TRAIN_DIR/$file" ] && cp "$TRAIN_DIR/$file" "$OUT/train_smoke_$file"
+done
+if [ -f "$TRAIN_DIR/eval_results.json" ]; then
+    echo "evaluation: $(tr -d '\n ' < "$TRAIN_DIR/eval_results.json" | head -c 400)"
+else
+    echo "train_smoke: no eval_results.json"
+    FAILED=$((FAILED + 1))
+    echo "train_smoke: no eval_results.json" >> "$OUT/FAILED"
+fi
+rm -rf "$TRAIN_DIR"
+
+if [ "$SMOKE" = 1 ]; then
+    step bench_cuda 300 "$PYTHON" benchmarks/bench_cuda.py --cpu-smoke --out ""
+else
+    step bench_cuda 300 "$PYTHON" benchmarks/bench_cuda.py --out ""
+fi
+
+echo
+echo "=== gpu_check: $FAILED failed step(s); outputs in $OUT"
+exit "$FAILED"
