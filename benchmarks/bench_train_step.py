@@ -22,13 +22,21 @@ the worst case), ``SimpleTrainer.run_step`` (forward, losses, backward, Detectro
 hooks' ``after_step``.
 
 The variants run round-robin, one iteration each per round, the order rotating from round to round,
-so that load from other processes and thermal drift hit them alike. After ``--warmup`` rounds, the
-median ms per iteration of each variant is compared with ``off``: "x off" is the ratio of the
-medians; "paired" is the median over rounds of the ratio to ``off``'s iteration of the same round,
-which cancels slow drift.
+so that load from other processes hits them alike. After ``--warmup`` rounds, each variant's
+iterations are compared with ``off``'s: "x off" is the ratio of the medians of the wall-clock times,
+"x off (min)" that of the fastest iterations (on a machine shared with other jobs, load only ever
+adds time, so the minimum is the least disturbed figure) and, on the CPU, "x off (CPU)" that of the
+medians of the process CPU time (time.process_time: all threads; not inflated by waiting for a
+core, but it counts OpenMP spin-waits).
+
+With ``--profile`` (CPU) each DropBlock variant then runs one more iteration under torch.profiler,
+with every DropBlock2d forward inside a ``record_function`` range. "DropBlock ms" is the time
+spent in those ranges plus in the backward nodes of the operator's autograd Functions; "x off
+(profile)" is ``step / (step - DropBlock ms)`` for that iteration: DropBlock's direct cost as a
+ratio, which load that slows the whole step alike does not change.
 
 Usage:
-    python benchmarks/bench_train_step.py                          # CPU, fp32, 2 threads
+    python benchmarks/bench_train_step.py --profile                # CPU, fp32, 2 threads
     python benchmarks/bench_train_step.py --device cuda            # fp32
     python benchmarks/bench_train_step.py --device cuda --amp      # SOLVER.AMP.ENABLED
     python benchmarks/bench_train_step.py --lr 0 \
@@ -190,7 +198,8 @@ def build_runs(args, device):
     """Build the variants' models (same initial weights), trainers and the shared batch."""
     runs = []
     reference_state = None
-    max_iter = args.warmup + args.iters
+    # Room for the profiled iterations after the timed ones (the schedule needs iter < max_iter).
+    max_iter = args.warmup + args.iters + 1
     for name, stages in VARIANTS.items():
         if args.variants and name not in args.variants:
             continue
@@ -211,76 +220,150 @@ def build_runs(args, device):
     return runs
 
 
+def _checked_step(run):
+    try:
+        run.step()
+    except FloatingPointError as error:
+        raise SystemExit(
+            f"{run.name}: the loss became non-finite ({error}); a random-initialised model "
+            f"without BN needs a smaller --lr (--lr 0 times the same arithmetic)"
+        ) from error
+
+
 def time_runs(runs, warmup, iters, device):
-    """Round-robin timing; returns ``{name: [seconds per timed iteration]}``."""
+    """Round-robin timing.
+
+    Returns:
+        tuple(dict, dict): ``{name: [wall seconds per timed iteration]}`` and the same for the
+        process CPU time.
+    """
     synchronize = make_synchronizer(device)
-    samples = {run.name: [] for run in runs}
+    wall = {run.name: [] for run in runs}
+    cpu = {run.name: [] for run in runs}
     for round_index in range(warmup + iters):
+        times = {}
         shift = round_index % len(runs)
         for run in runs[shift:] + runs[:shift]:  # rotated: no variant always goes first
             synchronize()
-            begin = time.perf_counter()
-            try:
-                run.step()
-            except FloatingPointError as error:
-                raise SystemExit(
-                    f"{run.name}: the loss became non-finite ({error}); a random-initialised "
-                    f"model without BN needs a smaller --lr (--lr 0 times the same arithmetic)"
-                ) from error
+            begin, cpu_begin = time.perf_counter(), time.process_time()
+            _checked_step(run)
             synchronize()
+            seconds = time.perf_counter() - begin
             if round_index >= warmup:
-                samples[run.name].append(time.perf_counter() - begin)
-    return samples
+                wall[run.name].append(seconds)
+                cpu[run.name].append(time.process_time() - cpu_begin)
+            times[run.name] = seconds
+        kind = "warm-up" if round_index < warmup else "timed"
+        progress = ", ".join(f"{run.name} {times[run.name] * 1e3:.0f} ms" for run in runs)
+        print(f"# {kind} round {round_index + 1}/{warmup + iters}: {progress}", file=sys.stderr)
+    return wall, cpu
 
 
-def summarize(samples, runs):
-    """Rows of the result table (dicts), the first variant being the reference."""
+# Backward nodes of the DropBlock operator's autograd Functions (the per-channel scale-and-zero and
+# the mixed-precision channel-shared multiply); a same-dtype channel-shared mask's backward is a
+# plain MulBackward0 that the profile cannot tell from the model's own.
+_DROPBLOCK_BACKWARD_NODES = ("_ScaleAndDropBlocksBackward", "_MixedDtypeMultiplyBackward")
+_DROPBLOCK_FORWARD_RANGE = "DropBlock2d.forward"
+
+
+def profile_dropblock(run):
+    """One iteration under torch.profiler (CPU): its wall seconds and the seconds in DropBlock.
+
+    DropBlock time is the total time of the ``DropBlock2d.forward`` ranges (sampling, bookkeeping
+    and the scaled copy) plus that of the operator's backward nodes, each counted once at its
+    outermost event (``autograd::engine::evaluate_function: <node>``, which also holds the
+    engine's handling of the node's outputs).
+
+    Args:
+        run (_VariantRun): a variant with DropBlock.
+
+    Returns:
+        tuple(float, float): the iteration's wall seconds and DropBlock's seconds within it.
+    """
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    def enter(module, inputs):
+        module._bench_range = record_function(_DROPBLOCK_FORWARD_RANGE)
+        module._bench_range.__enter__()
+
+    def leave(module, inputs, output):
+        module._bench_range.__exit__(None, None, None)
+        del module._bench_range
+
+    handles = []
+    for module in run.dropblocks:
+        handles.append(module.register_forward_pre_hook(enter))
+        handles.append(module.register_forward_hook(leave))
+    try:
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            begin = time.perf_counter()
+            _checked_step(run)
+            seconds = time.perf_counter() - begin
+    finally:
+        for handle in handles:
+            handle.remove()
+    dropblock_us = 0.0
+    for event in prof.key_averages():
+        if event.key == _DROPBLOCK_FORWARD_RANGE or any(
+            event.key == f"autograd::engine::evaluate_function: {node}"
+            for node in _DROPBLOCK_BACKWARD_NODES
+        ):
+            dropblock_us += event.cpu_time_total
+    return seconds, dropblock_us / 1e6
+
+
+def summarize(wall, cpu, runs, profiles=None):
+    """Rows of the result table (dicts), the first variant being the reference.
+
+    Args:
+        wall, cpu (dict): from :func:`time_runs`.
+        runs (list[_VariantRun]): the variants.
+        profiles (dict or None): ``{name: (step seconds, DropBlock seconds)}`` from
+            :func:`profile_dropblock`.
+    """
     reference = runs[0].name
-    ref_times = samples[reference]
-    ref_median = statistics.median(ref_times)
     rows = []
     for run in runs:
-        times = samples[run.name]
-        quartiles = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
-        paired = [t / r for t, r in zip(times, ref_times)]
-        rows.append(
-            {
-                "variant": run.name,
-                "dropblocks": len(run.dropblocks),
-                "keep_prob": ", ".join(f"{s} {p:.4g}" for s, p in run.keep_probs().items()) or "-",
-                "median_ms": statistics.median(times) * 1e3,
-                "q1_ms": quartiles[0] * 1e3,
-                "q3_ms": quartiles[2] * 1e3,
-                "ratio": statistics.median(times) / ref_median,
-                "paired": statistics.median(paired),
-            }
-        )
+        times, cpu_times = wall[run.name], cpu[run.name]
+        row = {
+            "variant": run.name,
+            "dropblocks": len(run.dropblocks),
+            "keep_prob": ", ".join(f"{s} {p:.4g}" for s, p in run.keep_probs().items()) or "-",
+            "median_ms": statistics.median(times) * 1e3,
+            "min_ms": min(times) * 1e3,
+            "ratio": statistics.median(times) / statistics.median(wall[reference]),
+            "ratio_min": min(times) / min(wall[reference]),
+            "cpu_ms": statistics.median(cpu_times) * 1e3,
+            "ratio_cpu": statistics.median(cpu_times) / statistics.median(cpu[reference]),
+        }
+        if profiles is not None:
+            step, dropblock = profiles.get(run.name, (None, 0.0))
+            row["dropblock_ms"] = dropblock * 1e3
+            row["ratio_profile"] = step / (step - dropblock) if step else 1.0
+        rows.append(row)
     return rows
 
 
-def format_table(rows, reference, markdown=False):
+def format_table(rows, reference, markdown=False, with_cpu=True):
     """The result rows as aligned text, or as a Markdown table."""
-    header = [
-        "variant",
-        "DropBlocks",
-        "keep_prob per stage",
-        "median ms",
-        "IQR ms",
-        f"x {reference}",
-        "paired",
+    columns = [
+        ("variant", "variant", "{}"),
+        ("DropBlocks", "dropblocks", "{}"),
+        ("keep_prob per stage", "keep_prob", "{}"),
+        ("median ms", "median_ms", "{:.1f}"),
+        ("min ms", "min_ms", "{:.1f}"),
+        (f"x {reference}", "ratio", "{:.3f}"),
+        (f"x {reference} (min)", "ratio_min", "{:.3f}"),
     ]
-    cells = [
-        [
-            r["variant"],
-            str(r["dropblocks"]),
-            r["keep_prob"],
-            f"{r['median_ms']:.1f}",
-            f"{r['q1_ms']:.1f}-{r['q3_ms']:.1f}",
-            f"{r['ratio']:.3f}",
-            f"{r['paired']:.3f}",
+    if with_cpu:
+        columns += [("CPU ms", "cpu_ms", "{:.1f}"), (f"x {reference} (CPU)", "ratio_cpu", "{:.3f}")]
+    if "dropblock_ms" in rows[0]:
+        columns += [
+            ("DropBlock ms", "dropblock_ms", "{:.1f}"),
+            (f"x {reference} (profile)", "ratio_profile", "{:.3f}"),
         ]
-        for r in rows
-    ]
+    header = [title for title, _, _ in columns]
+    cells = [[fmt.format(row[key]) for _, key, fmt in columns] for row in rows]
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(row) + " |" for row in cells]
@@ -323,7 +406,10 @@ def parse_args(argv=None):
     parser.add_argument("--batch", type=int, default=2, help="images per iteration")
     parser.add_argument("--size", type=int, default=512, help="image side in pixels")
     parser.add_argument(
-        "--keep-prob", type=float, default=None, help="MODEL.DROPBLOCK.KEEP_PROB (default: the file's)"
+        "--keep-prob",
+        type=float,
+        default=None,
+        help="MODEL.DROPBLOCK.KEEP_PROB (default: the file's)",
     )
     parser.add_argument(
         "--lr", type=float, default=1e-3, help="SOLVER.BASE_LR (does not change the step's cost)"
@@ -336,11 +422,18 @@ def parse_args(argv=None):
         default=None,
         help="subset of the variants (the first one is the reference)",
     )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="CPU: also measure DropBlock's own time in one profiled iteration per variant",
+    )
     parser.add_argument("--markdown", action="store_true", help="also print a Markdown table")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
+    if args.profile and device.type != "cpu":
+        parser.error("--profile attributes CPU time: use it with --device cpu")
     if args.amp and device.type != "cuda":
         parser.error("--amp: Detectron2's AMPTrainer needs --device cuda")
     if not os.path.isfile(args.config_file):
@@ -368,20 +461,24 @@ def main(argv=None):
     logging.getLogger("detectron2").setLevel(logging.WARNING)
 
     runs = build_runs(args, device)
-    samples = time_runs(runs, args.warmup, args.iters, device)
-    rows = summarize(samples, runs)
+    wall, cpu = time_runs(runs, args.warmup, args.iters, device)
+    profiles = None
+    if args.profile:
+        profiles = {run.name: profile_dropblock(run) for run in runs if run.dropblocks}
+    rows = summarize(wall, cpu, runs, profiles)
 
     print(
         f"# RetinaNet training step, {date.today().isoformat()}, torch {torch.__version__}, "
         f"device {device} ({device_description(device)}), threads {torch.get_num_threads()}, "
         f"{'AMP (fp16 autocast)' if args.amp else 'fp32'}, batch {args.batch} x "
         f"{args.size}x{args.size}, config {os.path.relpath(args.config_file, REPO_ROOT)}, "
-        f"median of {args.iters} after {args.warmup} warm-up rounds"
+        f"lr {args.lr:g}, {args.iters} timed rounds after {args.warmup} warm-up rounds"
     )
-    print(format_table(rows, runs[0].name))
+    with_cpu = device.type == "cpu"
+    print(format_table(rows, runs[0].name, with_cpu=with_cpu))
     if args.markdown:
         print()
-        print(format_table(rows, runs[0].name, markdown=True))
+        print(format_table(rows, runs[0].name, markdown=True, with_cpu=with_cpu))
     return rows
 
 

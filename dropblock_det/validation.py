@@ -21,8 +21,6 @@ __all__ = ["InputError", "check_training_inputs"]
 
 logger = logging.getLogger(__name__)
 
-# Datasets that dropblock_det.data generates on first use; their files may not exist yet.
-_GENERATED_PREFIX = "dropblock_digits"
 # Backbone builders known to produce Detectron2's RetinaNet FPN levels (see _fpn_levels).
 _RETINANET_FPN_BACKBONES = (
     "build_retinanet_resnet_fpn_backbone",
@@ -214,8 +212,8 @@ class _DatasetChecker:
             int or None: its number of categories, None when it cannot be told.
         """
         where = f"{key} dataset {name!r}"
-        if name.startswith(_GENERATED_PREFIX):
-            self._generate(name, where)
+        # Datasets of dropblock_det.data are generated on first use: their files may not exist yet.
+        self._generate(name, where)
         metadata = MetadataCatalog.get(name) if name in MetadataCatalog else None
         json_file = metadata.get("json_file") if metadata is not None else None
         if json_file is None:
@@ -231,11 +229,8 @@ class _DatasetChecker:
 
     @staticmethod
     def _generate(name, where):
-        from . import data  # lazy: the data package imports this package's config
+        from .data import ensure_dataset  # lazy: the data package imports this package's config
 
-        ensure_dataset = getattr(data, "ensure_dataset", None)
-        if ensure_dataset is None:
-            return
         try:
             ensure_dataset(name)
         except Exception as error:

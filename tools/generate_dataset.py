@@ -20,6 +20,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dropblock_det.data import (  # noqa: E402
+    DEFAULT_DIFFICULTY,
     DEFAULT_NUM_TRAIN,
     DEFAULT_NUM_VAL,
     DEFAULT_SEED,
@@ -48,8 +49,8 @@ def parse_args(argv=None):
     parser.add_argument(
         "--difficulty",
         choices=sorted(DIFFICULTY_PRESETS),
-        default="medium",
-        help="scene parameter preset (default: medium, the registered datasets')",
+        default=DEFAULT_DIFFICULTY,
+        help=f"scene parameter preset (default: {DEFAULT_DIFFICULTY}, the registered datasets')",
     )
     parser.add_argument(
         "--force",

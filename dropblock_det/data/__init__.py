@@ -22,6 +22,7 @@ from .datasets import (
 from .preview import save_preview_grid
 from .synthetic import (
     CLASS_NAMES,
+    DEFAULT_DIFFICULTY,
     DEFAULT_NUM_TRAIN,
     DEFAULT_NUM_VAL,
     DEFAULT_SEED,
@@ -34,6 +35,7 @@ from .synthetic import (
 __all__ = [
     "CLASS_NAMES",
     "DATASET_DIRNAME",
+    "DEFAULT_DIFFICULTY",
     "DEFAULT_NUM_TRAIN",
     "DEFAULT_NUM_VAL",
     "DEFAULT_SEED",
