@@ -27,7 +27,9 @@ iterations are compared with ``off``'s: "x off" is the ratio of the medians of t
 "x off (min)" that of the fastest iterations (on a machine shared with other jobs, load only ever
 adds time, so the minimum is the least disturbed figure) and, on the CPU, "x off (CPU)" that of the
 medians of the process CPU time (time.process_time: all threads; not inflated by waiting for a
-core, but it counts OpenMP spin-waits).
+core, but it counts OpenMP spin-waits). "hooks ms" is the host time of the hooks' ``before_step``
+and ``after_step`` (the DropBlock schedule sets every DropBlock's keep_prob before the step and
+resets it to 1 after it), part of the step time.
 
 With ``--profile`` (CPU) each DropBlock variant then runs one more iteration under torch.profiler,
 with every DropBlock2d forward inside a ``record_function`` range. "DropBlock ms" is the time
@@ -170,13 +172,24 @@ class _VariantRun:
         self.dropblocks = [m for m in model.modules() if isinstance(m, DropBlock2d)]
 
     def step(self):
+        """Run one iteration.
+
+        Returns:
+            float: host seconds spent in the hooks' ``before_step`` and ``after_step`` (here
+            the DropBlock schedule's, which sets every DropBlock's keep_prob twice per step).
+        """
         trainer = self.trainer
         with trainer.storage:
             trainer.storage.iter = trainer.iter
+            begin = time.perf_counter()
             trainer.before_step()
+            hook_seconds = time.perf_counter() - begin
             trainer.run_step()
+            begin = time.perf_counter()
             trainer.after_step()
+            hook_seconds += time.perf_counter() - begin
         trainer.iter += 1
+        return hook_seconds
 
     def keep_probs(self):
         """The keep_prob of each DropBlock during a step, by ResNet stage (hook's values)."""
@@ -222,7 +235,7 @@ def build_runs(args, device):
 
 def _checked_step(run):
     try:
-        run.step()
+        return run.step()
     except FloatingPointError as error:
         raise SystemExit(
             f"{run.name}: the loss became non-finite ({error}); a random-initialised model "
@@ -234,29 +247,29 @@ def time_runs(runs, warmup, iters, device):
     """Round-robin timing.
 
     Returns:
-        tuple(dict, dict): ``{name: [wall seconds per timed iteration]}`` and the same for the
-        process CPU time.
+        dict: ``{"wall" | "cpu" | "hooks": {name: [seconds per timed iteration]}}``: wall-clock
+        time, process CPU time and host time in the hooks.
     """
     synchronize = make_synchronizer(device)
-    wall = {run.name: [] for run in runs}
-    cpu = {run.name: [] for run in runs}
+    samples = {kind: {run.name: [] for run in runs} for kind in ("wall", "cpu", "hooks")}
     for round_index in range(warmup + iters):
         times = {}
         shift = round_index % len(runs)
         for run in runs[shift:] + runs[:shift]:  # rotated: no variant always goes first
             synchronize()
             begin, cpu_begin = time.perf_counter(), time.process_time()
-            _checked_step(run)
+            hook_seconds = _checked_step(run)
             synchronize()
             seconds = time.perf_counter() - begin
             if round_index >= warmup:
-                wall[run.name].append(seconds)
-                cpu[run.name].append(time.process_time() - cpu_begin)
+                samples["wall"][run.name].append(seconds)
+                samples["cpu"][run.name].append(time.process_time() - cpu_begin)
+                samples["hooks"][run.name].append(hook_seconds)
             times[run.name] = seconds
         kind = "warm-up" if round_index < warmup else "timed"
         progress = ", ".join(f"{run.name} {times[run.name] * 1e3:.0f} ms" for run in runs)
         print(f"# {kind} round {round_index + 1}/{warmup + iters}: {progress}", file=sys.stderr)
-    return wall, cpu
+    return samples
 
 
 # Backward nodes of the DropBlock operator's autograd Functions (the per-channel scale-and-zero and
@@ -312,16 +325,17 @@ def profile_dropblock(run):
     return seconds, dropblock_us / 1e6
 
 
-def summarize(wall, cpu, runs, profiles=None):
+def summarize(samples, runs, profiles=None):
     """Rows of the result table (dicts), the first variant being the reference.
 
     Args:
-        wall, cpu (dict): from :func:`time_runs`.
+        samples (dict): from :func:`time_runs`.
         runs (list[_VariantRun]): the variants.
         profiles (dict or None): ``{name: (step seconds, DropBlock seconds)}`` from
             :func:`profile_dropblock`.
     """
     reference = runs[0].name
+    wall, cpu = samples["wall"], samples["cpu"]
     rows = []
     for run in runs:
         times, cpu_times = wall[run.name], cpu[run.name]
@@ -335,6 +349,7 @@ def summarize(wall, cpu, runs, profiles=None):
             "ratio_min": min(times) / min(wall[reference]),
             "cpu_ms": statistics.median(cpu_times) * 1e3,
             "ratio_cpu": statistics.median(cpu_times) / statistics.median(cpu[reference]),
+            "hooks_ms": statistics.median(samples["hooks"][run.name]) * 1e3,
         }
         if profiles is not None:
             step, dropblock = profiles.get(run.name, (None, 0.0))
@@ -354,6 +369,7 @@ def format_table(rows, reference, markdown=False, with_cpu=True):
         ("min ms", "min_ms", "{:.1f}"),
         (f"x {reference}", "ratio", "{:.3f}"),
         (f"x {reference} (min)", "ratio_min", "{:.3f}"),
+        ("hooks ms", "hooks_ms", "{:.2f}"),
     ]
     if with_cpu:
         columns += [("CPU ms", "cpu_ms", "{:.1f}"), (f"x {reference} (CPU)", "ratio_cpu", "{:.3f}")]
@@ -461,11 +477,11 @@ def main(argv=None):
     logging.getLogger("detectron2").setLevel(logging.WARNING)
 
     runs = build_runs(args, device)
-    wall, cpu = time_runs(runs, args.warmup, args.iters, device)
+    samples = time_runs(runs, args.warmup, args.iters, device)
     profiles = None
     if args.profile:
         profiles = {run.name: profile_dropblock(run) for run in runs if run.dropblocks}
-    rows = summarize(wall, cpu, runs, profiles)
+    rows = summarize(samples, runs, profiles)
 
     print(
         f"# RetinaNet training step, {date.today().isoformat()}, torch {torch.__version__}, "

@@ -147,8 +147,14 @@ class DropBlockSchedule(HookBase):
 
     def before_step(self):
         keep_prob = self.keep_prob_at(self.trainer.iter, self.trainer.max_iter)
+        # One value per group, not per module: this runs on the host before every GPU step.
+        group_values = {}
         for module, group in self._dropblocks:
-            module.keep_prob = group_keep_prob(keep_prob, group, self._stages, self._group_scaling)
+            if group not in group_values:
+                group_values[group] = group_keep_prob(
+                    keep_prob, group, self._stages, self._group_scaling
+                )
+            module.keep_prob = group_values[group]
         self.trainer.storage.put_scalar(KEEP_PROB_METRIC, keep_prob, smoothing_hint=False)
 
     def after_step(self):
