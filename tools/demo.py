@@ -104,7 +104,8 @@ def main(argv=None):
     report_dir = os.path.join(out_root, "report")
     result = write_report(run_dirs, report_dir, names=[name for name, _ in RUNS])
     masks_png = os.path.join(report_dir, "dropblock_masks.png")
-    visualize_dropblock(["--out", masks_png, "--strides", "8", "16", "32"])
+    # Upscaled to the paper's 640 px, so that res3/res4 are 80x80/40x40 maps as in its figures.
+    visualize_dropblock(["--out", masks_png, "--strides", "8", "16", "--min-size", "640"])
 
     print(result.table_text)
     minutes, seconds = divmod(int(time.time() - start), 60)
