@@ -115,8 +115,8 @@ def test_trainer_refuses_enabled_dropblock_that_inserts_nothing(tiny_cfg):
 def test_optimizer_choice(tiny_cfg):
     cfg = tiny_cfg()
     model = build_model(cfg)
+    cfg.SOLVER.OPTIMIZER = "SGD"
     assert isinstance(Trainer.build_optimizer(cfg, model), torch.optim.SGD)
-    # SOLVER.OPTIMIZER is read when the config has it.
     cfg.SOLVER.OPTIMIZER = "ADAMW"
     optimizer = Trainer.build_optimizer(cfg, model)
     assert isinstance(optimizer, torch.optim.AdamW)
