@@ -564,23 +564,18 @@ def drop_block_2d(
     if not training:
         return x
     batch, channels, height, width = x.shape
-    if torch.compiler.is_compiling():
-        if isinstance(keep_prob, torch.Tensor):
-            block_h, block_w = min(block_size, height), min(block_size, width)
-            return _drop_block_dense(
-                x, keep_prob, block_h, block_w, share_channels, gamma, normalize, generator
-            )
+    block_h, block_w = min(block_size, height), min(block_size, width)
+    compiling = torch.compiler.is_compiling()
+    # Inside a compiled graph a tensor keep_prob stays data (no recompiles when it changes), so it
+    # is neither read nor checked here.
+    if not (compiling and isinstance(keep_prob, torch.Tensor)):
         keep_prob = _check_keep_prob(keep_prob)
         if keep_prob == 1.0 or x.numel() == 0:
             return x
-        block_h, block_w = min(block_size, height), min(block_size, width)
+    if compiling:
         return _drop_block_dense(
             x, keep_prob, block_h, block_w, share_channels, gamma, normalize, generator
         )
-    keep_prob = _check_keep_prob(keep_prob)
-    if keep_prob == 1.0 or x.numel() == 0:
-        return x
-    block_h, block_w = min(block_size, height), min(block_size, width)
     if gamma == "paper":
         seed_prob = _paper_gamma(height, width, block_h, block_w, keep_prob)
     else:
