@@ -40,6 +40,15 @@ class _DropBlockResidualMixin:
     stock_class = None
     dropblock_points = ()
 
+    def __init__(self, *args, make_dropblock: Callable[[], nn.Module], **kwargs):
+        """
+        Args:
+            args, kwargs: arguments of the Detectron2 block (``stock_class``).
+            make_dropblock (callable): returns a new parameter-free DropBlock module.
+        """
+        super().__init__(*args, **kwargs)
+        self.attach_dropblocks(make_dropblock)
+
     def attach_dropblocks(self, make_dropblock: Callable[[], nn.Module]):
         """Add one DropBlock child per insertion point, named ``dropblock_<point>``.
 
@@ -82,15 +91,6 @@ class DropBlockBottleneckBlock(_DropBlockResidualMixin, BottleneckBlock):
     stock_class = BottleneckBlock
     dropblock_points = ("conv1", "conv2", "conv3", "shortcut")
 
-    def __init__(self, *args, make_dropblock: Callable[[], nn.Module], **kwargs):
-        """
-        Args:
-            args, kwargs: arguments of :class:`BottleneckBlock`.
-            make_dropblock (callable): returns a new parameter-free DropBlock module.
-        """
-        super().__init__(*args, **kwargs)
-        self.attach_dropblocks(make_dropblock)
-
     def forward(self, x):
         out = F.relu_(self.conv1(x))
         out = self.dropblock_conv1(out)
@@ -112,15 +112,6 @@ class DropBlockBasicBlock(_DropBlockResidualMixin, BasicBlock):
 
     stock_class = BasicBlock
     dropblock_points = ("conv1", "conv2", "shortcut")
-
-    def __init__(self, *args, make_dropblock: Callable[[], nn.Module], **kwargs):
-        """
-        Args:
-            args, kwargs: arguments of :class:`BasicBlock`.
-            make_dropblock (callable): returns a new parameter-free DropBlock module.
-        """
-        super().__init__(*args, **kwargs)
-        self.attach_dropblocks(make_dropblock)
 
     def forward(self, x):
         out = F.relu_(self.conv1(x))
