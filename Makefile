@@ -22,5 +22,9 @@ format: venv
 	$(PY) -m black -l 100 dropblock_det tools tests benchmarks
 	$(PY) -m isort --profile black -l 100 dropblock_det tools tests benchmarks
 
+lint: venv
+	$(PY) -m black -l 100 --check dropblock_det tools tests benchmarks
+	$(PY) -m isort --profile black -l 100 --check-only dropblock_det tools tests benchmarks
+
 clean:
 	rm -rf .venv build *.egg-info

@@ -4,10 +4,10 @@ Importing the package registers its backbone and meta-architecture in Detectron2
 its embedded datasets in the DatasetCatalog, as Detectron2's own projects do.
 """
 
-from .config import add_dropblock_config, validate_dropblock_config
-from .layers import DropBlock2d, drop_block_2d
-from .hooks import DropBlockSchedule
 from . import data, modeling  # noqa: F401  (registrations on import)
+from .config import add_dropblock_config, validate_dropblock_config
+from .hooks import DropBlockSchedule
+from .layers import DropBlock2d, drop_block_2d
 
 __all__ = [
     "DropBlock2d",

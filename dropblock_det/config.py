@@ -117,11 +117,15 @@ def validate_dropblock_config(cfg, fpn_levels=None):
     if d.NORMALIZE not in _VALID_NORMALIZE:
         _fail("MODEL.DROPBLOCK.NORMALIZE", d.NORMALIZE, f"expected one of {list(_VALID_NORMALIZE)}")
     if d.PLACEMENT not in _VALID_PLACEMENTS:
-        _fail("MODEL.DROPBLOCK.PLACEMENT", d.PLACEMENT, f"expected one of {list(_VALID_PLACEMENTS)}")
+        _fail(
+            "MODEL.DROPBLOCK.PLACEMENT", d.PLACEMENT, f"expected one of {list(_VALID_PLACEMENTS)}"
+        )
     stages = list(d.STAGES)
     bad = [s for s in stages if s not in _VALID_STAGES]
     if bad or len(set(stages)) != len(stages):
-        _fail("MODEL.DROPBLOCK.STAGES", stages, f"expected distinct names among {list(_VALID_STAGES)}")
+        _fail(
+            "MODEL.DROPBLOCK.STAGES", stages, f"expected distinct names among {list(_VALID_STAGES)}"
+        )
     levels = tuple(fpn_levels) if fpn_levels is not None else _VALID_FPN_LEVELS
     fpn = list(d.FPN)
     bad = [lv for lv in fpn if lv not in levels]
@@ -139,7 +143,9 @@ def validate_dropblock_config(cfg, fpn_levels=None):
                 f"expected 0 < MIN_SCALE <= MAX_SCALE ({jitter.MAX_SCALE})",
             )
         if not (isinstance(jitter.TARGET_SIZE, int) and jitter.TARGET_SIZE > 0):
-            _fail("INPUT.SCALE_JITTER.TARGET_SIZE", jitter.TARGET_SIZE, "expected a positive integer")
+            _fail(
+                "INPUT.SCALE_JITTER.TARGET_SIZE", jitter.TARGET_SIZE, "expected a positive integer"
+            )
     for key in ("ENABLED", "SHARE_CHANNELS", "HEAD", "GROUP_SCALING"):
         if not isinstance(d[key], bool):
             _fail(f"MODEL.DROPBLOCK.{key}", d[key], "expected True or False")

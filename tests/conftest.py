@@ -54,7 +54,7 @@ def load_config(config_file, opts=()):
 def tiny_cfg():
     """Factory: ``tiny_cfg("KEY", value, ...)`` is configs/tiny/Base-Tiny.yaml plus those values.
 
-    The base has DropBlock off; R-18 (BasicBlock) at 128 px, 10 classes.
+    The base has DropBlock off; R-18 (BasicBlock), BN in the head, 96 px input, 10 classes.
     """
 
     def make(*opts):

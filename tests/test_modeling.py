@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import REPO_ROOT, load_config
+from detectron2.layers import CycleBatchNormList
 from detectron2.modeling import build_model
 from detectron2.modeling.backbone.fpn import FPN
 from detectron2.modeling.backbone.resnet import BasicBlock, BasicStem, BottleneckBlock, ResNet
@@ -179,7 +180,7 @@ def test_disabled_builds_stock_modules_even_with_everything_requested(tiny_cfg):
     assert type(model.backbone) is FPN
     assert all(type(b) is BasicBlock for s in model.backbone.bottom_up.stages for b in s)
     assert all(
-        type(layer) in (nn.Conv2d, nn.ReLU)
+        type(layer) in (nn.Conv2d, CycleBatchNormList, nn.ReLU)
         for subnet in (model.head.cls_subnet, model.head.bbox_subnet)
         for layer in subnet
     )

@@ -77,7 +77,9 @@ def run_trainings(out_root, seed, max_iter, extra_opts, sequential):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("--out", default=os.path.join(REPO, "demo_output"), help="output folder")
     parser.add_argument("--seed", type=int, default=0, help="SEED of both runs")
     parser.add_argument("--max-iter", type=int, default=None, help="override SOLVER.MAX_ITER")
@@ -90,9 +92,10 @@ def main(argv=None):
     out_root = os.path.abspath(args.out)
     os.makedirs(out_root, exist_ok=True)
 
+    from visualize_dropblock import main as visualize_dropblock
+
     from dropblock_det.data import TRAIN_DATASET, VAL_DATASET, ensure_dataset
     from dropblock_det.reporting import write_report
-    from visualize_dropblock import main as visualize_dropblock
 
     print("[demo] preparing the embedded dataset (generated once, then reused)", flush=True)
     for name in (TRAIN_DATASET, VAL_DATASET):
