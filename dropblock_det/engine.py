@@ -117,7 +117,9 @@ def check_inputs(args):
         InputError: naming the flag, config key or file at fault.
     """
     cfg = build_cfg(args)
-    check_training_inputs(cfg, check_train=not args.eval_only)
+    check_training_inputs(
+        cfg, check_train=not args.eval_only, world_size=args.num_gpus * args.num_machines
+    )
 
 
 def _current_iteration():

@@ -38,7 +38,7 @@ class InputError(ValueError):
     """
 
 
-def check_training_inputs(cfg, *, check_train=True, check_test=True):
+def check_training_inputs(cfg, *, check_train=True, check_test=True, world_size=1):
     """Check the config and the datasets it names, raising on the first problem found.
 
     Checks, in order: the ``MODEL.DROPBLOCK`` values (and that the backbone and meta-architecture
@@ -53,6 +53,8 @@ def check_training_inputs(cfg, *, check_train=True, check_test=True):
         cfg (CfgNode): the final (merged) Detectron2 config.
         check_train (bool): check ``DATASETS.TRAIN`` (must be non-empty). False for ``--eval-only``.
         check_test (bool): check ``DATASETS.TEST``.
+        world_size (int): training processes over all machines; with ``check_train``, a batch of
+            one image per process is refused where BN in the RetinaNet head would see a 1x1 map.
 
     Raises:
         InputError: one message naming the config key or file at fault and what to do.
@@ -67,6 +69,7 @@ def check_training_inputs(cfg, *, check_train=True, check_test=True):
                 "DATASETS.TRAIN is empty, so there is nothing to train on. Set it to registered "
                 "dataset names in the config file, e.g. DATASETS.TRAIN \"('dropblock_digits_train',)\"."
             )
+        _check_head_batch_norm(cfg, world_size)
     if check_test:
         datasets_by_key["DATASETS.TEST"] = _dataset_names(cfg, "TEST")
 
@@ -145,6 +148,35 @@ def _check_model(cfg):
             "Detectron2 meta-architecture that has no head DropBlock. Set "
             "MODEL.META_ARCHITECTURE to 'DropBlockRetinaNet', or MODEL.DROPBLOCK.HEAD to False."
         )
+
+
+def _check_head_batch_norm(cfg, world_size):
+    """Refuse one image per process where BN in the RetinaNet head would normalise a 1x1 map.
+
+    BatchNorm in training needs more than one value per channel; a 1x1 top FPN level with one image
+    fails deep inside the first forward pass with PyTorch's "Expected more than 1 value per
+    channel", which names neither the batch nor the norm.
+    """
+    if "RetinaNet" not in cfg.MODEL.META_ARCHITECTURE or cfg.MODEL.RETINANET.NORM != "BN":
+        return
+    levels = _fpn_levels(cfg)
+    if levels is None or cfg.SOLVER.IMS_PER_BATCH // max(world_size, 1) > 1:
+        return
+    jitter = cfg.INPUT.get("SCALE_JITTER")
+    if jitter is not None and jitter.ENABLED:
+        size_key, longest_side = "INPUT.SCALE_JITTER.TARGET_SIZE", jitter.TARGET_SIZE
+    else:
+        size_key, longest_side = "INPUT.MAX_SIZE_TRAIN", cfg.INPUT.MAX_SIZE_TRAIN
+    top_stride = 2 ** int(levels[-1][1:])
+    if longest_side > top_stride:
+        return
+    raise InputError(
+        f"SOLVER.IMS_PER_BATCH = {cfg.SOLVER.IMS_PER_BATCH} over {world_size} process(es) gives "
+        f"each one image, but MODEL.RETINANET.NORM = 'BN' normalises the {levels[-1]} level, a "
+        f"1x1 map for images of at most {longest_side} px ({size_key}), and BatchNorm "
+        "cannot train on a single value per channel. Use at least 2 images per process, e.g. "
+        f"`SOLVER.IMS_PER_BATCH {2 * max(world_size, 1)}`, or MODEL.RETINANET.NORM 'GN'."
+    )
 
 
 def _fpn_levels(cfg):

@@ -82,7 +82,7 @@ TINY_DROPBLOCK_CONFIG = os.path.join(
     REPO_ROOT, "configs", "tiny", "tiny_retinanet_R18_FPN_dropblock.yaml"
 )
 # The tiny DropBlock config made quick: 96 px images (res5 is 3x3, still >= BLOCK_SIZE 3), two
-# images a step, no evaluation.
+# images a step (BN in the head needs at least two per process), no evaluation.
 QUICK_TINY_OPTS = (
     "MODEL.DEVICE", "cpu",
     "SOLVER.IMS_PER_BATCH", "2",

@@ -42,6 +42,8 @@ def test_demo_trains_both_runs_and_writes_the_report_and_pictures(tmp_path):
     assert "not evaluated" not in report
     # The printed table is the report's, with the paper beside it.
     assert "36.8" in proc.stdout and "38.4" in proc.stdout
+    # A single pair is labelled as such, with a pointer to the seed study.
+    assert "[demo] one seed (SEED 0)" in proc.stdout
 
     for picture in ("ap.png", "keep_prob.png", "loss.png", "dropblock_masks.png"):
         path = out / "report" / picture

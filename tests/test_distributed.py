@@ -30,6 +30,8 @@ def test_two_cpu_processes_share_the_schedule_but_not_the_masks(tmp_path):
         *recorded_run_argv(
             out,
             "SOLVER.MAX_ITER", str(MAX_ITER),
+            # Two images per process: BN in the head cannot train on the 1x1 p7 map of one image.
+            "SOLVER.IMS_PER_BATCH", str(2 * WORLD_SIZE),
             # Larger than MAX_ITER: model_final.pth is the only checkpoint due.
             "SOLVER.CHECKPOINT_PERIOD", "1000",
         ),

@@ -5,10 +5,13 @@ import os
 import uuid
 
 import pytest
+import torch
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
-from detectron2.modeling import BACKBONE_REGISTRY
+from detectron2.modeling import BACKBONE_REGISTRY, build_model
+from detectron2.structures import Boxes, Instances
+from detectron2.utils.events import EventStorage
 from PIL import Image
 
 import dropblock_det
@@ -168,6 +171,51 @@ def test_empty_train_list():
     with pytest.raises(InputError, match=r"DATASETS\.TRAIN is empty.*DATASETS\.TRAIN \""):
         check_training_inputs(_cfg(train=[]))
     check_training_inputs(_cfg(train=[]), check_train=False)
+
+
+def _head_bn_cfg(train, ims_per_batch, max_size=96):
+    cfg = _cfg(train=[train])
+    cfg.MODEL.RETINANET.NORM = "BN"
+    cfg.SOLVER.IMS_PER_BATCH = ims_per_batch
+    cfg.INPUT.MIN_SIZE_TRAIN = (max_size,)
+    cfg.INPUT.MAX_SIZE_TRAIN = max_size
+    return cfg
+
+
+def test_one_image_per_process_with_head_bn_on_a_1x1_level_is_refused(coco_dataset):
+    name, _, _ = coco_dataset()
+    with pytest.raises(
+        InputError, match=r"SOLVER\.IMS_PER_BATCH = 1 over 1 process.*p7 level.*96 px"
+    ):
+        check_training_inputs(_head_bn_cfg(name, 1))
+    # Two processes sharing a batch of 2: still one image each.
+    with pytest.raises(InputError, match=r"`SOLVER\.IMS_PER_BATCH 4`"):
+        check_training_inputs(_head_bn_cfg(name, 2), world_size=2)
+    check_training_inputs(_head_bn_cfg(name, 2))  # two images per process
+    check_training_inputs(_head_bn_cfg(name, 1, max_size=160))  # p7 is 2x2 on the long side
+    group_norm = _head_bn_cfg(name, 1)
+    group_norm.MODEL.RETINANET.NORM = "GN"
+    check_training_inputs(group_norm)
+    check_training_inputs(_head_bn_cfg(name, 1), check_train=False)  # evaluation only
+
+
+def test_the_refused_head_bn_batch_really_fails_in_training(tiny_cfg):
+    """The check above is not spurious: the same setting breaks the first forward pass."""
+    cfg = tiny_cfg()
+    assert cfg.MODEL.RETINANET.NORM == "BN" and cfg.INPUT.MAX_SIZE_TRAIN <= 128
+    model = build_model(cfg).train()
+    image = {"image": torch.zeros(3, 96, 96), "instances": _one_box_instances(96)}
+    with EventStorage(0), pytest.raises(ValueError, match="more than 1 value per channel"):
+        model([image])
+    with EventStorage(0):
+        model([image, image])
+
+
+def _one_box_instances(size):
+    instances = Instances((size, size))
+    instances.gt_boxes = Boxes(torch.tensor([[10.0, 10.0, 40.0, 50.0]]))
+    instances.gt_classes = torch.tensor([3])
+    return instances
 
 
 def test_missing_json_names_file(coco_dataset):

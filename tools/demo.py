@@ -111,6 +111,11 @@ def main(argv=None):
     visualize_dropblock(["--out", masks_png, "--strides", "8", "16", "--min-size", "640"])
 
     print(result.table_text)
+    print(
+        f"[demo] one seed (SEED {args.seed}): at this scale val AP moves by several points between "
+        "seeds, so one pair cannot tell a real gain from noise. README.md, 'How to read it', has "
+        "five seeds; run more with tools/demo.py --seed N --out DIR."
+    )
     minutes, seconds = divmod(int(time.time() - start), 60)
     figures = [str(path) for path in result.figures.values()] + [masks_png]
     print(f"[demo] report: {result.report_path}")
