@@ -160,7 +160,8 @@ def _check_head_batch_norm(cfg, world_size):
     if "RetinaNet" not in cfg.MODEL.META_ARCHITECTURE or cfg.MODEL.RETINANET.NORM != "BN":
         return
     levels = _fpn_levels(cfg)
-    if levels is None or cfg.SOLVER.IMS_PER_BATCH // max(world_size, 1) > 1:
+    world_size = max(world_size, 1)
+    if levels is None or cfg.SOLVER.IMS_PER_BATCH // world_size > 1:
         return
     jitter = cfg.INPUT.get("SCALE_JITTER")
     if jitter is not None and jitter.ENABLED:
@@ -175,7 +176,7 @@ def _check_head_batch_norm(cfg, world_size):
         f"each one image, but MODEL.RETINANET.NORM = 'BN' normalises the {levels[-1]} level, a "
         f"1x1 map for images of at most {longest_side} px ({size_key}), and BatchNorm "
         "cannot train on a single value per channel. Use at least 2 images per process, e.g. "
-        f"`SOLVER.IMS_PER_BATCH {2 * max(world_size, 1)}`, or MODEL.RETINANET.NORM 'GN'."
+        f"`SOLVER.IMS_PER_BATCH {2 * world_size}`, or MODEL.RETINANET.NORM 'GN'."
     )
 
 
