@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from dropblock_det import DropBlock2d, drop_block_2d
-from dropblock_det.layers.drop_block import _seed_rate_tensor, seed_rate
+from dropblock_det.layers import seed_rate
+from dropblock_det.layers._seed_rate import seed_rate_tensor as _seed_rate_tensor
 
 Z_TOL = 5.0
 # Every behavioural test runs on CPU, and again on CUDA where a GPU is present (the sampling and
@@ -348,7 +349,7 @@ def test_gradient_is_mask_times_scale(kwargs, device):
 def test_cache_blocked_cpu_pass_equals_the_plain_one(monkeypatch, normalize):
     # With one intra-op thread the CPU scales and zeroes chunk by chunk. Tiny chunks (100 floats)
     # put many blocks across chunk borders; the result must equal the one-pass result exactly.
-    from dropblock_det.layers import drop_block as module
+    from dropblock_det.layers import _sparse as module
 
     def run(threads, chunk_bytes):
         monkeypatch.setattr(module, "_CPU_CHUNK_BYTES", chunk_bytes)
@@ -377,7 +378,7 @@ def test_accelerator_bookkeeping_equals_host_bookkeeping(
     # On GPUs the counts and factors stay on the device (torch ops instead of NumPy and Python
     # floats). Run that branch on CPU tensors: same generator, same result, so CI checks the
     # GPU branch's logic without a GPU.
-    from dropblock_det.layers import drop_block as module
+    from dropblock_det.layers import _sparse as module
 
     def run():
         x = torch.rand(3, 4, 13, 21, generator=_generator("cpu", 1)).add_(0.5).to(dtype)

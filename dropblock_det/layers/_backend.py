@@ -1,0 +1,75 @@
+"""Which implementation computes a DropBlock call: the backends and the choice of "auto"."""
+
+import os
+
+import torch
+
+from ._dense import drop_block_dense
+from ._seed_rate import host_gamma
+from ._sparse import drop_block_sparse
+
+__all__ = ["AUTO_BACKEND", "BACKENDS", "auto_backend", "resolve_backend"]
+
+BACKENDS = ("auto", "sparse", "dense", "triton")
+
+# What backend="auto" runs on each device type (others: "dense"). CPU: the sparse path, fastest
+# there (BENCHMARKS.md, "DropBlock operator"). CUDA: the dense path, which has no host sync; it
+# becomes "triton" once a measurement on a GPU (benchmarks/gpu_check.sh) shows the Triton kernels
+# faster. No GPU was lent to the session that wrote them, so none has yet.
+AUTO_BACKEND = {"cpu": "sparse", "cuda": "dense"}
+
+_triton = None
+_triton_error = None
+
+
+def _triton_backend():
+    """The Triton backend module, or None where Triton does not import."""
+    global _triton, _triton_error
+    if _triton is None and _triton_error is None:
+        try:
+            from . import _triton as module
+        except Exception as error:  # no Triton, or a build whose kernels do not compile
+            _triton_error = error
+        else:
+            _triton = module
+    return _triton
+
+
+def auto_backend(device: torch.device) -> str:
+    """The backend "auto" picks for tensors on ``device``."""
+    return AUTO_BACKEND.get(device.type, "dense")
+
+
+def resolve_backend(backend: str, x: torch.Tensor, block_h: int, share_channels: bool) -> str:
+    """The backend that computes this call: the one asked for, or the one that falls in for it.
+
+    "triton" falls back to "dense" where Triton does not import or cannot serve the tensor
+    (float64, CPU tensors outside the interpreter, indices past int32); "sparse" falls back to
+    "dense" inside torch.compile graphs, where its host-side bookkeeping cannot run.
+    """
+    if backend == "auto":
+        backend = auto_backend(x.device)
+    if backend == "triton":
+        module = _triton_backend()
+        if module is None or not module.triton_serves(x, block_h, share_channels):
+            backend = "dense"
+    if backend == "sparse" and torch.compiler.is_compiling():
+        backend = "dense"
+    return backend
+
+
+def run_backend(backend, x, keep_prob, block_h, block_w, share_channels, gamma, normalize, gen):
+    """Compute DropBlock with ``backend`` ("sparse", "dense" or "triton", as resolved)."""
+    if backend == "sparse":
+        height, width = x.shape[-2:]
+        seed_prob = host_gamma(gamma, height, width, block_h, block_w, keep_prob)
+        return drop_block_sparse(
+            x, keep_prob, block_h, block_w, share_channels, seed_prob, normalize, gen
+        )
+    run = _triton_backend().drop_block_triton if backend == "triton" else drop_block_dense
+    return run(x, keep_prob, block_h, block_w, share_channels, gamma, normalize, gen)
+
+
+if torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET", "0") == "1":
+    # Imported up front where it can serve, so that compiled graphs never trace the import.
+    _triton_backend()
