@@ -12,8 +12,9 @@ from fvcore.common.param_scheduler import (
 )
 from torch import nn
 
+from .config import validate_dropblock_settings
 from .layers import DropBlock2d
-from .modeling.groups import DROPBLOCK_GROUP_ATTR, group_keep_prob
+from .modeling.placements import dropblock_modules, group_keep_prob
 
 __all__ = ["DropBlockSchedule", "build_keep_prob_scheduler"]
 
@@ -97,13 +98,15 @@ class DropBlockSchedule(HookBase):
     def from_config(cls, cfg, model=None):
         """
         Args:
-            cfg (CfgNode): a config with the ``MODEL.DROPBLOCK`` keys.
+            cfg (CfgNode): a config with the ``MODEL.DROPBLOCK`` keys, or that node itself (a
+                LazyConfig's ``dropblock``, see :func:`dropblock_det.config.dropblock_settings`).
             model (nn.Module or None): see ``__init__``.
 
         Returns:
             dict: the keyword arguments of ``__init__``.
         """
-        d = cfg.MODEL.DROPBLOCK
+        d = cfg.MODEL.DROPBLOCK if "MODEL" in cfg else cfg
+        validate_dropblock_settings(d)
         return {
             "keep_prob": d.KEEP_PROB,
             "start": d.SCHEDULE.START,
@@ -133,11 +136,7 @@ class DropBlockSchedule(HookBase):
     def before_train(self):
         model = self._model if self._model is not None else self.trainer.model
         # modules() reaches through a DistributedDataParallel wrapper to the inner model.
-        self._dropblocks = [
-            (m, getattr(m, DROPBLOCK_GROUP_ATTR, None))
-            for m in model.modules()
-            if isinstance(m, DropBlock2d)
-        ]
+        self._dropblocks = [(m, group) for _, m, group in dropblock_modules(model)]
         if not self._dropblocks:
             raise RuntimeError(
                 "DropBlockSchedule found no DropBlock2d in the model: build it with "

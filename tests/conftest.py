@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-from unittest import mock
 
 import numpy as np
 import pytest
@@ -15,8 +14,13 @@ from detectron2.config import get_cfg
 from detectron2.engine import HookBase
 from detectron2.utils import comm
 
-import dropblock_det  # noqa: F401  (registers the backbone, meta-architecture and datasets)
+import dropblock_det  # noqa: F401  (registers the backbone and meta-architecture)
 from dropblock_det import DropBlock2d, add_dropblock_config
+from dropblock_det.tools.config import add_training_config
+from dropblock_det.tools.data import register_dropblock_digits
+
+# The embedded datasets, as the training tools register them.
+register_dropblock_digits()
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_BASE_CONFIG = os.path.join(REPO_ROOT, "configs", "tiny", "Base-Tiny.yaml")
@@ -43,6 +47,7 @@ def load_config(config_file, opts=()):
     """
     cfg = get_cfg()
     add_dropblock_config(cfg)
+    add_training_config(cfg)
     cfg.merge_from_file(config_file)
     cfg.merge_from_list(list(opts))
     cfg.MODEL.DEVICE = "cpu"
@@ -96,13 +101,10 @@ _RECORDING_FILE = "recording_rank{rank}.jsonl"
 # Run in a fresh interpreter: tools/train_net.py's cli with every rank's main wrapped by
 # recording_main. ``launch`` pickles the wrapper by name, so spawned ranks import it from here.
 _RECORDING_RUNNER = """
-import importlib.util, sys
+import sys
 import conftest
-spec = importlib.util.spec_from_file_location("train_net", conftest.TRAIN_NET)
-train_net = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(train_net)
-train_net.main = conftest.recording_main
-sys.exit(train_net.cli(sys.argv[1:]))
+from dropblock_det.tools.train_net import cli
+sys.exit(cli(sys.argv[1:], main=conftest.recording_main))
 """
 
 
@@ -199,7 +201,7 @@ class TrainingRecorder(HookBase):
 
 
 def recording_main(args):
-    """``dropblock_det.engine.main`` with a :class:`TrainingRecorder` after the trainer's hooks.
+    """``dropblock_det.tools.trainer.main`` with a :class:`TrainingRecorder` after the trainer's hooks.
 
     Runs in each training process (``launch`` calls it per rank); reads KILL_AT_ITER_ENV.
 
@@ -209,7 +211,7 @@ def recording_main(args):
     Returns:
         what ``main`` returns.
     """
-    from dropblock_det import engine
+    from dropblock_det.tools import trainer as engine
 
     kill_at = os.environ.get(KILL_AT_ITER_ENV)
 
@@ -220,8 +222,7 @@ def recording_main(args):
             )
             return super().build_hooks() + [recorder]
 
-    with mock.patch.object(engine, "Trainer", RecordingTrainer):
-        return engine.main(args)
+    return engine.main(args, trainer_class=RecordingTrainer)
 
 
 def run_recorded_train_net(argv, *, timeout=300, env=None):

@@ -1,4 +1,4 @@
-"""Tests of the embedded digits dataset (dropblock_det.data): rendering, files, registration."""
+"""Tests of the embedded digits dataset (dropblock_det.tools.data): rendering, files, registration."""
 
 import contextlib
 import importlib
@@ -14,9 +14,9 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 from PIL import Image
 
-import dropblock_det.data as data
-from dropblock_det.data import datasets as datasets_module
-from dropblock_det.data import synthetic
+import dropblock_det.tools.data as data
+from dropblock_det.tools.data import datasets as datasets_module
+from dropblock_det.tools.data import synthetic
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -2,7 +2,7 @@
 
 Issue 5, point 3. ``--num-gpus 2`` on a machine without GPUs makes ``launch`` spawn two worker
 processes joined by the gloo backend; the model is wrapped in DistributedDataParallel (which
-dropblock_det.engine.Trainer allows for CPU models). Every rank records its steps (conftest's
+dropblock_det.tools.trainer.Trainer allows for CPU models). Every rank records its steps (conftest's
 TrainingRecorder). The run is a subprocess with a timeout that kills every rank: a hang fails.
 """
 
@@ -16,6 +16,7 @@ from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
 from dropblock_det import add_dropblock_config
+from dropblock_det.tools.config import add_training_config
 
 MAX_ITER = 4
 WORLD_SIZE = 2
@@ -68,6 +69,7 @@ def test_two_cpu_processes_share_the_schedule_but_not_the_masks(tmp_path):
         assert f.read().strip() == "model_final.pth"
     cfg = get_cfg()
     add_dropblock_config(cfg)
+    add_training_config(cfg)
     cfg.merge_from_file(os.path.join(out, "config.yaml"))
     model = build_model(cfg)
     loaded = DetectionCheckpointer(model).load(os.path.join(out, "model_final.pth"))

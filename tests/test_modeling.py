@@ -21,10 +21,14 @@ from dropblock_det.modeling import (
     DropBlockBottleneckBlock,
     DropBlockFPN,
     DropBlockRetinaNet,
-    insert_dropblock_into_resnet,
 )
 
-CONFIG_FILES = sorted(glob.glob(os.path.join(REPO_ROOT, "configs", "**", "*.yaml"), recursive=True))
+# Every Detectron2 config of the repository (search spaces, *_space.yaml, are not configs).
+CONFIG_FILES = sorted(
+    f
+    for f in glob.glob(os.path.join(REPO_ROOT, "configs", "**", "*.yaml"), recursive=True)
+    if not f.endswith("_space.yaml")
+)
 
 
 def _dropblock_names(model):
@@ -121,21 +125,37 @@ def test_block_placement_in_bottlenecks_of_non_adjacent_stages(narrow_r50_cfg):
     assert all(type(b) is BottleneckBlock for b in [*resnet.res2, *resnet.res4])
 
 
-def test_stage_placement_appends_one_dropblock_per_stage_and_keeps_freeze_working(tiny_cfg):
+def test_stage_placement_drops_each_stage_output_once_and_keeps_freeze_working(tiny_cfg):
     cfg = tiny_cfg(
         "MODEL.DROPBLOCK.ENABLED", True,
         "MODEL.DROPBLOCK.PLACEMENT", "stage",
         "MODEL.DROPBLOCK.STAGES", ["res2", "res4"],
     )  # fmt: skip
     model = build_model(cfg)
+    # The output of each chosen stage's last block: what feeds the next stage and the FPN.
     assert _dropblock_names(model) == [
-        "backbone.bottom_up.res2.dropblock",
-        "backbone.bottom_up.res4.dropblock",
+        "backbone.bottom_up.res2.1.dropblock_output",
+        "backbone.bottom_up.res4.1.dropblock_output",
     ]
     resnet = model.backbone.bottom_up
-    assert all(type(b) is BasicBlock for stage in resnet.stages for b in list(stage)[:2])
+    assert all(type(b) is BasicBlock for b in [*resnet.res3, *resnet.res5])
     resnet.freeze(5)  # walks every child of every stage
     assert not any(p.requires_grad for p in resnet.parameters())
+
+
+def test_stage_placement_drops_the_stage_output_after_the_last_activation(tiny_cfg):
+    cfg = tiny_cfg(
+        "MODEL.DROPBLOCK.ENABLED", True,
+        "MODEL.DROPBLOCK.PLACEMENT", "stage",
+        "MODEL.DROPBLOCK.STAGES", ["res4"],
+    )  # fmt: skip
+    block = build_model(cfg).eval().backbone.bottom_up.res4[1]
+    block.dropblock_output = _Scale(-2.0)
+    x = torch.randn(2, block.in_channels, 6, 10)
+    with torch.no_grad():
+        out = block.conv2(F.relu(block.conv1(x)))
+        expected = F.relu(out + x) * -2.0
+        torch.testing.assert_close(block(x.clone()), expected, rtol=1e-6, atol=1e-6)
 
 
 def test_fpn_levels_only(tiny_cfg):
@@ -271,18 +291,15 @@ def test_dropblock_blocks_build_directly_through_make_stage():
     assert torch.equal(stock.eval()(x), dropblock.eval()(x))
 
 
-def test_block_placement_rejects_blocks_it_cannot_take(tiny_cfg):
-    class CustomBottleneck(BottleneckBlock):
-        """A bottleneck variant whose forward the DropBlock subclass would not reproduce."""
-
-    stages = ResNet.make_default_stages(50, block_class=CustomBottleneck)
-    resnet = ResNet(BasicStem(), stages, out_features=["res4", "res5"])
-    cfg = tiny_cfg("MODEL.DROPBLOCK.ENABLED", True)
-    with pytest.raises(ValueError, match=r"MODEL\.DROPBLOCK\.PLACEMENT.*CustomBottleneck"):
-        insert_dropblock_into_resnet(resnet, cfg)
-    cfg.MODEL.DROPBLOCK.PLACEMENT = "stage"
-    insert_dropblock_into_resnet(resnet, cfg)
-    assert _dropblock_names(resnet) == ["res4.dropblock", "res5.dropblock"]
+@pytest.mark.parametrize("placement", ["block", "stage"])
+def test_deformable_stages_are_refused_naming_the_keys(narrow_r50_cfg, placement):
+    cfg = narrow_r50_cfg(
+        "MODEL.DROPBLOCK.ENABLED", True,
+        "MODEL.DROPBLOCK.PLACEMENT", placement,
+        "MODEL.RESNETS.DEFORM_ON_PER_STAGE", [False, False, True, False],
+    )  # fmt: skip
+    with pytest.raises(ValueError, match=r"MODEL\.DROPBLOCK\.STAGES.*res4.*DeformBottleneckBlock"):
+        build_model(cfg)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
 from dropblock_det import drop_block_2d
-from dropblock_det.engine import Trainer
+from dropblock_det.tools.trainer import Trainer
 
 NORMALIZE_MODES = ["batch", "sample", "expected"]
 # The operator checks run on CPU, and on CUDA where a GPU is present (16-bit rescaling takes other

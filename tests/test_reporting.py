@@ -15,7 +15,7 @@ import torch
 import yaml
 from PIL import Image
 
-from dropblock_det.reporting import (
+from dropblock_det.tools.reporting import (
     BBOX_METRICS,
     NotARunFolderError,
     build_rows,
@@ -28,7 +28,7 @@ from dropblock_det.reporting import (
     sample_dropped_cells,
     write_report,
 )
-from dropblock_det.reporting.plots import smooth
+from dropblock_det.tools.reporting.plots import smooth
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

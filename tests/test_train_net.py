@@ -15,7 +15,7 @@ from detectron2.engine import hooks
 from detectron2.modeling import build_model
 
 from dropblock_det import DropBlockSchedule
-from dropblock_det.engine import EVAL_RESULTS_FILE, Trainer, write_eval_results
+from dropblock_det.tools.trainer import EVAL_RESULTS_FILE, Trainer, write_eval_results
 
 TRAIN_NET = os.path.join(REPO_ROOT, "tools", "train_net.py")
 TINY = os.path.join(REPO_ROOT, "configs", "tiny")

@@ -1,7 +1,10 @@
-"""Tests of dropblock_det.validation: every bad input gets one InputError naming its key or file."""
+"""Tests of dropblock_det.tools.validation: every bad input gets one InputError naming its key or file."""
 
 import json
 import os
+import re
+import subprocess
+import sys
 import uuid
 
 import pytest
@@ -12,10 +15,13 @@ from detectron2.data.datasets import register_coco_instances
 from detectron2.modeling import BACKBONE_REGISTRY, build_model
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
+from conftest import REPO_ROOT, TINY_DROPBLOCK_CONFIG, TRAIN_NET
 from PIL import Image
 
 import dropblock_det
-from dropblock_det.validation import InputError, check_training_inputs
+from dropblock_det.tools import validation
+from dropblock_det.tools.config import add_training_config
+from dropblock_det.tools.validation import InputError, check_training_inputs
 
 CATEGORIES = [{"id": 1, "name": "one"}, {"id": 7, "name": "seven"}]
 
@@ -80,6 +86,7 @@ def coco_dataset(tmp_path, registry):
 def _cfg(train=(), test=(), num_classes=len(CATEGORIES)):
     cfg = get_cfg()
     dropblock_det.add_dropblock_config(cfg)
+    add_training_config(cfg)
     cfg.MODEL.META_ARCHITECTURE = "RetinaNet"
     cfg.MODEL.BACKBONE.NAME = "build_retinanet_resnet_fpn_backbone"
     cfg.MODEL.FPN.IN_FEATURES = ["res3", "res4", "res5"]
@@ -282,20 +289,173 @@ def test_json_with_an_empty_list(coco_dataset, empty):
         check_training_inputs(_cfg(train=[name]))
 
 
+def _problem(message, fragment):
+    """The report line of ``message`` that contains ``fragment``, parsed.
+
+    Returns:
+        dict: ``annotation_id`` and ``image_id`` (str, or None where the line names no such id)
+        and ``more`` (how many more annotations or ids have the same problem).
+    """
+    lines = [line for line in message.splitlines() if fragment in line]
+    assert len(lines) == 1, message
+    line = lines[0]
+    annotation = re.search(r"annotation id (\S+?)\b", line)
+    image = re.search(r"image ids? (\S+?)\b", line)
+    more = re.search(r"; (\d+) more like it\.", line)
+    assert more or "; no other like it." in line, line
+    return {
+        "annotation_id": annotation and annotation.group(1),
+        "image_id": image and image.group(1),
+        "more": int(more.group(1)) if more else 0,
+    }
+
+
+def _annotation_error(coco_dataset, content, cfg=None):
+    """The message check_training_inputs raises for ``content``; asserts it names the json."""
+    name, json_path, _ = coco_dataset(content)
+    with pytest.raises(InputError) as info:
+        check_training_inputs(cfg or _cfg(train=[name]))
+    message = str(info.value)
+    assert f"annotation file {str(json_path)!r}" in message and "not changed" in message
+    return message
+
+
 def test_annotation_with_unknown_category(coco_dataset):
-    content = _coco_content()
-    content["annotations"][0]["category_id"] = 99
-    name, _, _ = coco_dataset(content)
-    with pytest.raises(InputError, match="1 annotations have a category_id.*99"):
-        check_training_inputs(_cfg(train=[name]))
+    content = _coco_content(num_images=4)
+    content["annotations"][1]["category_id"] = 99
+    content["annotations"][3]["category_id"] = 3
+    message = _annotation_error(coco_dataset, content)
+    problem = _problem(message, "is not in 'categories'")
+    assert problem == {"annotation_id": "1", "image_id": "1", "more": 1}
+    assert "category_id 99" in message and "(ids 1, 7)" in message
 
 
 def test_annotation_without_bbox(coco_dataset):
     content = _coco_content()
     del content["annotations"][1]["bbox"]
+    message = _annotation_error(coco_dataset, content)
+    problem = _problem(message, "bbox None is not 4 numbers")
+    assert problem == {"annotation_id": "1", "image_id": "1", "more": 0}
+
+
+def test_box_with_non_positive_width_or_height(coco_dataset):
+    # The issue's box: a negative width, as from [x1, y1, x2, y2] mistaken for [x, y, w, h].
+    content = _coco_content(num_images=4)
+    content["annotations"][2]["bbox"] = [5, 1, -3, 4]
+    content["annotations"][3]["bbox"] = [1, 1, 4, 0]
+    message = _annotation_error(coco_dataset, content)
+    problem = _problem(message, "has a width or height <= 0")
+    assert problem == {"annotation_id": "2", "image_id": "2", "more": 1}
+    assert "[5, 1, -3, 4]" in message and "[x, y, width, height]" in message
+
+
+def test_box_wholly_outside_its_image(coco_dataset):
+    content = _coco_content(num_images=4)  # 8x8 images
+    content["annotations"][1]["bbox"] = [8, 1, 4, 4]  # starts at the right edge
+    content["annotations"][2]["bbox"] = [-5, 1, 4, 4]  # ends left of the image
+    content["annotations"][3]["bbox"] = [6, 6, 4, 4]  # partly inside: Detectron2 clips it
+    message = _annotation_error(coco_dataset, content)
+    problem = _problem(message, "lies wholly outside its 8x8 image")
+    assert problem == {"annotation_id": "1", "image_id": "1", "more": 1}
+    assert "[8, 1, 4, 4]" in message and "annotation id 3" not in message
+
+
+def test_duplicate_image_ids(coco_dataset):
+    content = _coco_content(num_images=5)
+    content["images"][3]["id"] = 1
+    content["images"][4]["id"] = 2
+    message = _annotation_error(coco_dataset, content)
+    problem = _problem(message, "entries of 'images'")
+    assert problem == {"annotation_id": None, "image_id": "1", "more": 1}
+    assert "is used by 2 entries of 'images' (images[1], images[3])" in message
+
+
+def test_duplicate_annotation_ids(coco_dataset):
+    content = _coco_content(num_images=4)
+    content["annotations"][2]["id"] = 0
+    message = _annotation_error(coco_dataset, content)
+    problem = _problem(message, "is used by 2 annotations")
+    assert problem == {"annotation_id": "0", "image_id": "0", "more": 0}
+    assert "(image ids 0, 2)" in message
+
+
+def test_missing_segmentation_is_refused_where_masks_are_trained(coco_dataset):
+    content = _coco_content(num_images=3)
+    content["annotations"][0]["segmentation"] = [[1, 1, 5, 1, 5, 5]]
+    content["annotations"][2]["segmentation"] = []
     name, _, _ = coco_dataset(content)
-    with pytest.raises(InputError, match=r"1 annotations lack a 'bbox'.*annotations\[1\]"):
-        check_training_inputs(_cfg(train=[name]))
+    check_training_inputs(_cfg(train=[name]))  # boxes only: no segmentation needed
+    masks = _cfg(train=[name])
+    masks.MODEL.MASK_ON = True
+    message = _annotation_error(coco_dataset, content, cfg=masks)
+    problem = _problem(message, "has no 'segmentation'")
+    assert problem == {"annotation_id": "1", "image_id": "1", "more": 1}
+    assert "MODEL.MASK_ON False" in message
+
+
+def test_every_kind_of_annotation_problem_is_reported_at_once(coco_dataset):
+    content = _coco_content(num_images=4)
+    content["annotations"][0]["category_id"] = 99
+    content["annotations"][1]["bbox"] = [1, 1, 0, 4]
+    content["annotations"][2]["bbox"] = [20, 20, 4, 4]
+    message = _annotation_error(coco_dataset, content)
+    assert [line.split(":")[0] for line in message.splitlines()[1:]] == [
+        "  - annotation id 0 (image id 0)",
+        "  - annotation id 1 (image id 1)",
+        "  - annotation id 2 (image id 2)",
+    ]
+
+
+def test_annotation_problems_of_detectron2_builtin_datasets_are_only_logged(
+    coco_dataset, monkeypatch, caplog
+):
+    # COCO train2017 itself has two boxes of height 0, which Detectron2 drops: training on it
+    # must not be refused.
+    assert {"coco_2017_train", "coco_2014_minival"} <= validation._detectron2_builtin_names()
+    content = _coco_content()
+    content["annotations"][1]["bbox"] = [1, 1, 4, 0]
+    name, _, _ = coco_dataset(content)
+    monkeypatch.setattr(validation, "_detectron2_builtin_names", lambda: {name})
+    check_training_inputs(_cfg(train=[name]))
+    assert "annotation id 1 (image id 1)" in caplog.text and "builtin" in caplog.text
+
+
+def test_bad_annotations_stop_the_command_line_before_anything_is_written(tmp_path):
+    image_root = tmp_path / "images"
+    image_root.mkdir()
+    content = _coco_content(num_images=4)
+    for image in content["images"]:
+        Image.new("RGB", (8, 8)).save(image_root / image["file_name"])
+    content["annotations"][2]["bbox"] = [53, 5, -15, 48]
+    content["annotations"][3]["bbox"] = [1, 1, -1, 4]
+    json_path = tmp_path / "instances.json"
+    json_path.write_text(json.dumps(content))
+    before = json_path.read_bytes()
+    output_dir = tmp_path / "output"
+    proc = subprocess.run(
+        [
+            sys.executable, TRAIN_NET,
+            "--config-file", TINY_DROPBLOCK_CONFIG,
+            "--coco-dataset", "mine", str(json_path), str(image_root),
+            "MODEL.DEVICE", "cpu",
+            "MODEL.RETINANET.NUM_CLASSES", "2",
+            "DATASETS.TRAIN", "('mine',)",
+            "DATASETS.TEST", "()",
+            "OUTPUT_DIR", str(output_dir),
+        ],  # fmt: skip
+        cwd=REPO_ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert f"annotation file {str(json_path)!r}" in proc.stderr
+    problem = _problem(proc.stderr, "has a width or height <= 0")
+    assert problem == {"annotation_id": "2", "image_id": "2", "more": 1}
+    assert "Traceback" not in proc.stderr
+    assert not output_dir.exists()
+    assert json_path.read_bytes() == before
 
 
 def test_missing_images_are_counted_and_listed(coco_dataset):
@@ -375,7 +535,7 @@ def test_generated_dataset_is_generated_before_its_files_are_checked(
             Image.new("RGB", (8, 8)).save(image_root / image["file_name"])
         json_path.write_text(json.dumps(content))
 
-    monkeypatch.setattr(dropblock_det.data, "ensure_dataset", ensure_dataset, raising=False)
+    monkeypatch.setattr(dropblock_det.tools.data, "ensure_dataset", ensure_dataset, raising=False)
     check_training_inputs(_cfg(train=[name]))
     assert generated == [name]
 
@@ -388,7 +548,7 @@ def test_generation_failure_names_dataset(monkeypatch, registry, tmp_path):
     def ensure_dataset(dataset_name):
         raise PermissionError("read-only file system")
 
-    monkeypatch.setattr(dropblock_det.data, "ensure_dataset", ensure_dataset, raising=False)
+    monkeypatch.setattr(dropblock_det.tools.data, "ensure_dataset", ensure_dataset, raising=False)
     with pytest.raises(InputError, match=f"{name}.*could not be generated.*read-only"):
         check_training_inputs(_cfg(train=[name]))
 

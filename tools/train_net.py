@@ -1,6 +1,6 @@
 #!/usr/bin/env python
-"""Train and evaluate RetinaNet with DropBlock: Detectron2's train_net, with the logic in
-:mod:`dropblock_det.engine`.
+"""Train and evaluate a Detectron2 detector with DropBlock (Detectron2's train_net, with the logic
+in :mod:`dropblock_det.tools.train_net`).
 
 Examples:
     python tools/train_net.py --config-file configs/tiny/tiny_retinanet_R18_FPN_dropblock.yaml \
@@ -13,43 +13,9 @@ A bad flag, config value or dataset file stops the run before anything is writte
 naming it and exit status 2.
 """
 
-import os
 import sys
 
-# Importable from a plain checkout too, not only after `pip install -e .`.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from detectron2.engine import default_argument_parser, launch  # noqa: E402
-
-from dropblock_det.engine import check_inputs, main  # noqa: E402
-from dropblock_det.validation import InputError  # noqa: E402
-
-
-def cli(argv=None):
-    """Parse the command line, check the inputs, then run :func:`main` on every rank.
-
-    Args:
-        argv (list[str] or None): the arguments; None reads ``sys.argv``.
-
-    Returns:
-        int: the exit status.
-    """
-    args = default_argument_parser().parse_args(argv)
-    try:
-        check_inputs(args)
-    except InputError as error:
-        print(f"train_net.py: error: {error}", file=sys.stderr)
-        return 2
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
-    return 0
-
+from dropblock_det.tools.train_net import cli
 
 if __name__ == "__main__":
     sys.exit(cli())

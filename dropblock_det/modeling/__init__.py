@@ -1,31 +1,43 @@
-"""Detectron2 integration: DropBlock in ResNet, FPN and the RetinaNet head.
+"""DropBlock in Detectron2 models: the placements and the registered builders.
 
 Importing this package registers ``build_retinanet_resnet_fpn_dropblock_backbone`` in
 ``BACKBONE_REGISTRY`` and ``DropBlockRetinaNet`` in ``META_ARCH_REGISTRY``.
 """
 
-from .backbone import build_retinanet_resnet_fpn_dropblock_backbone, retinanet_fpn_levels
-from .fpn import DropBlockFPN
-from .groups import DROPBLOCK_GROUP_ATTR, build_dropblock, group_keep_prob
-from .meta_arch import DropBlockRetinaNet, insert_dropblock_into_head
-from .resnet import (
+from .backbone import (
+    build_dropblock_resnet,
+    build_retinanet_resnet_fpn_dropblock_backbone,
+    dropblock_fpn,
+    make_dropblock_stages,
+)
+from .meta_arch import DropBlockRetinaNet
+from .placements import (
+    DROPBLOCK_GROUP_ATTR,
+    HEAD_GROUP,
     DropBlockBasicBlock,
     DropBlockBottleneckBlock,
-    StageOutputDropBlock,
-    insert_dropblock_into_resnet,
+    DropBlockFPN,
+    DropBlockRetinaNetHead,
+    build_dropblock,
+    dropblock_modules,
+    group_keep_prob,
+    retinanet_head,
 )
 
 __all__ = [
     "DROPBLOCK_GROUP_ATTR",
+    "HEAD_GROUP",
     "DropBlockBasicBlock",
     "DropBlockBottleneckBlock",
     "DropBlockFPN",
     "DropBlockRetinaNet",
-    "StageOutputDropBlock",
+    "DropBlockRetinaNetHead",
     "build_dropblock",
+    "build_dropblock_resnet",
     "build_retinanet_resnet_fpn_dropblock_backbone",
+    "dropblock_fpn",
+    "dropblock_modules",
     "group_keep_prob",
-    "insert_dropblock_into_head",
-    "insert_dropblock_into_resnet",
-    "retinanet_fpn_levels",
+    "make_dropblock_stages",
+    "retinanet_head",
 ]

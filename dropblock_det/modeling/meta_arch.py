@@ -1,57 +1,31 @@
-"""The registered RetinaNet meta-architecture with DropBlock in the class and box subnets."""
-
-from collections import OrderedDict
+"""The registered RetinaNet meta-architecture with DropBlock in its head."""
 
 from detectron2.modeling import META_ARCH_REGISTRY, RetinaNet
-from torch import nn
 
 from ..config import validate_dropblock_config
-from ..layers import DropBlock2d
-from .groups import build_dropblock
+from .placements import (
+    HEAD_GROUP,
+    DropBlockRetinaNetHead,
+    dropblock_modules,
+    make_dropblock_factory,
+)
 
-__all__ = ["DropBlockRetinaNet", "insert_dropblock_into_head"]
-
-# Group name of the head's DropBlocks (they always get the unscaled keep_prob).
-HEAD_GROUP = "head"
-
-
-def insert_dropblock_into_head(head, cfg):
-    """Put a DropBlock after every ReLU of a ``RetinaNetHead``'s class and box subnets.
-
-    Each ``nn.ReLU`` entry of ``cls_subnet`` / ``bbox_subnet`` is replaced, at the same index, by
-    ``Sequential(relu=ReLU, dropblock=DropBlock2d)``. Neither holds parameters or persistent
-    buffers, so the subnet's other indices and every state_dict key stay as in the stock head
-    (inserting new Sequential entries would renumber them). The head's BN (a per-level
-    ``CycleBatchNormList`` for NORM "BN"/"SyncBN") is untouched.
-
-    Args:
-        head (RetinaNetHead): changed in place.
-        cfg (CfgNode): a config with the ``MODEL.DROPBLOCK`` keys.
-
-    Returns:
-        RetinaNetHead: ``head`` itself.
-    """
-    for subnet in (head.cls_subnet, head.bbox_subnet):
-        for index, layer in enumerate(subnet):
-            if isinstance(layer, nn.ReLU):
-                subnet[index] = nn.Sequential(
-                    OrderedDict(relu=layer, dropblock=build_dropblock(cfg, HEAD_GROUP))
-                )
-    return head
+__all__ = ["DropBlockRetinaNet"]
 
 
 @META_ARCH_REGISTRY.register()
 class DropBlockRetinaNet(RetinaNet):
-    """Detectron2's :class:`RetinaNet`, with DropBlock in its head when MODEL.DROPBLOCK.HEAD.
+    """Detectron2's :class:`RetinaNet`, with a :class:`DropBlockRetinaNetHead` when
+    MODEL.DROPBLOCK.HEAD is on.
 
     Pair it with the ``build_retinanet_resnet_fpn_dropblock_backbone`` backbone for DropBlock in
-    the ResNet and FPN. With ENABLED or HEAD off it holds no DropBlock of its own and behaves as
-    stock RetinaNet; in eval mode it is bit-identical to RetinaNet with the same weights.
+    the ResNet and FPN. With ENABLED or HEAD off it is stock RetinaNet; in eval mode it is
+    bit-identical to RetinaNet with the same weights.
     """
 
     @classmethod
     def from_config(cls, cfg):
-        """Build RetinaNet's arguments from ``cfg``, then add the head DropBlocks.
+        """Build RetinaNet's arguments from ``cfg``, with the DropBlock head when asked for.
 
         Args:
             cfg (CfgNode): a config that went through :func:`dropblock_det.add_dropblock_config`.
@@ -68,9 +42,7 @@ class DropBlockRetinaNet(RetinaNet):
         d = cfg.MODEL.DROPBLOCK
         if not d.ENABLED:
             return ret
-        wants_backbone_dropblock = bool(d.STAGES) or bool(d.FPN)
-        has_backbone_dropblock = any(isinstance(m, DropBlock2d) for m in ret["backbone"].modules())
-        if wants_backbone_dropblock and not has_backbone_dropblock:
+        if (d.STAGES or d.FPN) and not dropblock_modules(ret["backbone"]):
             raise ValueError(
                 f"cfg.MODEL.DROPBLOCK.STAGES = {list(d.STAGES)} / FPN = {list(d.FPN)} ask for "
                 f"DropBlock in the backbone, but cfg.MODEL.BACKBONE.NAME = "
@@ -78,5 +50,14 @@ class DropBlockRetinaNet(RetinaNet):
                 f"'build_retinanet_resnet_fpn_dropblock_backbone', or set STAGES and FPN to []."
             )
         if d.HEAD:
-            insert_dropblock_into_head(ret["head"], cfg)
+            stock_head = ret["head"]
+            shapes = ret["backbone"].output_shape()
+            ret["head"] = DropBlockRetinaNetHead(
+                cfg,
+                [shapes[f] for f in cfg.MODEL.RETINANET.IN_FEATURES],
+                make_dropblock=make_dropblock_factory(d, HEAD_GROUP),
+            )
+            # The stock head's initial weights, so that one seed starts the same model with and
+            # without head DropBlock (building a second head drew other random numbers).
+            ret["head"].load_state_dict(stock_head.state_dict())
         return ret

@@ -14,7 +14,7 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ..layers import drop_block_2d
+from ...layers import drop_block_2d
 
 __all__ = [
     "RESNET_STAGE_STRIDES",

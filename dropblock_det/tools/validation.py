@@ -15,7 +15,9 @@ import re
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import BACKBONE_REGISTRY, META_ARCH_REGISTRY
 
-from .config import validate_dropblock_config
+from ..config import validate_dropblock_config
+from ..modeling.placements import check_fpn_levels
+from .config import validate_training_config
 
 __all__ = ["InputError", "check_training_inputs"]
 
@@ -44,8 +46,10 @@ def check_training_inputs(cfg, *, check_train=True, check_test=True, world_size=
     Checks, in order: the ``MODEL.DROPBLOCK`` values (and that the backbone and meta-architecture
     honour them); that every name in ``DATASETS.TRAIN`` / ``DATASETS.TEST`` is registered; that each
     dataset's COCO json exists, parses and has non-empty ``images`` and ``categories`` lists (and
-    ``annotations``, which a test set may lack, as COCO test-dev does) and that every image file it
-    references exists; and that ``MODEL.RETINANET.NUM_CLASSES`` equals each dataset's number of
+    ``annotations``, which a test set may lack, as COCO test-dev does), that its ids are unique and
+    its boxes have a positive size, overlap their image and have a known ``category_id`` (and a
+    ``segmentation`` with ``MODEL.MASK_ON``), and that every image file it references exists; and
+    that ``MODEL.RETINANET.NUM_CLASSES`` equals each dataset's number of
     categories. Each json is parsed at most once per call. Nothing is written, except that the
     embedded ``dropblock_digits_*`` datasets are generated if they do not exist yet.
 
@@ -78,7 +82,7 @@ def check_training_inputs(cfg, *, check_train=True, check_test=True, world_size=
         for name in names:
             _check_registered(name, key)
 
-    checker = _DatasetChecker()
+    checker = _DatasetChecker(require_masks=cfg.MODEL.MASK_ON)
     checked = set()
     for key, names in datasets_by_key.items():
         for name in names:
@@ -117,12 +121,14 @@ def _check_model(cfg):
                 "file, or import the module that registers it before the config is checked."
             )
 
-    if "DROPBLOCK" not in cfg.MODEL:
-        return
     try:
-        validate_dropblock_config(cfg, fpn_levels=_fpn_levels(cfg))
+        validate_training_config(cfg)
+        validate_dropblock_config(cfg)
+        levels = _fpn_levels(cfg)
+        if levels is not None:
+            check_fpn_levels(cfg.MODEL.DROPBLOCK.FPN, levels)
     except ValueError as error:
-        # The message starts with "cfg.<KEY> = <value> is invalid".
+        # The message starts with "cfg.<KEY> = <value>" or "cfg.<KEY> names".
         key = str(error).split(" ", 1)[0].removeprefix("cfg.")
         raise InputError(
             f"{error} Fix it in the config file or override it on the command line, e.g. "
@@ -230,8 +236,14 @@ def _datasets_root():
 class _DatasetChecker:
     """Checks one dataset at a time, parsing each json file at most once."""
 
-    def __init__(self):
+    def __init__(self, *, require_masks=False):
+        """
+        Args:
+            require_masks (bool): every annotation must have a ``segmentation`` (the config trains
+                and evaluates masks, ``MODEL.MASK_ON``).
+        """
         self._parsed_json = {}
+        self._require_masks = require_masks
 
     def check(self, name, key, *, require_annotations):
         """Check one registered dataset.
@@ -245,7 +257,7 @@ class _DatasetChecker:
             int or None: its number of categories, None when it cannot be told.
         """
         where = f"{key} dataset {name!r}"
-        # Datasets of dropblock_det.data are generated on first use: their files may not exist yet.
+        # Datasets of dropblock_det.tools.data are generated on first use: their files may not exist yet.
         self._generate(name, where)
         metadata = MetadataCatalog.get(name) if name in MetadataCatalog else None
         json_file = metadata.get("json_file") if metadata is not None else None
@@ -257,7 +269,11 @@ class _DatasetChecker:
             logger.info("Not checking %s: its json %s is not a local file.", where, json_file)
             return None
         return self._check_coco_json(
-            where, os.fspath(json_file), os.fspath(image_root), require_annotations
+            where,
+            os.fspath(json_file),
+            os.fspath(image_root),
+            require_annotations,
+            public=name in _detectron2_builtin_names(),
         )
 
     @staticmethod
@@ -343,7 +359,7 @@ class _DatasetChecker:
         self._parsed_json[cache_key] = content
         return content
 
-    def _check_coco_json(self, where, json_file, image_root, require_annotations):
+    def _check_coco_json(self, where, json_file, image_root, require_annotations, *, public):
         content = self._load_json(where, json_file)
         fix = (
             "A COCO instances json is an object with the lists 'images', 'annotations' and "
@@ -393,14 +409,12 @@ class _DatasetChecker:
                     f"{where}: in annotation file {json_file!r}, categories[{index}] has no 'id'. "
                     f"{fix}"
                 )
-            category_ids.add(category["id"])
+            category_ids.add(_hashable(category["id"]))
         if len(category_ids) != len(content["categories"]):
             raise InputError(
                 f"{where}: annotation file {json_file!r} repeats category ids in 'categories'; "
                 "give each category its own 'id'."
             )
-        self._check_annotations(where, json_file, content.get("annotations", []), category_ids)
-
         bad_images = [
             i
             for i, image in enumerate(content["images"])
@@ -413,37 +427,191 @@ class _DatasetChecker:
                 f"{where}: in annotation file {json_file!r}, {len(bad_images)} entries of 'images' "
                 f"lack a 'file_name' string or an 'id' (first: images[{bad_images[0]}]). {fix}"
             )
+        _check_annotations(
+            where,
+            json_file,
+            content["images"],
+            content.get("annotations", []),
+            category_ids,
+            require_masks=self._require_masks,
+            warn_only=public,
+        )
         # Detectron2's load_coco_json joins image_root and file_name the same way.
         paths = [os.path.join(image_root, image["file_name"]) for image in content["images"]]
         _check_images_exist(where, paths, image_root=image_root, json_file=json_file)
         return len(category_ids)
 
-    @staticmethod
-    def _check_annotations(where, json_file, annotations, category_ids):
-        unknown_categories = []
-        bad_boxes = []
-        for index, annotation in enumerate(annotations):
-            if not isinstance(annotation, dict):
-                bad_boxes.append(index)
-                continue
-            if annotation.get("category_id") not in category_ids:
-                unknown_categories.append(annotation.get("category_id"))
-            box = annotation.get("bbox")
-            if not isinstance(box, list) or len(box) != 4:
-                bad_boxes.append(index)
-        if unknown_categories:
-            listed = sorted({repr(c) for c in unknown_categories})[:_MAX_LISTED]
-            raise InputError(
-                f"{where}: in annotation file {json_file!r}, {len(unknown_categories)} annotations "
-                f"have a category_id that is not in 'categories' (e.g. {', '.join(listed)}). Add "
-                "those categories or fix the annotations."
+
+# How to fix each kind of annotation problem, in the order they are reported. Detectron2 loads
+# the first ones without a word, or stops on them only once training has started.
+_ANNOTATION_PROBLEMS = {
+    "malformed": "Give every annotation an 'id', an 'image_id' and a 'bbox' of 4 numbers.",
+    "duplicate_image_id": (
+        "COCO's index keeps only the last image of an id and gives it the annotations of all; "
+        "give each image its own 'id'."
+    ),
+    "duplicate_annotation_id": (
+        "Detectron2's load_coco_json stops on it once training has started; give each "
+        "annotation its own 'id'."
+    ),
+    "unknown_category": "Add those categories to 'categories' or fix the annotations.",
+    "empty_box": (
+        "COCO boxes are [x, y, width, height] (not [x1, y1, x2, y2]); fix or remove such boxes."
+    ),
+    "outside_image": (
+        "Such a box marks nothing in its image; check the image's 'width' and 'height' and the "
+        "box's coordinates (absolute pixels)."
+    ),
+    "no_segmentation": (
+        "MODEL.MASK_ON is True, so every annotation needs polygons or an RLE; add them, or train "
+        "boxes only with `MODEL.MASK_ON False`."
+    ),
+}
+
+
+def _check_annotations(
+    where, json_file, images, annotations, category_ids, *, require_masks, warn_only=False
+):
+    """Raise one InputError listing every kind of annotation problem found in one pass.
+
+    Each kind names its first offender (annotation id and image id, or the image id) and counts
+    the others. Only reads: the user's file is never rewritten.
+
+    Args:
+        warn_only (bool): log the problems instead, for Detectron2's builtin datasets: those
+            public files hold a few that Detectron2 copes with (COCO train2017 has boxes of height
+            0, which it drops; the 2014 minival files repeat annotation ids, which it allows) and
+            that the user cannot fix.
+    """
+    problems = {kind: [] for kind in _ANNOTATION_PROBLEMS}
+
+    image_sizes = {}
+    image_indices = {}
+    for index, image in enumerate(images):
+        image_indices.setdefault(_hashable(image["id"]), []).append(index)
+        width, height = image.get("width"), image.get("height")
+        if _is_number(width) and _is_number(height):
+            image_sizes[_hashable(image["id"])] = (width, height)
+    for image_id, indices in image_indices.items():
+        if len(indices) > 1:
+            listed = ", ".join(f"images[{i}]" for i in indices[:_MAX_LISTED])
+            problems["duplicate_image_id"].append(
+                f"image id {image_id!r} is used by {len(indices)} entries of 'images' ({listed})"
             )
-        if bad_boxes:
-            raise InputError(
-                f"{where}: in annotation file {json_file!r}, {len(bad_boxes)} annotations lack a "
-                f"'bbox' [x, y, width, height] (first: annotations[{bad_boxes[0]}]). Fix the "
-                "annotations or regenerate the file."
+
+    ordered = sorted(category_ids, key=repr)
+    known_categories = ", ".join(map(repr, ordered[:10])) + (", ..." if len(ordered) > 10 else "")
+    annotation_images = {}
+    for index, annotation in enumerate(annotations):
+        if not isinstance(annotation, dict):
+            problems["malformed"].append(f"annotations[{index}] is a {type(annotation).__name__}")
+            continue
+        ref = _annotation_ref(index, annotation)
+        missing = [key for key in ("id", "image_id") if key not in annotation]
+        box = annotation.get("bbox")
+        if missing or not _is_box(box):
+            what = f"has no {' or '.join(map(repr, missing))}" if missing else f"bbox {box!r}"
+            problems["malformed"].append(
+                f"{ref}: {what}" + ("" if missing else " is not 4 numbers [x, y, width, height]")
             )
+            continue
+        annotation_images.setdefault(_hashable(annotation["id"]), []).append(
+            annotation["image_id"]
+        )
+        if _hashable(annotation.get("category_id")) not in category_ids:
+            problems["unknown_category"].append(
+                f"{ref}: category_id {annotation.get('category_id')!r} is not in 'categories' "
+                f"(ids {known_categories})"
+            )
+        x, y, width, height = box
+        size = image_sizes.get(_hashable(annotation["image_id"]))
+        if width <= 0 or height <= 0:
+            problems["empty_box"].append(f"{ref}: bbox {box} has a width or height <= 0")
+        elif size is not None and (
+            x >= size[0] or y >= size[1] or x + width <= 0 or y + height <= 0
+        ):
+            problems["outside_image"].append(
+                f"{ref}: bbox {box} lies wholly outside its {size[0]}x{size[1]} image"
+            )
+        segmentation = annotation.get("segmentation")
+        if require_masks and not (isinstance(segmentation, (list, dict)) and segmentation):
+            found = "no 'segmentation'" if segmentation is None else f"segmentation {segmentation!r}"
+            problems["no_segmentation"].append(f"{ref}: has {found}")
+    for annotation_id, image_ids in annotation_images.items():
+        if len(image_ids) > 1:
+            problems["duplicate_annotation_id"].append(
+                f"annotation id {annotation_id!r} (image ids "
+                f"{', '.join(map(repr, image_ids[:_MAX_LISTED]))}) is used by {len(image_ids)} "
+                "annotations"
+            )
+
+    lines = []
+    for kind, found in problems.items():
+        if not found:
+            continue
+        more = len(found) - 1
+        count = f"{more} more like it" if more else "no other like it"
+        lines.append(f"  - {found[0]}; {count}. {_ANNOTATION_PROBLEMS[kind]}")
+    if not lines:
+        return
+    if warn_only:
+        logger.warning(
+            "%s: annotation file %r (one of Detectron2's builtin datasets, checked but not "
+            "refused) has:\n%s",
+            where,
+            json_file,
+            "\n".join(lines),
+        )
+        return
+    raise InputError(
+        f"{where}: annotation file {json_file!r} has entries that would train or evaluate "
+        "wrongly, or stop the run once it has started; fix them in the file (it was only read, "
+        "not changed):\n" + "\n".join(lines)
+    )
+
+
+def _detectron2_builtin_names():
+    """The dataset names Detectron2 registers for its builtin COCO and LVIS files."""
+    try:
+        from detectron2.data.datasets import builtin
+    except ImportError:
+        return set()
+    names = set()
+    # Private tables of detectron2.data.datasets.builtin, {group: {name: (image_root, json)}};
+    # missing in a future release, every dataset is checked strictly.
+    for table in ("_PREDEFINED_SPLITS_COCO", "_PREDEFINED_SPLITS_LVIS"):
+        for splits in getattr(builtin, table, {}).values():
+            names.update(splits)
+    return names
+
+
+def _annotation_ref(index, annotation):
+    image = f"image id {annotation['image_id']!r}" if "image_id" in annotation else "no image_id"
+    if "id" in annotation:
+        return f"annotation id {annotation['id']!r} ({image})"
+    return f"annotations[{index}] ({image})"
+
+
+def _hashable(value):
+    # An id that is a list or dict (a broken file) must not crash the check with a TypeError.
+    try:
+        hash(value)
+    except TypeError:
+        return repr(value)
+    return value
+
+
+def _is_number(value):
+    # A finite int or float: NaN fails both comparisons; json also parses NaN and Infinity.
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and float("-inf") < value < float("inf")
+    )
+
+
+def _is_box(box):
+    return isinstance(box, list) and len(box) == 4 and all(_is_number(v) for v in box)
 
 
 def _check_images_exist(where, paths, *, image_root, json_file=None):

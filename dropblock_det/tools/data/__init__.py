@@ -1,9 +1,10 @@
 """Embedded detection dataset: scikit-learn's handwritten digits composed into scenes.
 
-Importing this package registers ``dropblock_digits_train`` and ``dropblock_digits_val`` in
-Detectron2's DatasetCatalog and MetadataCatalog (COCO evaluator type, classes "0".."9"). Their
-folder is ``$DETECTRON2_DATASETS/dropblock_digits``, as the environment says at import time. The
-data is generated there on first use (no download), deterministically, and regenerated when the
+:func:`register_dropblock_digits` registers ``dropblock_digits_train`` and ``dropblock_digits_val``
+in Detectron2's DatasetCatalog and MetadataCatalog (COCO evaluator type, classes "0".."9"); the
+training tools call it, importing registers nothing. Their folder is
+``$DETECTRON2_DATASETS/dropblock_digits``, as the environment says when registering. The data is
+generated there on first use (no download), deterministically, and regenerated when the
 generation parameters change; ``ensure_dataset(name)`` generates it ahead of code that reads
 ``metadata.json_file`` directly. ``tools/generate_dataset.py`` generates one and saves a preview.
 """
@@ -53,5 +54,3 @@ __all__ = [
     "register_dropblock_digits",
     "save_preview_grid",
 ]
-
-register_dropblock_digits()

@@ -8,7 +8,7 @@ The 1797 8×8 source digits of ``sklearn.datasets.load_digits`` ship inside the 
 (no download). They are split per class into disjoint train and val pools, so the val split measures
 generalisation to unseen handwriting rather than to unseen placements of the same digits.
 
-This module only renders and writes; :mod:`dropblock_det.data.datasets` decides when to
+This module only renders and writes; :mod:`dropblock_det.tools.data.datasets` decides when to
 (re)generate, under a lock and into a temporary folder, and registers the splits with Detectron2.
 """
 
@@ -589,7 +589,7 @@ def write_dataset(out_dir, spec, progress=None):
     """Render every image of ``spec`` and write images, COCO json and ``manifest.json``.
 
     Writes straight into ``out_dir`` (no locking, not atomic): callers that publish a dataset use
-    :func:`dropblock_det.data.datasets.prepare_dataset`, which calls this on a temporary folder.
+    :func:`dropblock_det.tools.data.datasets.prepare_dataset`, which calls this on a temporary folder.
     ``manifest.json`` is written last, so a folder that has one is complete.
 
     Args:

@@ -1,0 +1,364 @@
+"""Where DropBlock goes in a Detectron2 detector: every placement, one mechanism.
+
+Each placement is a subclass of the Detectron2 module it extends, built by Detectron2's own
+construction path, that adds parameter-free DropBlock children at named points:
+
+- ResNet blocks (MODEL.DROPBLOCK.STAGES): :class:`DropBlockBottleneckBlock` and
+  :class:`DropBlockBasicBlock`, built by ``ResNet.make_stage``. PLACEMENT "block" drops at the TF
+  reference's points inside every block; "stage" drops once, at the output of the stage's last
+  block (what feeds the next stage and the FPN lateral).
+- FPN outputs (MODEL.DROPBLOCK.FPN): :class:`DropBlockFPN`.
+- RetinaNet head (MODEL.DROPBLOCK.HEAD): :class:`DropBlockRetinaNetHead`, after every activation
+  of the class and box subnets.
+
+Every DropBlock comes from :func:`build_dropblock` with its group passed explicitly: the ResNet
+stage it sits in ("res2" … "res5"), the FPN level it drops ("p2" … "p7") or "head". The group
+decides the keep_prob (:func:`group_keep_prob`) and is what the schedule hook sets. Parameter-free
+children add no state_dict key, so every placement keeps the stock model's checkpoints.
+"""
+
+import functools
+from collections import OrderedDict
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import torch.nn.functional as F
+from detectron2.modeling.meta_arch.retinanet import RetinaNetHead
+from detectron2.modeling.backbone.fpn import FPN
+from detectron2.modeling.backbone.resnet import BasicBlock, BottleneckBlock
+from torch import nn
+
+from ..layers import DropBlock2d
+
+__all__ = [
+    "DROPBLOCK_GROUP_ATTR",
+    "HEAD_GROUP",
+    "DropBlockBasicBlock",
+    "DropBlockBottleneckBlock",
+    "DropBlockFPN",
+    "DropBlockRetinaNetHead",
+    "build_dropblock",
+    "dropblock_block_class",
+    "dropblock_modules",
+    "group_keep_prob",
+    "make_dropblock_factory",
+    "retinanet_head",
+    "stage_points_per_block",
+]
+
+# Attribute naming the group of each DropBlock2d the placements build.
+DROPBLOCK_GROUP_ATTR = "dropblock_group"
+# Group of the RetinaNet head's DropBlocks (always the unscaled keep_prob).
+HEAD_GROUP = "head"
+
+
+def _stage_index(stage: str) -> int:
+    return int(stage[len("res") :])
+
+
+def group_keep_prob(keep_prob: float, group: str, stages: Iterable[str], group_scaling: bool):
+    """Keep probability of one DropBlock group, with the TF reference's per-stage scaling.
+
+    With ``group_scaling`` a ResNet stage ``d`` stages below the deepest stage of ``stages``
+    keeps ``1 - (1 - keep_prob) / 4**d`` (tensorflow/tpu ``resnet_main.py``: res4 gets a quarter
+    of res5's drop rate when both are chosen). The distance counts stage numbers, not positions in
+    ``stages``, so STAGES [res3, res5] gives res3 a sixteenth of res5's drop rate. Every other
+    group (FPN levels, heads) gets the unscaled ``keep_prob``.
+
+    Args:
+        keep_prob (float): the unscaled keep probability, in (0, 1].
+        group (str): the DropBlock's group ("res2" … "res5", "p2" … "p7", "head" …).
+        stages (Iterable[str]): MODEL.DROPBLOCK.STAGES.
+        group_scaling (bool): MODEL.DROPBLOCK.GROUP_SCALING.
+
+    Returns:
+        float: the keep probability for that group.
+    """
+    stages = list(stages)
+    if not group_scaling or group not in stages:
+        return float(keep_prob)
+    distance = max(_stage_index(s) for s in stages) - _stage_index(group)
+    return 1.0 - (1.0 - float(keep_prob)) / 4**distance
+
+
+def build_dropblock(settings, group: str) -> DropBlock2d:
+    """Build one parameter-free DropBlock2d for ``group`` from the DropBlock settings.
+
+    The module starts at the group's target keep_prob (the end of the schedule), so a model used
+    outside :class:`~dropblock_det.DropBlockSchedule` trains with a constant keep_prob, as the TF
+    detection code does; the hook overwrites it before every training step.
+
+    Args:
+        settings (CfgNode): ``cfg.MODEL.DROPBLOCK``, or :func:`dropblock_det.config.dropblock_settings`
+            in a LazyConfig.
+        group (str): the group this module belongs to (see :func:`group_keep_prob`).
+
+    Returns:
+        DropBlock2d: the module, tagged with ``dropblock_group = group``.
+    """
+    d = settings
+    module = DropBlock2d(
+        keep_prob=group_keep_prob(d.KEEP_PROB, group, d.STAGES, d.GROUP_SCALING),
+        block_size=d.BLOCK_SIZE,
+        share_channels=d.SHARE_CHANNELS,
+        gamma=d.GAMMA,
+        normalize=d.NORMALIZE,
+    )
+    setattr(module, DROPBLOCK_GROUP_ATTR, group)
+    return module
+
+
+def dropblock_modules(model: nn.Module) -> List[Tuple[str, DropBlock2d, Optional[str]]]:
+    """Every DropBlock2d in ``model``, with its name and group; the one answer to "where is it".
+
+    ``named_modules`` reaches through a DistributedDataParallel wrapper to the inner model.
+
+    Args:
+        model (nn.Module): a model, wrapped or not.
+
+    Returns:
+        list[tuple[str, DropBlock2d, str or None]]: (module name, module, group) in model order;
+        the group is None for a DropBlock2d that no placement built.
+    """
+    return [
+        (name, m, getattr(m, DROPBLOCK_GROUP_ATTR, None))
+        for name, m in model.named_modules()
+        if isinstance(m, DropBlock2d)
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# ResNet blocks
+
+
+class _DropBlockPoints:
+    """Mixin: one child ``dropblock_<point>`` per insertion point, a DropBlock or an Identity."""
+
+    # Names of the block's insertion points, in forward order.
+    points: Tuple[str, ...] = ()
+
+    def __init__(
+        self,
+        *args,
+        make_dropblock: Callable[[], nn.Module],
+        dropblock_points: Optional[Sequence[str]] = None,
+        **kwargs,
+    ):
+        """
+        Args:
+            args, kwargs: arguments of the Detectron2 block.
+            make_dropblock (callable): returns a new parameter-free DropBlock module.
+            dropblock_points (Sequence[str] or None): the points that drop; None for every point
+                but "output" (PLACEMENT "block"). The others hold an ``nn.Identity``.
+        """
+        super().__init__(*args, **kwargs)
+        chosen = self.points[:-1] if dropblock_points is None else tuple(dropblock_points)
+        unknown = sorted(set(chosen) - set(self.points))
+        if unknown:
+            raise ValueError(
+                f"{type(self).__name__} has no DropBlock point {unknown}; it has {self.points}."
+            )
+        # Built after the block's own layers, so the stock random initialisation is unchanged.
+        for point in self.points:
+            self.add_module(
+                f"dropblock_{point}", make_dropblock() if point in chosen else nn.Identity()
+            )
+
+
+class DropBlockBottleneckBlock(_DropBlockPoints, BottleneckBlock):
+    """Detectron2's ``BottleneckBlock`` with DropBlock where the TF reference puts it.
+
+    tensorflow/tpu ``resnet_model.py`` ``bottleneck_block`` drops after conv1's and conv2's
+    BN+ReLU, after conv3's BN and on the shortcut branch (projection or identity) before the
+    addition; "output" drops the block's output (PLACEMENT "stage", last block only).
+    """
+
+    points = ("conv1", "conv2", "conv3", "shortcut", "output")
+
+    def forward(self, x):
+        out = self.dropblock_conv1(F.relu_(self.conv1(x)))
+        out = self.dropblock_conv2(F.relu_(self.conv2(out)))
+        # Detectron2's Conv2d applies its norm inside, so this is conv3's BN output.
+        out = self.dropblock_conv3(self.conv3(out))
+        shortcut = self.shortcut(x) if self.shortcut is not None else x
+        out += self.dropblock_shortcut(shortcut)
+        return self.dropblock_output(F.relu_(out))
+
+
+class DropBlockBasicBlock(_DropBlockPoints, BasicBlock):
+    """Detectron2's ``BasicBlock`` (R-18/34) with DropBlock at the TF reference's points.
+
+    The bottleneck pattern mapped onto two convolutions: after conv1's norm+ReLU, after conv2's
+    norm (the last one before the addition) and on the shortcut branch before the addition;
+    "output" as for :class:`DropBlockBottleneckBlock`.
+    """
+
+    points = ("conv1", "conv2", "shortcut", "output")
+
+    def forward(self, x):
+        out = self.dropblock_conv1(F.relu_(self.conv1(x)))
+        out = self.dropblock_conv2(self.conv2(out))
+        shortcut = self.shortcut(x) if self.shortcut is not None else x
+        out += self.dropblock_shortcut(shortcut)
+        return self.dropblock_output(F.relu_(out))
+
+
+_DROPBLOCK_BLOCK_CLASSES = {
+    BottleneckBlock: DropBlockBottleneckBlock,
+    BasicBlock: DropBlockBasicBlock,
+}
+
+
+def dropblock_block_class(block_class: type, stage: str) -> type:
+    """The DropBlock subclass of a stock Detectron2 block class.
+
+    Args:
+        block_class (type): the class Detectron2's ResNet would build the stage with.
+        stage (str): the stage name, for the message.
+
+    Returns:
+        type: :class:`DropBlockBottleneckBlock` or :class:`DropBlockBasicBlock`.
+
+    Raises:
+        ValueError: for any other block (deformable bottlenecks), naming the keys to change.
+    """
+    if block_class not in _DROPBLOCK_BLOCK_CLASSES:
+        raise ValueError(
+            f"cfg.MODEL.DROPBLOCK.STAGES names {stage}, whose {block_class.__name__} blocks take "
+            f"no DropBlock (only BottleneckBlock and BasicBlock; see "
+            f"MODEL.RESNETS.DEFORM_ON_PER_STAGE). Remove {stage} from MODEL.DROPBLOCK.STAGES."
+        )
+    return _DROPBLOCK_BLOCK_CLASSES[block_class]
+
+
+def stage_points_per_block(placement: str, num_blocks: int) -> List[Optional[Tuple[str, ...]]]:
+    """The ``dropblock_points`` of each block of a stage, for ``ResNet.make_stage``.
+
+    Args:
+        placement (str): MODEL.DROPBLOCK.PLACEMENT, "block" or "stage".
+        num_blocks (int): blocks in the stage.
+
+    Returns:
+        list: None (the in-block points) for every block with "block"; with "stage", no point
+        but for ("output",) on the last block.
+    """
+    if placement == "block":
+        return [None] * num_blocks
+    return [()] * (num_blocks - 1) + [("output",)]
+
+
+def make_dropblock_factory(settings, group: str) -> Callable[[], DropBlock2d]:
+    """A no-argument callable building the DropBlocks of ``group`` (``make_dropblock``).
+
+    Args:
+        settings (CfgNode): the DropBlock settings (see :func:`build_dropblock`).
+        group (str): the group.
+
+    Returns:
+        callable: ``() -> DropBlock2d``.
+    """
+    return functools.partial(build_dropblock, settings, group)
+
+
+# ---------------------------------------------------------------------------------------------
+# FPN outputs
+
+
+class DropBlockFPN(FPN):
+    """An :class:`FPN` whose outputs at some levels go through DropBlock.
+
+    The drop applies to each level's output as the detection head receives it. Maps computed from
+    that level inside the FPN (the top-down sum, and P7, which LastLevelP6P7 computes from P6) see
+    the undropped map, so each chosen level is dropped exactly once.
+    """
+
+    def __init__(self, *args, dropblocks: Dict[str, nn.Module], **kwargs):
+        """
+        Args:
+            args, kwargs: arguments of :class:`FPN`.
+            dropblocks (dict[str, nn.Module]): output level name ("p3" …) to the parameter-free
+                DropBlock module applied to it.
+
+        Raises:
+            ValueError: if ``dropblocks`` names a level this FPN does not produce.
+        """
+        super().__init__(*args, **kwargs)
+        check_fpn_levels(dropblocks, self.output_shape())
+        self.dropblock = nn.ModuleDict(dropblocks)
+
+    def forward(self, x):
+        """
+        Args:
+            x (Tensor): the image batch, as for :meth:`FPN.forward`.
+
+        Returns:
+            dict[str, Tensor]: the FPN levels, the chosen ones after DropBlock.
+        """
+        features = super().forward(x)
+        return {
+            level: self.dropblock[level](feature) if level in self.dropblock else feature
+            for level, feature in features.items()
+        }
+
+
+def check_fpn_levels(levels: Iterable[str], output_shape: dict):
+    """Refuse MODEL.DROPBLOCK.FPN levels that the built FPN does not produce.
+
+    Args:
+        levels (Iterable[str]): the chosen levels.
+        output_shape (dict): the FPN's ``output_shape()``.
+
+    Raises:
+        ValueError: naming MODEL.DROPBLOCK.FPN and the levels the FPN has.
+    """
+    unknown = sorted(set(levels) - set(output_shape))
+    if unknown:
+        raise ValueError(
+            f"cfg.MODEL.DROPBLOCK.FPN names {unknown}, which this FPN does not produce (it "
+            f"produces {list(output_shape)}; see MODEL.FPN.IN_FEATURES)."
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# RetinaNet head
+
+
+class DropBlockRetinaNetHead(RetinaNetHead):
+    """Detectron2's ``RetinaNetHead`` with a DropBlock after every subnet activation.
+
+    Each ``nn.ReLU`` of ``cls_subnet`` / ``bbox_subnet`` becomes, at the same index,
+    ``Sequential(relu=ReLU, dropblock=DropBlock2d)``: neither holds parameters or persistent
+    buffers, so every state_dict key stays as in the stock head (new Sequential entries would
+    renumber them). The head's BN (a per-level ``CycleBatchNormList``) is untouched.
+    """
+
+    def __init__(self, *args, make_dropblock: Callable[[], nn.Module], **kwargs):
+        """
+        Args:
+            args, kwargs: arguments of :class:`RetinaNetHead` (or ``cfg, input_shape``).
+            make_dropblock (callable): returns a new parameter-free DropBlock module.
+        """
+        super().__init__(*args, **kwargs)
+        for subnet in (self.cls_subnet, self.bbox_subnet):
+            for index, layer in enumerate(subnet):
+                if isinstance(layer, nn.ReLU):
+                    subnet[index] = nn.Sequential(
+                        OrderedDict(relu=layer, dropblock=make_dropblock())
+                    )
+
+
+def retinanet_head(dropblock, **head_kwargs) -> RetinaNetHead:
+    """Detectron2's RetinaNetHead, or a :class:`DropBlockRetinaNetHead` when ``dropblock`` asks.
+
+    The LazyConfig form of the head placement: ``head=L(retinanet_head)(dropblock=..., ...)``.
+
+    Args:
+        dropblock (CfgNode): the DropBlock settings; ENABLED and HEAD on give the DropBlock head.
+        **head_kwargs: the arguments of :class:`RetinaNetHead`.
+
+    Returns:
+        RetinaNetHead: the head.
+    """
+    if not (dropblock.ENABLED and dropblock.HEAD):
+        return RetinaNetHead(**head_kwargs)
+    factory = make_dropblock_factory(dropblock, HEAD_GROUP)
+    return DropBlockRetinaNetHead(make_dropblock=factory, **head_kwargs)

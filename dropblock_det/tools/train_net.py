@@ -1,0 +1,70 @@
+"""The command line of ``tools/train_net.py`` (also ``python -m dropblock_det.tools.train_net``).
+
+Detectron2's ``default_argument_parser`` and ``launch`` over :mod:`.trainer`: the inputs are checked
+once per machine before ``launch``, then :func:`~.trainer.main` runs on every rank.
+"""
+
+import sys
+
+from detectron2.engine import default_argument_parser, launch
+
+from . import trainer
+from .validation import InputError
+
+__all__ = ["build_parser", "cli"]
+
+
+def build_parser():
+    """Detectron2's ``default_argument_parser`` plus ``--coco-dataset``.
+
+    Returns:
+        argparse.ArgumentParser: the parser of ``tools/train_net.py``.
+    """
+    parser = default_argument_parser()
+    parser.add_argument(
+        "--coco-dataset",
+        nargs=3,
+        action="append",
+        default=[],
+        metavar=("NAME", "JSON_FILE", "IMAGE_ROOT"),
+        help="register a COCO-format dataset (instances json and the folder its 'file_name' "
+        "entries are relative to) under NAME, for DATASETS.TRAIN/TEST \"('NAME',)\"; repeatable. "
+        "Give it before the config options.",
+    )
+    return parser
+
+
+def cli(argv=None, *, main=trainer.main):
+    """Parse the command line, check the inputs, then run ``main`` on every rank.
+
+    Args:
+        argv (list[str] or None): the arguments; None reads ``sys.argv``.
+        main (callable): the per-rank function, ``main(args)``; picklable by name when several
+            processes are launched.
+
+    Returns:
+        int: the exit status (2 for a bad flag, config value or dataset file).
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if "--coco-dataset" in (args.opts or []):
+        # argparse hands everything after the first config option to opts.
+        parser.error("--coco-dataset must come before the config options (KEY VALUE pairs).")
+    try:
+        trainer.check_inputs(args)
+    except InputError as error:
+        print(f"train_net.py: error: {error}", file=sys.stderr)
+        return 2
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

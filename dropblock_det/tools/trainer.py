@@ -1,0 +1,475 @@
+"""Training and evaluation with Detectron2's DefaultTrainer: config setup, Trainer and main.
+
+``tools/train_net.py`` is a thin command line over :func:`check_inputs`, :func:`main` and
+Detectron2's ``launch``; everything it runs lives here so that tests and other tools reuse it.
+"""
+
+import json
+import logging
+import os
+import tempfile
+import weakref
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+from detectron2.data import DatasetMapper, build_detection_train_loader
+from detectron2.data import transforms as T
+from detectron2.engine import (
+    AMPTrainer,
+    DefaultTrainer,
+    SimpleTrainer,
+    TrainerBase,
+    create_ddp_model,
+    default_setup,
+    hooks,
+)
+from detectron2.evaluation import verify_results
+from detectron2.solver import get_default_optimizer_params
+from detectron2.solver.build import maybe_add_gradient_clipping
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+
+from ..config import add_dropblock_config, validate_dropblock_config
+from ..hooks import DropBlockSchedule
+from ..modeling import dropblock_modules
+from .config import add_training_config, validate_training_config
+from .data import register_dropblock_digits
+from .evaluation import build_coco_evaluator
+from .validation import InputError, check_training_inputs
+
+__all__ = [
+    "EVAL_RESULTS_FILE",
+    "Trainer",
+    "build_cfg",
+    "check_inputs",
+    "main",
+    "register_datasets",
+    "setup_cfg",
+    "write_eval_results",
+]
+
+logger = logging.getLogger(__name__)
+
+# Written to OUTPUT_DIR after every evaluation; tools/compare.py reads it.
+EVAL_RESULTS_FILE = "eval_results.json"
+
+
+def build_cfg(args):
+    """Build the frozen config of a run, without side effects.
+
+    get_cfg → add_dropblock_config → add_training_config → merge ``args.config_file`` → merge
+    ``args.opts`` → freeze.
+
+    Args:
+        args (argparse.Namespace): from Detectron2's ``default_argument_parser``.
+
+    Returns:
+        CfgNode: the frozen config.
+
+    Raises:
+        InputError: when ``--config-file`` is missing or names no file.
+    """
+    if not args.config_file:
+        raise InputError("--config-file is required, e.g. --config-file configs/tiny/<name>.yaml.")
+    if not os.path.isfile(args.config_file):
+        raise InputError(f"--config-file {args.config_file!r} does not exist or is not a file.")
+    cfg = get_cfg()
+    add_dropblock_config(cfg)
+    add_training_config(cfg)
+    # yacs reports an unknown key (KeyError), a value of the wrong type (ValueError) or an odd
+    # number of command-line options (AssertionError) with the key in the message.
+    try:
+        cfg.merge_from_file(args.config_file)
+    except (KeyError, ValueError, AssertionError) as error:
+        raise InputError(f"--config-file {args.config_file!r}: {_yacs_message(error)}") from error
+    try:
+        cfg.merge_from_list(args.opts or [])
+    except (KeyError, ValueError, AssertionError) as error:
+        raise InputError(f"command-line options: {_yacs_message(error)}") from error
+    cfg.freeze()
+    return cfg
+
+
+def _yacs_message(error):
+    # str() of a KeyError is the repr of its argument; show the plain message.
+    return error.args[0] if len(error.args) == 1 and isinstance(error.args[0], str) else str(error)
+
+
+def setup_cfg(args):
+    """Build the config (see :func:`build_cfg`), then run Detectron2's ``default_setup``.
+
+    ``default_setup`` sets up logging, seeds the RNGs from ``cfg.SEED`` and writes
+    ``OUTPUT_DIR/config.yaml`` on the main process.
+
+    Args:
+        args (argparse.Namespace): from Detectron2's ``default_argument_parser``.
+
+    Returns:
+        CfgNode: the frozen config.
+    """
+    cfg = build_cfg(args)
+    validate_dropblock_config(cfg)
+    validate_training_config(cfg)
+    default_setup(cfg, args)
+    # The package's own lines (evaluation backend, files written) on the console and in log.txt.
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="dropblock_det")
+    return cfg
+
+
+def register_datasets(args):
+    """Register the datasets a run may name, in the calling process.
+
+    The embedded ``dropblock_digits_*`` datasets, then each ``--coco-dataset NAME JSON_FILE
+    IMAGE_ROOT`` through Detectron2's ``register_coco_instances`` (absolute paths, evaluator type
+    "coco"). Called before ``launch`` (for the input checks) and again in every training process:
+    the catalogs are per process. Registering the same NAME with the same files again is a no-op.
+
+    Args:
+        args (argparse.Namespace): the command line; ``args.coco_dataset`` is a list of
+            ``[NAME, JSON_FILE, IMAGE_ROOT]`` (absent or None: none).
+
+    Raises:
+        InputError: naming ``--coco-dataset`` and the value when JSON_FILE is not a file,
+            IMAGE_ROOT not a folder, or NAME is an embedded dataset's or already registered to
+            other files.
+    """
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from detectron2.data.datasets import register_coco_instances
+
+    from .data import TRAIN_DATASET, VAL_DATASET
+
+    register_dropblock_digits()
+    for name, json_file, image_root in getattr(args, "coco_dataset", None) or ():
+        flag = f"--coco-dataset {name} {json_file} {image_root}"
+        if not name:
+            raise InputError(f"{flag}: NAME is empty; give the dataset a name, e.g. 'my_train'.")
+        if name in (TRAIN_DATASET, VAL_DATASET):
+            raise InputError(
+                f"{flag}: NAME {name!r} is the name of an embedded dataset of dropblock_det; "
+                "choose another NAME, e.g. 'my_train', and use it in DATASETS.TRAIN/TEST."
+            )
+        if not os.path.isfile(json_file):
+            state = "is a folder, not a file" if os.path.isdir(json_file) else "does not exist"
+            raise InputError(
+                f"{flag}: JSON_FILE {json_file!r} {state} (relative paths start from "
+                f"{os.getcwd()!r}). Give the path of a COCO instances json."
+            )
+        if not os.path.isdir(image_root):
+            state = "is a file, not a folder" if os.path.isfile(image_root) else "does not exist"
+            raise InputError(
+                f"{flag}: IMAGE_ROOT {image_root!r} {state} (relative paths start from "
+                f"{os.getcwd()!r}). Give the folder the json's 'file_name' entries are relative to."
+            )
+        json_file, image_root = os.path.abspath(json_file), os.path.abspath(image_root)
+        if name in DatasetCatalog:
+            metadata = MetadataCatalog.get(name)
+            registered = (metadata.get("json_file"), metadata.get("image_root"))
+            if registered == (json_file, image_root):
+                continue  # this command line, registered again in the same process
+            raise InputError(
+                f"{flag}: NAME {name!r} is already registered in Detectron2's DatasetCatalog "
+                f"(json_file {registered[0]!r}, image_root {registered[1]!r}), by Detectron2's "
+                "builtin datasets or an earlier --coco-dataset. Choose another NAME."
+            )
+        register_coco_instances(name, {}, json_file, image_root)
+
+
+def check_inputs(args):
+    """Check the config and the datasets it names before anything is written.
+
+    Run once per machine, before ``launch`` (the dataset checks parse the annotation files, which
+    takes a while for COCO and need not be repeated on every rank).
+
+    Args:
+        args (argparse.Namespace): from Detectron2's ``default_argument_parser``.
+
+    Raises:
+        InputError: naming the flag, config key or file at fault.
+    """
+    register_datasets(args)
+    cfg = build_cfg(args)
+    check_training_inputs(
+        cfg, check_train=not args.eval_only, world_size=args.num_gpus * args.num_machines
+    )
+
+
+def write_eval_results(output_dir, results, iteration=None):
+    """Write ``output_dir/eval_results.json`` atomically (temporary file, then ``os.replace``).
+
+    Args:
+        output_dir (str): the run's OUTPUT_DIR.
+        results (dict): what :meth:`Trainer.test` returns, e.g. ``{"bbox": {"AP": ...}}``.
+        iteration (int or None): the training iteration evaluated; None when unknown.
+
+    Returns:
+        str: the path written.
+    """
+    os.makedirs(output_dir, exist_ok=True)
+    path = os.path.join(output_dir, EVAL_RESULTS_FILE)
+    payload = {"iteration": iteration, "results": results}
+    fd, tmp_path = tempfile.mkstemp(prefix=f".{EVAL_RESULTS_FILE}.", dir=output_dir)
+    try:
+        with os.fdopen(fd, "w") as f:
+            # NaN (an AP without predictions) is written as NaN, as Detectron2's metrics.json does;
+            # numpy scalars become floats.
+            json.dump(payload, f, indent=2, default=float)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+    except BaseException:
+        os.unlink(tmp_path)
+        raise
+    return path
+
+
+class Trainer(DefaultTrainer):
+    """Detectron2's DefaultTrainer with the COCO evaluator and the DropBlock schedule hook.
+
+    Multi-process training also runs on CPUs (gloo), e.g. to test it on a machine without GPUs.
+    """
+
+    def __init__(self, cfg):
+        """DefaultTrainer's construction, in its order, with one change to the DDP wrapping.
+
+        Detectron2's ``create_ddp_model`` passes ``device_ids=[local rank]`` unless told
+        otherwise, which DistributedDataParallel refuses for a model on the CPU (``launch``
+        without GPUs uses gloo); for such a model it is told ``device_ids=None``.
+
+        Args:
+            cfg (CfgNode): the run's config.
+        """
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        on_cpu = all(p.device.type == "cpu" for p in model.parameters())
+        ddp_kwargs = {"device_ids": None} if on_cpu else {}
+        model = create_ddp_model(model, broadcast_buffers=False, **ddp_kwargs)
+        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(
+            model, data_loader, optimizer
+        )
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = DetectionCheckpointer(
+            model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+        )
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        # What the last evaluation returned (None before the first); train() returns it.
+        self.last_eval_results = None
+        self.register_hooks(self.build_hooks())
+
+    @classmethod
+    def build_model(cls, cfg):
+        """Build the model and check that MODEL.DROPBLOCK.ENABLED actually inserted DropBlock.
+
+        Args:
+            cfg (CfgNode): the run's config.
+
+        Returns:
+            nn.Module: the model.
+
+        Raises:
+            ValueError: when ENABLED is on but the model holds no DropBlock2d.
+        """
+        model = super().build_model(cfg)
+        d = cfg.MODEL.DROPBLOCK
+        if d.ENABLED and not dropblock_modules(model):
+            raise ValueError(
+                "cfg.MODEL.DROPBLOCK.ENABLED is True but the model has no DropBlock: choose some "
+                f"of MODEL.DROPBLOCK.STAGES (now {list(d.STAGES)}), FPN (now {list(d.FPN)}) or "
+                f"HEAD (now {d.HEAD}), with MODEL.BACKBONE.NAME = "
+                "'build_retinanet_resnet_fpn_dropblock_backbone' and MODEL.META_ARCHITECTURE = "
+                "'DropBlockRetinaNet'."
+            )
+        return model
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        """Detectron2's SGD, or AdamW when ``cfg.SOLVER.OPTIMIZER`` is "ADAMW".
+
+        AdamW gets the same parameter groups as Detectron2's SGD (SOLVER.WEIGHT_DECAY_NORM,
+        BIAS_LR_FACTOR, WEIGHT_DECAY_BIAS) and the same gradient clipping.
+
+        Args:
+            cfg (CfgNode): the run's config.
+            model (nn.Module): the model to optimise.
+
+        Returns:
+            torch.optim.Optimizer: the optimizer.
+
+        Raises:
+            ValueError: naming SOLVER.OPTIMIZER when it is neither "SGD" nor "ADAMW".
+        """
+        validate_training_config(cfg)
+        if cfg.SOLVER.OPTIMIZER == "SGD":
+            return super().build_optimizer(cfg, model)
+        params = get_default_optimizer_params(
+            model,
+            base_lr=cfg.SOLVER.BASE_LR,
+            weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
+            bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
+            weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
+        )
+        # The fused kernel (CPU and CUDA) is many times faster than the per-tensor loop on CPU
+        # (BENCHMARKS.md, "Optimizer step").
+        fused = all(p.device.type in ("cpu", "cuda") for p in model.parameters())
+        optimizer = torch.optim.AdamW(
+            params, lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY, fused=fused
+        )
+        return maybe_add_gradient_clipping(cfg, optimizer)
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        """Detectron2's train loader, with the paper's scale jitter when INPUT.SCALE_JITTER is on.
+
+        The jitter (DropBlock paper §4.3, tensorflow/tpu ``resize_and_crop``): resize so that the
+        image fits in ``TARGET_SIZE * s`` with ``s`` uniform in [MIN_SCALE, MAX_SCALE], keeping
+        the aspect ratio, then take a random ``TARGET_SIZE`` square crop, padding what is missing;
+        then INPUT.RANDOM_FLIP. Boxes cut away by the crop are dropped. Off, it is Detectron2's
+        ResizeShortestEdge from INPUT.MIN_SIZE_TRAIN / MAX_SIZE_TRAIN.
+
+        Args:
+            cfg (CfgNode): the run's config.
+
+        Returns:
+            iterable: the training data loader.
+        """
+        jitter = cfg.INPUT.SCALE_JITTER
+        if not jitter.ENABLED:
+            return super().build_train_loader(cfg)
+        size = jitter.TARGET_SIZE
+        augmentations = [
+            T.ResizeScale(jitter.MIN_SCALE, jitter.MAX_SCALE, size, size),
+            T.FixedSizeCrop((size, size), pad=True),
+        ]
+        if cfg.INPUT.RANDOM_FLIP != "none":
+            augmentations.append(
+                T.RandomFlip(
+                    horizontal=cfg.INPUT.RANDOM_FLIP == "horizontal",
+                    vertical=cfg.INPUT.RANDOM_FLIP == "vertical",
+                )
+            )
+        mapper_args = DatasetMapper.from_config(cfg, is_train=True)
+        mapper_args["augmentations"] = augmentations
+        return build_detection_train_loader(cfg, mapper=DatasetMapper(**mapper_args))
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        """The COCO evaluator of :func:`dropblock_det.tools.evaluation.build_coco_evaluator`.
+
+        Args:
+            cfg (CfgNode): the run's config.
+            dataset_name (str): one of ``cfg.DATASETS.TEST``.
+            output_folder (str or None): where the predictions are written; defaults to
+                ``OUTPUT_DIR/inference/<dataset_name>``.
+
+        Returns:
+            DatasetEvaluator: the evaluator.
+        """
+        if output_folder is None:
+            output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        return build_coco_evaluator(cfg, dataset_name, output_folder)
+
+    def build_hooks(self):
+        """Detectron2's default hooks, with :class:`DropBlockSchedule` and our evaluation hook.
+
+        The schedule goes before the LRScheduler hook, on every rank: it acts in ``before_step``,
+        so each step runs with the keep_prob of its own iteration. The EvalHook keeps its place
+        and period; it evaluates through :meth:`evaluate_now`, which records the results and the
+        number of iterations the weights were trained for.
+
+        Returns:
+            list[HookBase]: the hooks.
+        """
+        ret = super().build_hooks()
+        ret = [
+            (
+                hooks.EvalHook(self.cfg.TEST.EVAL_PERIOD, self.evaluate_now)
+                if isinstance(h, hooks.EvalHook)
+                else h
+            )
+            for h in ret
+        ]
+        if self.cfg.MODEL.DROPBLOCK.ENABLED:
+            index = next(
+                (i for i, h in enumerate(ret) if isinstance(h, hooks.LRScheduler)), len(ret)
+            )
+            ret.insert(index, DropBlockSchedule(self.cfg))
+        return ret
+
+    def evaluate_now(self):
+        """Evaluate the current weights (the EvalHook's function) and keep the results.
+
+        Returns:
+            dict: what :meth:`test` returns.
+        """
+        # In after_step of iteration i the weights have seen i + 1 steps; in after_train,
+        # self.iter is already max_iter.
+        completed = min(self.iter + 1, self.max_iter)
+        self.last_eval_results = self.test(self.cfg, self.model, iteration=completed)
+        return self.last_eval_results
+
+    def train(self):
+        """Run training, then check TEST.EXPECTED_RESULTS as DefaultTrainer does.
+
+        Returns:
+            dict or None: the last evaluation's results, None when nothing was evaluated.
+        """
+        TrainerBase.train(self, self.start_iter, self.max_iter)
+        if len(self.cfg.TEST.EXPECTED_RESULTS) and comm.is_main_process():
+            verify_results(self.cfg, self.last_eval_results)
+        return self.last_eval_results
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None, *, iteration=None):
+        """Evaluate as DefaultTrainer does, then write ``OUTPUT_DIR/eval_results.json``.
+
+        Args:
+            cfg (CfgNode): the run's config.
+            model (nn.Module): the model to evaluate.
+            evaluators (list[DatasetEvaluator] or None): see ``DefaultTrainer.test``.
+            iteration (int or None): how many training iterations the weights have had; None
+                when unknown.
+
+        Returns:
+            dict: Detectron2's results, e.g. ``{"bbox": {"AP": ...}}`` for one test dataset.
+        """
+        results = super().test(cfg, model, evaluators)
+        if comm.is_main_process():
+            path = write_eval_results(cfg.OUTPUT_DIR, results, iteration)
+            logger.info("Evaluation results written to %s", path)
+        return results
+
+
+def main(args, trainer_class=Trainer):
+    """Train (or with ``--eval-only`` evaluate) one run; the function ``launch`` runs per rank.
+
+    Args:
+        args (argparse.Namespace): from Detectron2's ``default_argument_parser``.
+        trainer_class (type): :class:`Trainer` or a subclass (e.g. with more hooks).
+
+    Returns:
+        dict or None: the last evaluation results, None when nothing was evaluated.
+    """
+    register_datasets(args)
+    cfg = setup_cfg(args)
+    if args.eval_only:
+        model = trainer_class.build_model(cfg)
+        checkpoint = DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume
+        )
+        # A checkpoint stores the index of the last finished iteration.
+        trained = checkpoint.get("iteration")
+        results = trainer_class.test(cfg, model, iteration=None if trained is None else trained + 1)
+        if comm.is_main_process():
+            verify_results(cfg, results)
+        return results
+
+    trainer = trainer_class(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
