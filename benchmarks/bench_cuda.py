@@ -4,12 +4,12 @@ Prints, on one GPU:
 
 1. the operator table of ``bench_dropblock.py`` (floor, peers, ours; forward + backward on the
    RetinaNet res3-res5 maps) in fp32, fp16 and bf16;
-2. the training-step overhead of ``bench_train_step.py`` (RetinaNet R50-FPN, batch 2 x 512 px,
-   DropBlock off / res4+res5 / res3+res4+res5) for the paper's R50-FPN and Detectron2's 1x
-   fine-tuning layout, each in fp32 and with AMP (SOLVER.AMP.ENABLED: Detectron2's AMPTrainer).
+2. the training-step overhead of ``bench_train_step.py`` (the paper's RetinaNet R50-FPN,
+   DropBlock off / res4+res5 / res3+res4+res5, every backend) at batch 2 x 512 px in fp32 and
+   with AMP (SOLVER.AMP.ENABLED: Detectron2's AMPTrainer), and at 8 x 640 px with AMP.
 
 Everything printed is also written to ``--out`` (default: ``$OUT`` when set) as ``bench_cuda.txt``.
-About a minute on an H100.
+About two to three minutes on an H100.
 
 Usage:
     python benchmarks/bench_cuda.py                 # needs a CUDA GPU
@@ -34,9 +34,6 @@ import bench_dropblock  # noqa: E402
 import bench_train_step  # noqa: E402
 
 PAPER_CONFIG = os.path.join(bench_train_step.REPO_ROOT, bench_train_step.DEFAULT_CONFIG)
-FINETUNE_CONFIG = os.path.join(
-    bench_train_step.REPO_ROOT, "configs", "COCO-Detection", "retinanet_R_50_FPN_1x.yaml"
-)
 
 
 class _Tee:
@@ -60,32 +57,28 @@ def plan(cpu_smoke):
     if cpu_smoke:
         operator_argv = ["--device", "cpu", "--dtypes", "fp32,bf16", "--scale", "0.02"]
         operator_argv += ["--reps", "1", "--warmup", "0", "--threads", "1"]
-        train_common = ["--device", "cpu", "--threads", "1", "--size", "128"]
-        train_common += ["--iters", "1", "--warmup", "0"]
-        amp_modes = [[]]  # Detectron2's AMPTrainer needs CUDA
+        train_common = ["--device", "cpu", "--threads", "1", "--iters", "1", "--warmup", "0"]
+        train_common += ["--backends", "sparse,dense"]
+        # (title, batch, size, AMP): Detectron2's AMPTrainer needs CUDA.
+        step_shapes = [("2 x 128 px, fp32", 2, 128, False)]
     else:
         operator_argv = ["--device", "cuda", "--dtypes", "fp32,fp16,bf16", "--markdown"]
         train_common = ["--device", "cuda", "--iters", "20", "--warmup", "5", "--markdown"]
-        amp_modes = [[], ["--amp"]]
+        train_common += ["--backends", "dense,triton,sparse"]
+        step_shapes = [
+            ("2 x 512 px, fp32", 2, 512, False),
+            ("2 x 512 px, AMP", 2, 512, True),
+            ("8 x 640 px, AMP (a realistic batch)", 8, 640, True),
+        ]
     steps = [("DropBlock operator", bench_dropblock.main, operator_argv)]
-    for amp in amp_modes:
-        precision = "AMP" if amp else "fp32"
+    for title, batch, size, amp in step_shapes:
+        argv = train_common + ["--batch", str(batch), "--size", str(size)]
+        argv += (["--amp"] if amp else []) + ["--config-file", PAPER_CONFIG]
         steps.append(
             (
-                f"training step, paper R50-FPN (BN, from scratch), {precision}",
+                f"training step, paper R50-FPN (BN, from scratch), {title}",
                 bench_train_step.main,
-                train_common + amp + ["--config-file", PAPER_CONFIG],
-            )
-        )
-        # Detectron2's fine-tuning layout does less work per step. Without ImageNet weights its
-        # activations reach ~2e4 and its loss ~1e5 (lr 0 keeps them finite): under AMP that is
-        # close to fp16's range, so read its AMP row as indicative only.
-        steps.append(
-            (
-                f"training step, Detectron2 1x R50-FPN (FrozenBN, stem+res2 frozen, lr 0), "
-                f"{precision}",
-                bench_train_step.main,
-                train_common + amp + ["--config-file", FINETUNE_CONFIG, "--lr", "0"],
+                argv,
             )
         )
     return steps

@@ -14,6 +14,7 @@ Usage:
 """
 
 import argparse
+import importlib.util
 import os
 import platform
 import statistics
@@ -25,14 +26,28 @@ from datetime import date
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from dropblock_det.layers import drop_block_2d  # noqa: E402
+from dropblock_det.layers import auto_backend, drop_block_2d  # noqa: E402
+from dropblock_det.layers._backend import resolve_backend  # noqa: E402
 
 RETINANET_SHAPES = ((2, 512, 100, 76), (2, 1024, 50, 38), (2, 2048, 25, 19))
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-def build_implementations(keep_prob, block_size):
+def _load_operator(path):
+    """An operator module from a file (an older ``drop_block.py``), for side-by-side runs."""
+    spec = importlib.util.spec_from_file_location("dropblock_before", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def build_implementations(keep_prob, block_size, device=torch.device("cpu"), before=None):
     """Name -> (callable taking x, kind) for ours and every importable peer.
+
+    Args:
+        device (torch.device): where the benchmark runs; every backend of ours that serves it gets
+            its own rows, besides "auto" (the unlabelled rows).
+        before (str or None): path of an older single-file operator to time side by side.
 
     Returns:
         tuple(dict, list[str]): the implementations, and notes on skipped peers.
@@ -52,6 +67,33 @@ def build_implementations(keep_prob, block_size):
         ),
     }
     notes = []
+    probe = torch.empty(2, 4, 25, 19, device=device)
+    for backend in ("sparse", "dense", "triton"):
+        if backend == auto_backend(device):
+            continue  # the unlabelled rows
+        if resolve_backend(backend, probe, block_size, False) != backend:
+            notes.append(f"backend {backend!r} does not serve {device.type} here: skipped")
+            continue
+        impls[f"ours per-channel [{backend}]"] = (
+            lambda x, b=backend: drop_block_2d(x, keep_prob, block_size, backend=b),
+            "per-channel",
+        )
+        impls[f"ours shared [{backend}]"] = (
+            lambda x, b=backend: drop_block_2d(
+                x, keep_prob, block_size, share_channels=True, backend=b
+            ),
+            "shared",
+        )
+    if before:
+        old = _load_operator(before)
+        impls["before per-channel"] = (
+            lambda x: old.drop_block_2d(x, keep_prob, block_size),
+            "per-channel",
+        )
+        impls["before shared"] = (
+            lambda x: old.drop_block_2d(x, keep_prob, block_size, share_channels=True),
+            "shared",
+        )
     try:
         from torchvision.ops import drop_block2d
 
@@ -188,6 +230,17 @@ def main(argv=None):
         help="shrink the channel counts by this factor (quick smoke runs)",
     )
     parser.add_argument("--markdown", action="store_true", help="also print Markdown tables")
+    parser.add_argument(
+        "--before",
+        default=None,
+        help="an older single-file drop_block.py to time side by side (rows 'before ...'), e.g. "
+        "from `git show <commit>:dropblock_det/layers/drop_block.py`",
+    )
+    parser.add_argument(
+        "--only",
+        default=None,
+        help="comma list of implementation names to run (default: all); the floor always runs",
+    )
     args = parser.parse_args(argv)
 
     device = torch.device(args.device)
@@ -201,7 +254,13 @@ def main(argv=None):
         if name not in DTYPES:
             parser.error(f"--dtypes: unknown dtype {name!r} (choose from {', '.join(DTYPES)})")
     shapes = [(b, max(1, int(c * args.scale)), h, w) for b, c, h, w in RETINANET_SHAPES]
-    impls, notes = build_implementations(args.keep_prob, args.block_size)
+    impls, notes = build_implementations(args.keep_prob, args.block_size, device, args.before)
+    if args.only:
+        wanted = args.only.split(",")
+        unknown = sorted(set(wanted) - set(impls))
+        if unknown:
+            parser.error(f"--only: unknown {unknown}; choose from {sorted(impls)}")
+        impls = {name: impl for name, impl in impls.items() if name in wanted}
 
     device_name = (
         torch.cuda.get_device_name(device)

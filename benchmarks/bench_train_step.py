@@ -70,7 +70,8 @@ from detectron2.utils.events import EventStorage  # noqa: E402
 
 import dropblock_det  # noqa: E402,F401  (registers the backbone and meta-architecture)
 from dropblock_det import DropBlock2d, DropBlockSchedule, add_dropblock_config  # noqa: E402
-from dropblock_det.engine import Trainer  # noqa: E402
+from dropblock_det.layers import BACKENDS  # noqa: E402
+from dropblock_det.tools.trainer import Trainer  # noqa: E402
 
 DEFAULT_CONFIG = os.path.join("configs", "COCO-Paper", "Base-RetinaNet-Paper.yaml")
 # Variant name -> MODEL.DROPBLOCK.STAGES (None: DropBlock off).
@@ -213,9 +214,15 @@ def build_runs(args, device):
     reference_state = None
     # Room for the profiled iterations after the timed ones (the schedule needs iter < max_iter).
     max_iter = args.warmup + args.iters + 1
+    plan = []
     for name, stages in VARIANTS.items():
         if args.variants and name not in args.variants:
             continue
+        if stages is None or len(args.backends) == 1:
+            plan.append((name, stages, None if stages is None else args.backends[0]))
+        else:
+            plan += [(f"{name} [{backend}]", stages, backend) for backend in args.backends]
+    for name, stages, backend in plan:
         cfg = build_variant_cfg(
             args.config_file, stages, args.device, args.lr, args.amp, args.keep_prob
         )
@@ -229,6 +236,10 @@ def build_runs(args, device):
         else:
             # DropBlock adds no state_dict key, so every variant loads the first one's weights.
             model.load_state_dict(reference_state)
+        for module in model.modules():
+            if isinstance(module, DropBlock2d):
+                # The operator's backend= (MODEL.DROPBLOCK.BACKEND once the config has it).
+                module.backend = backend
         runs.append(_VariantRun(name, cfg, model, batch, max_iter))
     return runs
 
@@ -443,8 +454,18 @@ def parse_args(argv=None):
         action="store_true",
         help="CPU: also measure DropBlock's own time in one profiled iteration per variant",
     )
+    parser.add_argument(
+        "--backends",
+        default="auto",
+        help="comma list of DropBlock backends (auto, sparse, dense, triton); with several, every "
+        "DropBlock variant runs once per backend",
+    )
     parser.add_argument("--markdown", action="store_true", help="also print a Markdown table")
     args = parser.parse_args(argv)
+    args.backends = args.backends.split(",")
+    unknown = sorted(set(args.backends) - set(BACKENDS))
+    if unknown:
+        parser.error(f"--backends: unknown {unknown} (choose from {', '.join(BACKENDS)})")
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
