@@ -123,14 +123,15 @@ def _cfg(fast, mask_on=False):
     return cfg
 
 
-def _instances(boxes, scores, classes, masks):
+def _instances(boxes, scores, classes, mask_boxes=None):
+    """Predicted Instances; ``mask_boxes`` (XYXY) gives each mask's filled rectangle."""
     instances = Instances((HEIGHT, WIDTH))
     instances.pred_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
     instances.scores = torch.tensor(scores, dtype=torch.float32)
     instances.pred_classes = torch.tensor(classes, dtype=torch.int64)
-    if masks:
+    if mask_boxes is not None:
         pred_masks = torch.zeros((len(boxes), HEIGHT, WIDTH), dtype=torch.bool)
-        for mask, (x0, y0, x1, y1) in zip(pred_masks, boxes):
+        for mask, (x0, y0, x1, y1) in zip(pred_masks, mask_boxes):
             mask[int(y0) : int(y1), int(x0) : int(x1)] = True
         instances.pred_masks = pred_masks
     return instances
@@ -149,14 +150,18 @@ def _model_outputs(dataset_name, annotations, masks=False, background=12, backgr
             boxes.append([x + dx, y + dy, x + dx + w, y + dy + h])
             scores.append(rng.uniform(0.3, 1.0))
             classes.append(mapping[annotation["category_id"]])
+        mask_boxes = list(boxes)
         for k in range(background):  # false positives of every class ("nine" has no objects)
             boxes.append([120 + k, 100, 180 + k, 150])
+            # A medium box around a small mask: mask AP must size it by its mask, not its box.
+            mask_boxes.append([120 + k, 100, 150 + k, 125])
             scores.append(background_score)
             classes.append((image_id + k) % 3)
         if image_id == 1:
             classes[0] = 1 - classes[0]  # a confused class
         inputs.append({"image_id": image_id, "height": HEIGHT, "width": WIDTH})
-        outputs.append({"instances": _instances(boxes, scores, classes, masks)})
+        instances = _instances(boxes, scores, classes, mask_boxes if masks else None)
+        outputs.append({"instances": instances})
     return inputs, outputs
 
 
@@ -323,7 +328,7 @@ def test_empty_predictions_give_detectron2s_results(tiny_dataset, stock_on_faste
     assert _run(ours, [], []) == _run(stock, [], []) == {}  # no image processed
 
     inputs = [{"image_id": i, "height": HEIGHT, "width": WIDTH} for i in (1, 2)]
-    outputs = [{"instances": _instances([], [], [], masks=False)} for _ in inputs]
+    outputs = [{"instances": _instances([], [], [])} for _ in inputs]
     result = _run(ours, inputs, outputs)
     _assert_identical(result, _run(stock, inputs, outputs))
     assert list(result["bbox"]) == ["AP", "AP50", "AP75", "APs", "APm", "APl"]
@@ -348,6 +353,14 @@ def test_max_dets_per_image_limits_ap_like_detectron2(tiny_dataset):
 def test_evaluator_rejects_tasks_other_than_bbox_and_segm(tiny_dataset):
     with pytest.raises(ValueError, match="bbox and segm only"):
         FasterCOCOEvaluator(tiny_dataset[0], ("bbox", "keypoints"))
+
+
+def test_a_predicted_class_outside_the_dataset_is_rejected(tiny_dataset):
+    name, _ = tiny_dataset
+    evaluator = FasterCOCOEvaluator(name)
+    evaluator.process([{"image_id": 1}], [{"instances": _instances([[0, 0, 5, 5]], [0.9], [3])}])
+    with pytest.raises(ValueError, match=r"class 3 is not in \[0, 1, 2\]"):
+        evaluator.evaluate()
 
 
 def test_evaluating_twice_gives_the_same_results(tiny_dataset):

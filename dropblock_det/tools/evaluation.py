@@ -168,7 +168,9 @@ class FasterCOCOEvaluator(DatasetEvaluator):
             reverse = {contiguous: dataset_id for dataset_id, contiguous in mapping.items()}
             for result in coco_results:
                 if result["category_id"] not in reverse:
-                    raise ValueError(f"Predicted class {result['category_id']} not in {reverse}.")
+                    raise ValueError(
+                        f"Predicted class {result['category_id']} is not in {sorted(reverse)}."
+                    )
                 result["category_id"] = reverse[result["category_id"]]
         if self._output_dir:
             PathManager.mkdirs(self._output_dir)
@@ -197,7 +199,7 @@ class FasterCOCOEvaluator(DatasetEvaluator):
     def _cocoeval(self, coco_gt, coco_results, task, img_ids):
         if task == "segm":
             # As Detectron2 does: with a bbox, COCO would size instances by box, not mask, area.
-            coco_results = [{k: v for k, v in r.items() if k != "bboxx"} for r in coco_results]
+            coco_results = [{k: v for k, v in r.items() if k != "bbox"} for r in coco_results]
         coco_eval = faster_cocoeval(coco_gt, coco_gt.loadRes(coco_results), task)
         coco_eval.params.maxDets = self._max_dets
         if img_ids is not None:
