@@ -1,0 +1,304 @@
+"""The study's report: ``report.md`` with the trial table and the verdict, ``best.yaml``, plots."""
+
+import os
+import statistics
+import warnings
+from typing import Callable, Dict, List, Optional
+
+import optuna
+from optuna.trial import TrialState
+
+from .space import Param
+
+__all__ = ["write_best_yaml", "write_plots", "write_report"]
+
+_PLOTS = (
+    ("optimization_history.png", "plot_optimization_history", {}),
+    ("param_importances.png", "plot_param_importances", {}),
+    ("slice.png", "plot_slice", {}),
+)
+_CONTOUR_KEYS = ("MODEL.DROPBLOCK.BLOCK_SIZE", "MODEL.DROPBLOCK.KEEP_PROB")
+
+
+def _fmt(value, digits=1, signed=False):
+    if value is None:
+        return "–"
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
+
+def _mean_sd(values: List[float]) -> str:
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return _fmt(values[0])
+    return f"{statistics.fmean(values):.1f} ± {statistics.stdev(values):.1f}"
+
+
+def _param_cell(value) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def _short(key: str) -> str:
+    return key.rsplit(".", 1)[-1] if key.startswith("MODEL.DROPBLOCK.") else key
+
+
+def _state(trial, trials) -> str:
+    if trial.user_attrs.get("surplus"):
+        return "FAIL (surplus, not trained)"
+    if trial.state == TrialState.PRUNED and trial.intermediate_values:
+        step = max(trial.intermediate_values)
+        return f"PRUNED at step {step}"
+    if trial.state == TrialState.FAIL:
+        retried = [
+            t.number
+            for t in trials
+            if t.system_attrs.get("failed_trial") == trial.number
+            or trial.number in t.system_attrs.get("retry_history", [])
+        ]
+        if retried:
+            return f"FAIL (worker lost, retried as #{retried[0]})"
+        error = trial.user_attrs.get("error")
+        return f"FAIL ({error})" if error else "FAIL"
+    return trial.state.name
+
+
+def write_plots(study, params: Dict[str, Param], out_dir: str) -> Dict[str, str]:
+    """Optuna's matplotlib visualisations of the study as PNG files.
+
+    Args:
+        study (optuna.Study): the search study.
+        params (dict[str, Param]): the space (the contour needs block size and keep_prob in it).
+        out_dir (str): where the files go.
+
+    Returns:
+        dict[str, str]: file name -> what became of it (``""`` when written, else why not).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as vis
+
+    plots = list(_PLOTS)
+    if all(k in params for k in _CONTOUR_KEYS):
+        plots.append(
+            ("contour_block_size_keep_prob.png", "plot_contour", {"params": _CONTOUR_KEYS})
+        )
+    status = {}
+    for name, function, kwargs in plots:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            warnings.simplefilter("ignore", UserWarning)
+            try:
+                axes = getattr(vis, function)(study, **kwargs)
+            except (ValueError, RuntimeError, ZeroDivisionError) as error:
+                # Optuna refuses some plots on small studies, e.g. importances of one trial.
+                status[name] = f"not drawn: {error}"
+                continue
+        figure = axes.flat[0].figure if hasattr(axes, "flat") else axes.figure
+        figure.set_size_inches(max(figure.get_size_inches()[0], 6), 4.5)
+        figure.tight_layout()
+        figure.savefig(os.path.join(out_dir, name), dpi=72)
+        plt.close(figure)
+        status[name] = ""
+    return status
+
+
+def write_best_yaml(cfg, path: str, header: List[str]) -> str:
+    """Write a full config that ``tools/train_net.py --config-file`` trains as it is.
+
+    Args:
+        cfg (CfgNode): the base config with the best setting merged in.
+        path (str): the yaml to write.
+        header (list[str]): comment lines on top.
+
+    Returns:
+        str: ``path``.
+    """
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("".join(f"# {line}\n" for line in header))
+        f.write(cfg.dump())
+    return path
+
+
+def write_report(
+    search,
+    out_dir: str,
+    build_cfg: Callable[[List[str]], object],
+    command: str,
+    storage_url: str,
+) -> str:
+    """Write ``report.md`` (and ``best.yaml`` and the plots) from what the storage holds.
+
+    Args:
+        search (Search): the worker's search (its study, runs, space and setup).
+        out_dir (str): the study's output folder.
+        build_cfg (Callable): builds the config of extra options (base config and options first).
+        command (str): the command line, quoted in the report.
+        storage_url (str): where the study lives (shown without a password).
+
+    Returns:
+        str: the path of report.md.
+    """
+    study, setup, params = search.study, search.setup, search.params
+    os.makedirs(out_dir, exist_ok=True)
+    trials = study.get_trials(deepcopy=False)
+    seeds = setup.seeds
+    lines = [f"# DropBlock search: study `{study.study_name}`", ""]
+    lines += [
+        f"- Command: `{command}`",
+        f"- Storage: `{_hide_password(storage_url)}`",
+        f"- Objective: mean over the search seeds {seeds} of AP(setting) − AP(baseline), "
+        f"{setup.metric} on the validation set after {setup.max_iter} iterations.",
+        f"- Held-out seeds for the verdict: {setup.heldout_seeds}",
+    ]
+    counts = {s.name: sum(t.state == s for t in trials) for s in TrialState}
+    lines.append(
+        "- Trials: "
+        + ", ".join(f"{n} {name}" for name, n in counts.items() if n)
+        + f" (of {len(trials)} in all)"
+    )
+    starts = [t.datetime_start for t in trials if t.datetime_start]
+    ends = [t.datetime_complete for t in trials if t.datetime_complete]
+    if starts and ends:
+        lines.append(f"- Search wall-clock time: {_duration(max(ends) - min(starts))}")
+    lines += ["", "## Search space", "", "| key | values |", "|---|---|"]
+    lines += [f"| `{k}` | {p.describe()} |" for k, p in params.items()]
+
+    baseline = _baseline_aps(search, seeds)
+    lines += ["", "## Trials, best first", ""]
+    if baseline:
+        lines.append(
+            f"Baseline (DropBlock off) {setup.metric} per seed: "
+            + ", ".join(f"seed {s}: {ap:.1f}" for s, ap in zip(seeds, baseline))
+            + f" (mean ± sd {_mean_sd(baseline)})."
+        )
+        lines.append("")
+    keys = list(params)
+    header = ["#", *map(_short, keys), "AP mean ± sd", "Δ vs baseline", "paired p", "state"]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+
+    def order(t):
+        value = t.value if t.state == TrialState.COMPLETE else None
+        return (value is None, -(value or 0.0), t.number)
+
+    for t in sorted(trials, key=order):
+        if t.state in (TrialState.WAITING,):
+            continue
+        aps = list(t.user_attrs.get("ap", {}).values())
+        delta = t.user_attrs.get("delta", {})
+        cells = [str(t.number)] + [_param_cell(t.params.get(k, "–")) for k in keys]
+        cells += [_mean_sd(aps), _fmt(t.value, 2, signed=True) if t.value is not None else "–"]
+        cells += [_fmt(delta.get("p"), 3), _state(t, trials)]
+        lines.append("| " + " | ".join(cells) + " |")
+
+    lines += ["", "## Held-out verdict", ""]
+    lines += _verdict_lines(search)
+    _best_section(search, out_dir, build_cfg, lines)
+    plots = (
+        write_plots(study, params, out_dir)
+        if any(t.state == TrialState.COMPLETE for t in trials)
+        else {}
+    )
+    if plots:
+        lines += ["", "## Plots", ""]
+        for name, status in plots.items():
+            lines.append(f"![{name}]({name})" if not status else f"- `{name}` {status}")
+    path = os.path.join(out_dir, "report.md")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    return path
+
+
+def _baseline_aps(search, seeds) -> List[float]:
+    aps = []
+    for job in search.baseline_jobs(seeds):
+        result = search.store.result(job)
+        if result is None:
+            return []
+        aps.append(result.ap)
+    return aps
+
+
+def _verdict_lines(search) -> List[str]:
+    study = search.study
+    if not any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
+        return ["No trial completed yet."]
+    best = study.best_trial
+    verdict = study.user_attrs.get(f"verdict/{best.number}")
+    if verdict is None:
+        if best.user_attrs.get("setting_key") == "baseline":
+            return ["The best trial puts DropBlock nowhere: no setting beat the baseline."]
+        return [f"Not run yet for the best trial #{best.number} (it runs after the search)."]
+    out = [
+        f"Trial #{best.number} gained {best.value:+.2f} AP over the baseline on the search seeds, "
+        "where it was selected as the best of all trials, which biases that figure upwards. "
+        f"Retrained with the baseline on the held-out seeds {verdict['seeds']}:",
+        "",
+        "| seed | baseline AP | best setting AP | Δ |",
+        "|---:|---:|---:|---:|",
+    ]
+    for seed, base, best_ap in zip(verdict["seeds"], verdict["baseline_ap"], verdict["best_ap"]):
+        out.append(f"| {seed} | {base:.1f} | {best_ap:.1f} | {best_ap - base:+.1f} |")
+    out.append(
+        f"| mean ± sd | {_mean_sd(verdict['baseline_ap'])} | {_mean_sd(verdict['best_ap'])} | "
+        f"**{_fmt(verdict['mean'], 2, True)} ± {_fmt(verdict['sd'], 2)}** |"
+    )
+    out.append("")
+    if verdict["p"] is None:
+        out.append("Too few held-out seeds (or identical differences) for a paired t-test.")
+    else:
+        significant = verdict["p"] < 0.05
+        out.append(
+            f"Paired t-test on the held-out seeds: t = {verdict['t']:.2f}, p = {verdict['p']:.3f}, "
+            f"95% CI of the mean gain [{verdict['ci_low']:+.2f}, {verdict['ci_high']:+.2f}] AP. "
+            + (
+                "The gain is larger than the seed noise at the 5% level."
+                if significant and verdict["mean"] > 0
+                else (
+                    "The difference is within the seed noise: this study does not show that "
+                    "the setting helps."
+                    if not significant
+                    else "The setting is significantly worse than the baseline on fresh seeds."
+                )
+            )
+        )
+    return out
+
+
+def _best_section(search, out_dir, build_cfg, lines) -> Optional[str]:
+    study = search.study
+    if not any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
+        return None
+    best = study.best_trial
+    cfg = build_cfg(list(best.user_attrs["opts"]))
+    cfg.defrost()
+    cfg.OUTPUT_DIR = os.path.join("output", f"{study.study_name}-best")
+    path = os.path.join(out_dir, "best.yaml")
+    header = [
+        f"The best setting of DropBlock search {study.study_name!r}: trial #{best.number}, "
+        f"{best.value:+.2f} AP over the baseline on search seeds {search.setup.seeds}.",
+        "See report.md next to this file for the held-out verdict. Train it with",
+        f"  python tools/train_net.py --config-file {path}",
+        "Searched: "
+        + ", ".join(f"{k} = {best.params[k]}" for k in search.params if k in best.params),
+    ]
+    write_best_yaml(cfg, path, header)
+    lines += ["", "## Best setting", ""]
+    lines += [f"`{path}` (a full config; `tools/train_net.py --config-file {path}` trains it):", ""]
+    lines += [f"- `{k}`: {best.params[k]}" for k in search.params if k in best.params]
+    return path
+
+
+def _hide_password(url: str) -> str:
+    if "://" in url and "@" in url:
+        scheme, rest = url.split("://", 1)
+        credentials, host = rest.rsplit("@", 1)
+        if ":" in credentials:
+            return f"{scheme}://{credentials.split(':', 1)[0]}:***@{host}"
+    return url
+
+
+def _duration(delta) -> str:
+    minutes, seconds = divmod(int(delta.total_seconds()), 60)
+    return f"{minutes} min {seconds:02d} s"

@@ -1,0 +1,366 @@
+"""The search space: Detectron2 config keys and the values a trial may give them.
+
+A space is a yaml mapping from a config key to either ``choices`` (a list of values, tried as
+they are) or a numeric range ``low``/``high`` (optionally ``log: true`` or ``step``)::
+
+    MODEL.DROPBLOCK.BLOCK_SIZE: {choices: [1, 3, 5, 7]}
+    MODEL.DROPBLOCK.KEEP_PROB: {low: 0.8, high: 0.95}
+    MODEL.DROPBLOCK.STAGES: {choices: [[], [res5], [res4, res5]]}
+    SOLVER.BASE_LR: {low: 0.0005, high: 0.002, log: true}
+
+:func:`check_space` checks every key and every value against the config the trials are built
+from, by building that config the way ``tools/train_net.py`` does, so a typo or a value the
+model would refuse stops the search before any training.
+"""
+
+import difflib
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Tuple
+
+import yaml
+from detectron2.config import CfgNode
+
+__all__ = [
+    "RESERVED_KEYS",
+    "Param",
+    "SpaceError",
+    "check_space",
+    "default_space",
+    "has_dropblock",
+    "format_value",
+    "load_space",
+    "parse_space",
+    "setting_opts",
+    "space_to_yaml",
+]
+
+# Set by the search itself: each run's seed and folder, and the switch that tells a trial from the
+# baseline. Searching them would break the comparison the objective rests on.
+RESERVED_KEYS = ("SEED", "OUTPUT_DIR", "MODEL.DROPBLOCK.ENABLED")
+_RANGE_FIELDS = {"low", "high", "log", "step"}
+
+
+class SpaceError(ValueError):
+    """A search space that cannot be searched; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class Param:
+    """One searched config key.
+
+    Attributes:
+        key (str): the dotted Detectron2 config key, also the Optuna parameter name.
+        choices (tuple or None): the candidate values (categorical), or None for a range.
+        low (float or int or None): lower end of a range.
+        high (float or int or None): upper end of a range.
+        log (bool): sample the range on a log scale.
+        step (float or int or None): the range's step; None samples it continuously.
+        integer (bool): the range is of integers (the config value is an int).
+    """
+
+    key: str
+    choices: Optional[Tuple[Any, ...]] = None
+    low: Any = None
+    high: Any = None
+    log: bool = False
+    step: Any = None
+    integer: bool = False
+
+    @property
+    def labels(self) -> Tuple[Any, ...]:
+        """What Optuna stores for each choice: the value itself, or a label for a list value.
+
+        Optuna's categorical parameters hold None, bool, int, float or str; a list such as
+        ``["res4", "res5"]`` is stored as ``"res4+res5"`` (``"none"`` for the empty list).
+        """
+        return tuple(_label(c) for c in self.choices)
+
+    def suggest(self, trial) -> Any:
+        """Draw this key's value for an Optuna trial.
+
+        Args:
+            trial (optuna.Trial): the trial.
+
+        Returns:
+            the config value (a list for list choices).
+        """
+        if self.choices is not None:
+            label = trial.suggest_categorical(self.key, self.labels)
+            return self.value_of(label)
+        if self.integer:
+            return trial.suggest_int(
+                self.key, self.low, self.high, step=self.step or 1, log=self.log
+            )
+        return trial.suggest_float(self.key, self.low, self.high, step=self.step, log=self.log)
+
+    def value_of(self, stored) -> Any:
+        """The config value of what Optuna stored for this key (see :attr:`labels`)."""
+        if self.choices is None:
+            return stored
+        return self.choices[self.labels.index(stored)]
+
+    def candidates(self) -> List[Any]:
+        """The values that :func:`check_space` tries in the config: every choice, or both ends."""
+        return list(self.choices) if self.choices is not None else [self.low, self.high]
+
+    def describe(self) -> str:
+        """A short human-readable form, e.g. ``{1, 3, 5}`` or ``[0.8, 0.95]``."""
+        if self.choices is not None:
+            return "{" + ", ".join(str(label) for label in self.labels) + "}"
+        extra = " log" if self.log else (f" step {self.step}" if self.step else "")
+        return f"[{self.low}, {self.high}]{extra}"
+
+
+def _label(value):
+    if isinstance(value, (list, tuple)):
+        return "+".join(str(v) for v in value) if value else "none"
+    return value
+
+
+def format_value(value) -> str:
+    """A config value as a command-line option value that yacs reads back as the same value."""
+    if isinstance(value, tuple):
+        value = list(value)
+    return repr(value)
+
+
+def default_space(cfg: CfgNode) -> Dict[str, Param]:
+    """The default DropBlock space for a config.
+
+    Block size in {1, 3, 5, 7} and keep_prob in [0.8, 0.95] (the paper's ranges), the stages as the
+    suffixes of res2..res5 (DropBlock on the deepest groups, as in the paper) or none, both
+    placements, the FPN levels the RetinaNet head reads as none or growing prefixes from the finest,
+    and the head on or off.
+
+    Args:
+        cfg (CfgNode): the base config of the search.
+
+    Returns:
+        dict[str, Param]: by config key.
+    """
+    stages = ["res2", "res3", "res4", "res5"]
+    levels = list(cfg.MODEL.RETINANET.IN_FEATURES)
+    params = [
+        Param("MODEL.DROPBLOCK.BLOCK_SIZE", choices=(1, 3, 5, 7)),
+        Param("MODEL.DROPBLOCK.KEEP_PROB", low=0.8, high=0.95),
+        Param("MODEL.DROPBLOCK.STAGES", choices=tuple([[]] + [stages[i:] for i in (3, 2, 1, 0)])),
+        Param("MODEL.DROPBLOCK.PLACEMENT", choices=("block", "stage")),
+        Param(
+            "MODEL.DROPBLOCK.FPN",
+            choices=tuple([[]] + [levels[:k] for k in range(1, len(levels) + 1)]),
+        ),
+        Param("MODEL.DROPBLOCK.HEAD", choices=(False, True)),
+    ]
+    return {p.key: p for p in params}
+
+
+def load_space(path: str) -> Dict[str, Param]:
+    """Read a search-space yaml file (see the module docstring) without checking it in a config.
+
+    Args:
+        path (str): the yaml file.
+
+    Returns:
+        dict[str, Param]: by config key, in the file's order.
+
+    Raises:
+        SpaceError: naming the file and the key when the file is missing or malformed.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except OSError as error:
+        raise SpaceError(f"--space {path!r} cannot be read: {error.strerror}.") from error
+    except yaml.YAMLError as error:
+        raise SpaceError(f"--space {path!r} is not valid yaml: {error}") from error
+    return parse_space(data, source=path)
+
+
+def parse_space(data, source: str = "the search space") -> Dict[str, Param]:
+    """Turn a parsed yaml mapping into :class:`Param` objects, checking its form.
+
+    Args:
+        data: the parsed yaml (a dict of key -> spec).
+        source (str): named in error messages.
+
+    Returns:
+        dict[str, Param]: by config key.
+
+    Raises:
+        SpaceError: naming ``source`` and the key at fault.
+    """
+    if not isinstance(data, dict) or not data:
+        raise SpaceError(
+            f"{source}: expected a mapping of config keys to {{choices: [...]}} or "
+            "{low: ..., high: ...}, e.g. 'MODEL.DROPBLOCK.BLOCK_SIZE: {choices: [1, 3, 5]}'."
+        )
+    params = {}
+    for key, spec in data.items():
+        where = f"{source}: {key}"
+        if not isinstance(key, str) or not key:
+            raise SpaceError(
+                f"{source}: {key!r} is not a config key (expected e.g. SOLVER.BASE_LR)."
+            )
+        if key in RESERVED_KEYS:
+            raise SpaceError(
+                f"{where} is set by the search itself (one of {list(RESERVED_KEYS)}) and cannot "
+                "be searched."
+            )
+        if not isinstance(spec, dict):
+            raise SpaceError(f"{where}: expected {{choices: [...]}} or {{low: ..., high: ...}}.")
+        if "choices" in spec:
+            params[key] = _parse_choices(where, key, spec)
+        else:
+            params[key] = _parse_range(where, key, spec)
+    return params
+
+
+def _parse_choices(where, key, spec):
+    extra = set(spec) - {"choices"}
+    if extra:
+        raise SpaceError(f"{where}: 'choices' cannot be combined with {sorted(extra)}.")
+    choices = spec["choices"]
+    if not isinstance(choices, list) or not choices:
+        raise SpaceError(f"{where}: 'choices' must be a non-empty list, got {choices!r}.")
+    for choice in choices:
+        inner = choice if isinstance(choice, list) else [choice]
+        if not all(v is None or isinstance(v, (bool, int, float, str)) for v in inner):
+            raise SpaceError(f"{where}: choice {choice!r} is not a number, string, bool or list.")
+    param = Param(key, choices=tuple(choices))
+    labels = param.labels
+    if len(set(map(repr, labels))) != len(labels):
+        raise SpaceError(f"{where}: 'choices' has duplicates: {choices!r}.")
+    return param
+
+
+def _parse_range(where, key, spec):
+    unknown = set(spec) - _RANGE_FIELDS
+    if unknown or not {"low", "high"} <= set(spec):
+        raise SpaceError(
+            f"{where}: expected 'choices' or 'low' and 'high' (with optional 'log', 'step'); "
+            f"got {sorted(spec)}."
+        )
+    low, high, step, log = spec["low"], spec["high"], spec.get("step"), spec.get("log", False)
+    for name, value in (("low", low), ("high", high), ("step", step)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise SpaceError(f"{where}: '{name}' must be a number, got {value!r}.")
+    if not low < high:
+        raise SpaceError(f"{where}: 'low' ({low}) must be below 'high' ({high}).")
+    if not isinstance(log, bool):
+        raise SpaceError(f"{where}: 'log' must be true or false, got {log!r}.")
+    if step is not None and (step <= 0 or log):
+        raise SpaceError(f"{where}: 'step' must be positive and cannot be combined with 'log'.")
+    if log and low <= 0:
+        raise SpaceError(f"{where}: a 'log' range needs 'low' > 0, got {low}.")
+    return Param(key, low=low, high=high, log=log, step=step)
+
+
+def _config_value(cfg: CfgNode, key: str):
+    node = cfg
+    for part in key.split("."):
+        if not isinstance(node, CfgNode) or part not in node:
+            raise KeyError(key)
+        node = node[part]
+    return node
+
+
+def _all_keys(node: CfgNode, prefix="") -> List[str]:
+    keys = []
+    for name, value in node.items():
+        full = f"{prefix}{name}"
+        keys.extend(_all_keys(value, full + ".") if isinstance(value, CfgNode) else [full])
+    return keys
+
+
+def check_space(
+    params: Dict[str, Param], cfg: CfgNode, build, source: str = "the search space"
+) -> Dict[str, Param]:
+    """Check every key of a space against a config and every candidate value in it.
+
+    Args:
+        params (dict[str, Param]): from :func:`load_space` or :func:`default_space`.
+        cfg (CfgNode): the config the trials are built from (base config and options).
+        build (Callable[[Sequence[str]], CfgNode]): builds and checks the config of extra
+            command-line options the way a trial's training would, raising ``ValueError`` (for
+            instance ``InputError``) naming the key at fault.
+        source (str): named in error messages.
+
+    Returns:
+        dict[str, Param]: the space, with integer ranges marked where the config value is an int.
+
+    Raises:
+        SpaceError: naming ``source``, the key and the value at fault.
+    """
+    checked = {}
+    for key, param in params.items():
+        where = f"{source}: {key}"
+        try:
+            current = _config_value(cfg, key)
+        except KeyError:
+            matches = difflib.get_close_matches(key, _all_keys(cfg), n=3, cutoff=0.7)
+            hint = f" Did you mean {', '.join(matches)}?" if matches else ""
+            raise SpaceError(f"{where} is not a key of the config.{hint}") from None
+        if param.choices is None:
+            if isinstance(current, bool) or not isinstance(current, (int, float)):
+                raise SpaceError(
+                    f"{where}: a 'low'/'high' range needs a numeric key, but the config holds "
+                    f"{current!r}; use 'choices' instead."
+                )
+            integer = isinstance(current, int)
+            if integer and not all(
+                isinstance(v, int) for v in (param.low, param.high, param.step) if v is not None
+            ):
+                raise SpaceError(
+                    f"{where} is an integer key (the config holds {current!r}): 'low', 'high' "
+                    "and 'step' must be integers, or use 'choices'."
+                )
+            param = Param(key, None, param.low, param.high, param.log, param.step, integer)
+        for value in param.candidates():
+            try:
+                build([key, format_value(value)])
+            except ValueError as error:
+                # The config's own message, without its advice on editing the config file.
+                reason = str(error).split(" Fix it in the config file")[0]
+                raise SpaceError(
+                    f"{where}: the value {value!r} is refused: {reason} Change it in the space."
+                ) from error
+        checked[key] = param
+    return checked
+
+
+def space_to_yaml(params: Dict[str, Param]) -> str:
+    """The space as the yaml :func:`load_space` reads (for the study's record and its report)."""
+    data = {}
+    for key, p in params.items():
+        if p.choices is not None:
+            data[key] = {"choices": [list(c) if isinstance(c, tuple) else c for c in p.choices]}
+        else:
+            data[key] = {"low": p.low, "high": p.high}
+            if p.log:
+                data[key]["log"] = True
+            if p.step:
+                data[key]["step"] = p.step
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=None)
+
+
+def setting_opts(params: Dict[str, Param], stored: Dict[str, Any]) -> List[str]:
+    """The command-line options of a trial's setting, from the values Optuna stored.
+
+    Args:
+        params (dict[str, Param]): the space.
+        stored (dict): ``trial.params``.
+
+    Returns:
+        list[str]: ``[KEY, VALUE, ...]`` in the space's order.
+    """
+    opts = []
+    for key, param in params.items():
+        if key in stored:
+            opts += [key, format_value(param.value_of(stored[key]))]
+    return opts
+
+
+def has_dropblock(cfg: CfgNode) -> bool:
+    """Whether a config with ``MODEL.DROPBLOCK.ENABLED`` on puts DropBlock anywhere."""
+    d = cfg.MODEL.DROPBLOCK
+    return bool(list(d.STAGES) or list(d.FPN) or d.HEAD)

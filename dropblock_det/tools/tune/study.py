@@ -1,0 +1,393 @@
+"""The search: an Optuna study whose objective is a setting's mean AP gain over the baseline.
+
+Each trial trains its setting on every search seed; the baseline is trained once per seed and
+shared by all trials (see :mod:`.runs`). The objective is the mean over seeds of the paired
+difference ``AP(setting, seed) - AP(baseline, seed)``; the per-seed APs are trial attributes. Since
+the best of many noisy trials is biased upwards by the selection itself, :meth:`Search.verdict`
+then trains the best setting and the baseline on fresh held-out seeds and keeps the paired test
+on those alone.
+
+Workers started with the same command cooperate through the storage: trials are numbered by it,
+the first ``n_trials`` live trials run and any extra one drawn in a race ends at once as FAIL with
+``surplus`` set; a worker killed mid-trial stops beating its heartbeat, and the next worker that
+looks fails the trial and re-queues it with the same parameters (Optuna's
+``RetryHeartbeatStaleTrialCallback``).
+"""
+
+import json
+import math
+import socket
+import statistics
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from typing import Callable, Dict, List, Optional, Sequence
+
+import optuna
+from optuna.trial import TrialState
+from scipy import stats
+
+from .runs import Job, RunFailed, RunStore, setting_key
+from .space import Param, setting_opts
+
+__all__ = ["Search", "SearchSetup", "open_storage", "paired_stats"]
+
+BASELINE_OPTS = ("MODEL.DROPBLOCK.ENABLED", "False")
+SETTING_OPTS = ("MODEL.DROPBLOCK.ENABLED", "True")
+BASELINE_KEY = "baseline"
+# A setting may fail on its own (diverge); several failures in a row point at the setup instead.
+MAX_FAILURES_IN_A_ROW = 3
+_FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+_LIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+
+
+class StudyMismatch(ValueError):
+    """A worker's command disagrees with the study it joins; the message names what differs."""
+
+
+class BaselineFailed(RuntimeError):
+    """The baseline's training failed: no trial can be scored, so the worker stops."""
+
+
+class TooManyFailures(RuntimeError):
+    """Several trials in a row failed in this worker, which points at the setup, not a setting."""
+
+
+class _Surplus(Exception):
+    """Raised in a trial drawn after the study's trial budget was already taken."""
+
+
+@dataclass
+class SearchSetup:
+    """What every worker of a study must agree on; kept in the study as a user attribute.
+
+    Attributes:
+        config_hash (str): of the base config with the base options (OUTPUT_DIR aside).
+        seeds (list[int]): the search seeds.
+        heldout_seeds (list[int]): the verdict's seeds, never used during the search.
+        space (str): the search space as yaml.
+        metric (str): e.g. ``bbox/AP``.
+        max_iter (int): SOLVER.MAX_ITER of a run (the pruner's step is seed index * this + iter).
+    """
+
+    config_hash: str
+    seeds: List[int]
+    heldout_seeds: List[int]
+    space: str
+    metric: str
+    max_iter: int
+
+
+def open_storage(url: str, heartbeat_s: float, max_retry: int, retry: bool = True):
+    """An RDB storage with heartbeats, created with retries.
+
+    Two workers that create the schema of an empty database at the same instant race (PostgreSQL
+    answers one of them with a duplicate ``CREATE TYPE``): a failed attempt is simply repeated,
+    by then the other worker's schema is there.
+
+    Args:
+        url (str): an SQLAlchemy URL, e.g. ``sqlite:///study.db`` or
+            ``postgresql+psycopg://user@host:5432/db``.
+        heartbeat_s (float): heartbeat interval; a trial silent for 3 intervals is stale.
+        max_retry (int): how often a stale trial is re-queued.
+        retry (bool): re-queue stale trials (the search study); False only fails them (runs).
+
+    Returns:
+        optuna.storages.RDBStorage: the storage.
+    """
+    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    callback = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry) if retry else None
+    last_error = None
+    for attempt in range(5):
+        try:
+            return optuna.storages.RDBStorage(
+                url,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=heartbeat_s,
+                grace_period=3 * heartbeat_s,
+                heartbeat_stale_trial_callback=callback,
+            )
+        except Exception as error:  # noqa: BLE001  (the schema race raises driver-specific errors)
+            if "ArgumentError" in type(error).__name__ or "NoSuchModule" in type(error).__name__:
+                raise
+            last_error = error
+            time.sleep(0.5 * (attempt + 1))
+    raise last_error
+
+
+def paired_stats(a: Sequence[float], b: Sequence[float]) -> Dict[str, Optional[float]]:
+    """Mean, sd, paired t, two-sided p and 95% CI of the differences ``a - b``.
+
+    Args:
+        a, b (Sequence[float]): paired values (same seeds, same order).
+
+    Returns:
+        dict: ``mean``, ``sd``, ``t``, ``p``, ``ci_low``, ``ci_high`` (None where undefined: fewer
+        than two pairs, or all differences equal).
+    """
+    diffs = [x - y for x, y in zip(a, b)]
+    out = {"mean": statistics.fmean(diffs) if diffs else None, "sd": None}
+    out.update(t=None, p=None, ci_low=None, ci_high=None)
+    if len(diffs) >= 2:
+        out["sd"] = statistics.stdev(diffs)
+        if out["sd"] > 0:
+            test = stats.ttest_rel(a, b)
+            half = stats.t.ppf(0.975, len(diffs) - 1) * out["sd"] / math.sqrt(len(diffs))
+            out.update(t=float(test.statistic), p=float(test.pvalue))
+            out.update(ci_low=out["mean"] - half, ci_high=out["mean"] + half)
+    return out
+
+
+class Search:
+    """One worker's view of a study: its objective, its loop and the verdict.
+
+    Args:
+        study (optuna.Study): the search study (maximize).
+        store (RunStore): the study's runs.
+        params (dict[str, Param]): the checked space.
+        setup (SearchSetup): what the workers agree on.
+        has_dropblock (Callable[[list[str]], bool]): whether a setting's options put DropBlock
+            anywhere (one with nothing to drop is the baseline itself and needs no training).
+        log (Callable[[str], None]): progress lines.
+    """
+
+    def __init__(
+        self,
+        study,
+        store: RunStore,
+        params: Dict[str, Param],
+        setup: SearchSetup,
+        has_dropblock: Callable[[List[str]], bool],
+        log: Callable[[str], None] = print,
+    ):
+        self.study, self.store, self.params, self.setup = study, store, params, setup
+        self._has_dropblock = has_dropblock
+        self._log = log
+        self._start = time.time()
+        self._last = None
+
+    # ------------------------------------------------------------------ setup
+
+    @staticmethod
+    def agree(study, setup: SearchSetup):
+        """Record the setup in a new study, or check that it matches the one recorded.
+
+        Raises:
+            StudyMismatch: naming the fields that differ.
+        """
+        mine = asdict(setup)
+        recorded = study.user_attrs.get("setup")
+        if recorded is None:
+            study.set_user_attr("setup", mine)
+            return
+        differ = [name for name in mine if recorded.get(name) != mine[name]]
+        if differ:
+            details = "; ".join(f"{n}: study {recorded.get(n)!r}, here {mine[n]!r}" for n in differ)
+            raise StudyMismatch(
+                f"study {study.study_name!r} was created with a different command ({details}). "
+                "Start every worker with the same config, options, seeds and space, or choose "
+                "another --study-name."
+            )
+
+    # ------------------------------------------------------------------ jobs
+
+    def baseline_jobs(self, seeds):
+        return [Job("baseline", BASELINE_KEY, BASELINE_OPTS, s) for s in seeds]
+
+    def setting_jobs(self, arm, stored_params, seeds):
+        opts = (*SETTING_OPTS, *setting_opts(self.params, stored_params))
+        if not self._has_dropblock(list(opts)):
+            return None
+        return [Job(arm, setting_key(opts), opts, s) for s in seeds]
+
+    # ------------------------------------------------------------------ objective
+
+    def objective(self, trial) -> float:
+        """Train the trial's setting and the baseline on the search seeds; return the mean Δ."""
+        self._check_budget(trial)
+        for param in self.params.values():
+            param.suggest(trial)
+        stored = dict(trial.params)  # Optuna's stored form (labels for list choices)
+        seeds = self.setup.seeds
+        jobs = self.setting_jobs(f"trial {trial.number}", stored, seeds)
+        trial.set_user_attr("opts", list(jobs[0].opts) if jobs else list(BASELINE_OPTS))
+        trial.set_user_attr("setting_key", jobs[0].key if jobs else BASELINE_KEY)
+        max_iter = self.setup.max_iter
+        reported = set()
+
+        def report(job, iteration, value):
+            # The step orders (seed, iteration) pairs; every trial sees the seeds in one order,
+            # so the pruner compares trials on the same seed at the same iteration.
+            step = seeds.index(job.seed) * (max_iter + 1) + iteration
+            if step in reported:
+                return False
+            reported.add(step)
+            trial.report(value, step)
+            return trial.should_prune()
+
+        if jobs is None:
+            # Nothing to drop anywhere: the setting is stock RetinaNet, i.e. the baseline.
+            self._log(f"[tune] trial {trial.number}: no DropBlock anywhere, the baseline itself")
+            base = self._baseline(seeds)
+            own = {j.id: base[j.id] for j in self.baseline_jobs(seeds)}
+            jobs = self.baseline_jobs(seeds)
+        else:
+            self._log(f"[tune] trial {trial.number}: {self.describe(stored)}")
+            try:
+                own = self.store.get(jobs, reporter=report)
+            except RunFailed as error:
+                trial.set_user_attr("error", str(error).splitlines()[0])
+                raise
+            base = self._baseline(seeds)
+        aps = [own[j.id].ap for j in jobs]
+        base_aps = [base[j.id].ap for j in self.baseline_jobs(seeds)]
+        result = paired_stats(aps, base_aps)
+        trial.set_user_attr("ap", dict(zip(map(str, seeds), aps)))
+        trial.set_user_attr("baseline_ap", dict(zip(map(str, seeds), base_aps)))
+        trial.set_user_attr("delta", result)
+        return result["mean"]
+
+    def _baseline(self, seeds):
+        try:
+            return self.store.get(self.baseline_jobs(seeds))
+        except RunFailed as error:
+            # Without the baseline no trial can be scored: stop rather than fail every trial.
+            raise BaselineFailed(str(error)) from error
+
+    def _check_budget(self, trial):
+        n_trials = self.n_trials
+        earlier = [
+            t
+            for t in self.study.get_trials(deepcopy=False, states=_LIVE)
+            if t.number < trial.number and not t.user_attrs.get("surplus")
+        ]
+        if len(earlier) >= n_trials:
+            trial.set_user_attr("surplus", True)
+            raise _Surplus(f"the study's {n_trials} trials were already taken by other workers")
+
+    def describe(self, stored) -> str:
+        return ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in stored.items())
+
+    # ------------------------------------------------------------------ loop
+
+    def run(self, n_trials: int) -> None:
+        """Take part in the search until the study has ``n_trials`` finished trials.
+
+        Args:
+            n_trials (int): COMPLETE or PRUNED trials the study should have in all workers.
+        """
+        self.n_trials = n_trials
+        failures = 0
+        while True:
+            trials = self.study.get_trials(deepcopy=False)
+            finished = sum(t.state in _FINISHED for t in trials)
+            running = sum(t.state == TrialState.RUNNING for t in trials)
+            waiting = sum(t.state == TrialState.WAITING for t in trials)
+            if finished >= n_trials and running == 0:
+                return
+            if waiting or finished + running < n_trials:
+                self._last = None
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    self.study.optimize(
+                        self.objective,
+                        n_trials=1,
+                        catch=(_Surplus, RunFailed),
+                        callbacks=[self._progress],
+                        gc_after_trial=False,
+                    )
+                mine = [t for t in self.study.get_trials(deepcopy=False) if t.number == self._last]
+                failures = failures + 1 if mine and mine[0].state == TrialState.FAIL else 0
+                if failures >= MAX_FAILURES_IN_A_ROW:
+                    raise TooManyFailures(
+                        f"{failures} trials in a row failed in this worker; the last one: "
+                        f"{mine[0].user_attrs.get('error', 'see the log above')}"
+                    )
+            else:
+                # The remaining trials run in other workers: wait for them, failing (and so
+                # re-queueing) those whose worker died.
+                time.sleep(self.store._poll_s)
+                optuna.storages.fail_stale_trials(self.study)
+
+    def _progress(self, study, trial):
+        self._last = None if trial.user_attrs.get("surplus") else trial.number
+        trials = study.get_trials(deepcopy=False)
+        finished = [t for t in trials if t.state in _FINISHED]
+        running = sum(t.state == TrialState.RUNNING for t in trials)
+        if trial.state == TrialState.COMPLETE:
+            what = f"COMPLETE, Δ {trial.value:+.2f} AP"
+        elif trial.user_attrs.get("surplus"):
+            return
+        else:
+            what = trial.state.name
+        best = ""
+        complete = [t for t in finished if t.state == TrialState.COMPLETE]
+        if complete:
+            top = max(complete, key=lambda t: t.value)
+            best = f" | best #{top.number} Δ {top.value:+.2f}"
+        eta = ""
+        durations = [
+            (t.datetime_complete - t.datetime_start).total_seconds()
+            for t in finished
+            if t.datetime_complete and t.datetime_start
+        ]
+        if durations:
+            remaining = max(self.n_trials - len(finished), 0)
+            workers = max(running, 1)
+            runs = self.store.runs()
+            run_s = statistics.fmean(r.user_attrs.get("seconds", 0.0) for r in runs) if runs else 0
+            verdict_s = 2 * len(self.setup.heldout_seeds) * run_s
+            seconds = (remaining * statistics.fmean(durations) + verdict_s) / workers
+            eta = f", ETA ~{_minutes(seconds)} (with the verdict)"
+        self._log(
+            f"[tune] trial {trial.number} {what} | {len(finished)}/{self.n_trials} finished{best}"
+            f" | elapsed {_minutes(time.time() - self._start)}{eta}"
+        )
+
+    # ------------------------------------------------------------------ verdict
+
+    def verdict(self) -> Optional[dict]:
+        """Train the best setting and the baseline on the held-out seeds; record the paired test.
+
+        Returns:
+            dict or None: the verdict (also stored in the study as ``verdict/<trial number>``), or
+            None when no trial completed or the best setting is the baseline itself.
+        """
+        complete = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if not complete:
+            return None
+        best = self.study.best_trial
+        name = f"verdict/{best.number}"
+        if name in self.study.user_attrs:
+            return self.study.user_attrs[name]
+        if best.user_attrs.get("setting_key") == BASELINE_KEY:
+            self._log("[tune] the best setting puts DropBlock nowhere: no verdict to train")
+            return None
+        seeds = self.setup.heldout_seeds
+        opts = tuple(best.user_attrs["opts"])
+        best_jobs = [Job("best", setting_key(opts), opts, s) for s in seeds]
+        base_jobs = self.baseline_jobs(seeds)
+        self._log(
+            f"[tune] verdict: trial {best.number} (Δ {best.value:+.2f} in the search) and the "
+            f"baseline on held-out seeds {seeds}"
+        )
+        interleaved = [job for pair in zip(base_jobs, best_jobs) for job in pair]
+        results = self.store.get(interleaved)
+        best_aps = [results[j.id].ap for j in best_jobs]
+        base_aps = [results[j.id].ap for j in base_jobs]
+        verdict = {
+            "trial": best.number,
+            "seeds": list(seeds),
+            "best_ap": best_aps,
+            "baseline_ap": base_aps,
+            **paired_stats(best_aps, base_aps),
+            "host": socket.gethostname(),
+        }
+        self.study.set_user_attr(name, verdict)
+        self._log(f"[tune] verdict: {json.dumps(verdict)}")
+        return verdict
+
+
+def _minutes(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes} min {secs:02d} s"

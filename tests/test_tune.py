@@ -1,0 +1,416 @@
+"""The DropBlock search (tools/tune.py): inputs, workers sharing a study, killed workers, pruning,
+PostgreSQL, the report and the best yaml.
+
+Every search here trains the tiny search config for 4 iterations on 2 images a step and scores it
+on the first 8 validation scenes, registered in each process through Detectron2's
+DETECTRON2_ENV_MODULE hook.
+"""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from dropblock_det.tools.tune import main as tune_main
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TUNE = os.path.join(REPO_ROOT, "tools", "tune.py")
+TRAIN_NET = os.path.join(REPO_ROOT, "tools", "train_net.py")
+SEARCH_CONFIG = os.path.join(REPO_ROOT, "configs", "search", "tiny_search.yaml")
+SMALL_VAL = "tune_test_val"
+QUICK_OPTS = (
+    "MODEL.DEVICE", "cpu",
+    "SOLVER.MAX_ITER", "4",
+    "SOLVER.IMS_PER_BATCH", "2",
+    "SOLVER.WARMUP_ITERS", "1",
+    "SOLVER.STEPS", "(3,)",
+    "TEST.EVAL_PERIOD", "2",
+    "DATASETS.TEST", f"('{SMALL_VAL}',)",
+    # Every box counts, so that a 4-iteration model's AP is a number rather than "no detections".
+    "MODEL.RETINANET.SCORE_THRESH_TEST", "0.0",
+)  # fmt: skip
+SPACE = {
+    "MODEL.DROPBLOCK.BLOCK_SIZE": {"choices": [1, 3]},
+    "MODEL.DROPBLOCK.KEEP_PROB": {"low": 0.8, "high": 0.95},
+}
+ENV_MODULE = """
+import os
+
+
+def setup_environment():
+    from detectron2.data.datasets import register_coco_instances
+
+    register_coco_instances(
+        "{name}", {{}}, os.environ["TUNE_TEST_VAL_JSON"], os.environ["TUNE_TEST_VAL_IMAGES"]
+    )
+"""
+TIMEOUT_S = 300
+
+
+@pytest.fixture(scope="module")
+def small_val_env(tmp_path_factory):
+    """Environment variables that register SMALL_VAL (8 validation scenes) in every process."""
+    from detectron2.data import MetadataCatalog
+
+    from dropblock_det.tools.data import VAL_DATASET, ensure_dataset, register_dropblock_digits
+
+    register_dropblock_digits()
+    ensure_dataset(VAL_DATASET)
+    metadata = MetadataCatalog.get(VAL_DATASET)
+    with open(metadata.json_file) as f:
+        coco = json.load(f)
+    images = coco["images"][:8]
+    ids = {image["id"] for image in images}
+    coco["images"] = images
+    coco["annotations"] = [a for a in coco["annotations"] if a["image_id"] in ids]
+    folder = tmp_path_factory.mktemp("small_val")
+    json_path = folder / "val8.json"
+    json_path.write_text(json.dumps(coco))
+    module = folder / "tune_test_env.py"
+    module.write_text(ENV_MODULE.format(name=SMALL_VAL))
+    return {
+        "DETECTRON2_ENV_MODULE": str(module),
+        "TUNE_TEST_VAL_JSON": str(json_path),
+        "TUNE_TEST_VAL_IMAGES": metadata.image_root,
+        "OMP_NUM_THREADS": "1",
+        "CUDA_VISIBLE_DEVICES": "",
+    }
+
+
+def write_space(folder, space=SPACE):
+    path = os.path.join(folder, "space.yaml")
+    with open(path, "w") as f:
+        yaml.safe_dump(space, f)
+    return path
+
+
+def tune_argv(out, *, space, n_trials, storage=None, extra=(), opts=QUICK_OPTS):
+    argv = ["--config-file", SEARCH_CONFIG, "--space", space, "--n-trials", str(n_trials)]
+    argv += ["--seeds", "0", "--heldout-seeds", "1", "--out", str(out), "--study-name", "test"]
+    argv += ["--heartbeat", "1", "--poll", "0.2", "--pruner", "none", *extra]
+    if storage:
+        argv += ["--storage", storage]
+    return argv + list(opts)
+
+
+def start_worker(argv, env, log_path):
+    log = open(log_path, "w")
+    proc = subprocess.Popen(
+        [sys.executable, TUNE, *argv],
+        cwd=REPO_ROOT,
+        env={**os.environ, **env},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    proc.log_path = log_path
+    return proc
+
+
+def wait_worker(proc, timeout=TIMEOUT_S):
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        pytest.fail(f"tune.py hung for {timeout} s:\n{read(proc.log_path)[-3000:]}")
+    return proc.returncode
+
+
+def read(path):
+    with open(path) as f:
+        return f.read()
+
+
+def kill_during_a_trial_run(proc, out, timeout=TIMEOUT_S):
+    """SIGKILL a worker once it trains a trial's run; return that run's folder."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for line in read(proc.log_path).splitlines():
+            if line.startswith("[tune] trial") and "training run #" in line:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait()
+                return line.rsplit(" in ", 1)[1]
+        if proc.poll() is not None:
+            pytest.fail(f"the worker ended before training a trial:\n{read(proc.log_path)}")
+        time.sleep(0.1)
+    pytest.fail("the worker never started a trial's training")
+
+
+def training_processes_of(run_dir):
+    """Processes whose command line names run_dir (a training still running there)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if run_dir.encode() in f.read():
+                    found.append(int(pid))
+        except OSError:
+            continue
+    return found
+
+
+def load(storage, name="test"):
+    study = optuna.load_study(study_name=name, storage=storage)
+    runs = optuna.load_study(study_name=f"{name}.runs", storage=storage)
+    return study, runs
+
+
+def assert_complete_without_loss_or_duplicates(study, runs, n_trials):
+    """n_trials finished trials; every other trial is a retried lost one or an untrained surplus;
+    every (setting, seed) trained to completion exactly once."""
+    trials = study.get_trials()
+    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) == n_trials, [(t.number, t.state) for t in trials]
+    retried = {t.system_attrs.get("failed_trial") for t in trials} - {None}
+    for t in trials:
+        if t.state == TrialState.FAIL:
+            assert t.number in retried or t.user_attrs.get("surplus"), t
+        assert t.state != TrialState.RUNNING and t.state != TrialState.WAITING, t
+    jobs = [r.user_attrs["job"] for r in runs.get_trials(states=(TrialState.COMPLETE,))]
+    assert len(jobs) == len(set(jobs)), sorted(jobs)
+    assert "baseline/seed0" in jobs
+    for t in finished:
+        assert t.user_attrs["ap"].keys() == {"0"} and t.user_attrs["baseline_ap"].keys() == {"0"}
+    return trials
+
+
+# ---------------------------------------------------------------------------------------- inputs
+
+
+@pytest.mark.parametrize(
+    "space, message",
+    [
+        (
+            {"MODEL.DROPBLOCK.BLOK_SIZE": {"choices": [1, 3]}},
+            "Did you mean MODEL.DROPBLOCK.BLOCK_SIZE",
+        ),
+        ({"MODEL.DROPBLOCK.KEEP_PROB": {"low": 0.9, "high": 0.8}}, "'low' (0.9) must be below"),
+        ({"MODEL.DROPBLOCK.KEEP_PROB": {"low": 0.8, "high": 1.5}}, "KEEP_PROB = 1.5 is invalid"),
+        ({"MODEL.DROPBLOCK.STAGES": {"choices": [["res4"], ["res6"]]}}, "MODEL.DROPBLOCK.STAGES"),
+        ({"MODEL.DROPBLOCK.STAGES": {"low": 1, "high": 2}}, "needs a numeric key"),
+        ({"MODEL.DROPBLOCK.BLOCK_SIZE": {"low": 1.5, "high": 7}}, "is an integer key"),
+        ({"SEED": {"choices": [1, 2]}}, "is set by the search itself"),
+        ({"MODEL.DROPBLOCK.HEAD": {"choices": [True], "low": 0}}, "cannot be combined"),
+        ({"MODEL.DROPBLOCK.HEAD": {"choices": []}}, "non-empty list"),
+    ],
+)
+def test_bad_search_space_stops_before_training_naming_the_key(tmp_path, capsys, space, message):
+    out = tmp_path / "out"
+    rc = tune_main(tune_argv(out, space=write_space(str(tmp_path), space), n_trials=1, opts=()))
+    error = capsys.readouterr().err
+    assert rc == 2
+    assert error.startswith("tune.py: error: ") and message in error, error
+    assert next(iter(space)) in error
+    assert not out.exists()  # nothing trained, no study created
+
+
+def test_heldout_seeds_that_overlap_the_search_seeds_are_refused(tmp_path, capsys):
+    argv = tune_argv(tmp_path / "out", space=write_space(str(tmp_path)), n_trials=1, opts=())
+    argv += ["--heldout-seeds", "0", "5"]
+    assert tune_main(argv) == 2
+    assert "--heldout-seeds shares [0] with --seeds" in capsys.readouterr().err
+
+
+def test_missing_space_file_is_refused(tmp_path, capsys):
+    argv = tune_argv(tmp_path / "out", space=str(tmp_path / "nope.yaml"), n_trials=1, opts=())
+    assert tune_main(argv) == 2
+    assert "nope.yaml' cannot be read" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------- workers, kill, resume
+
+
+@pytest.fixture(scope="module")
+def two_worker_study(small_val_env, tmp_path_factory):
+    """Two workers started at the same instant on one SQLite study of 2 trials (no verdict)."""
+    folder = tmp_path_factory.mktemp("two_workers")
+    out = folder / "out"
+    argv = tune_argv(out, space=write_space(str(folder)), n_trials=2, extra=["--no-verdict"])
+    workers = [start_worker(argv, small_val_env, folder / f"w{i}.log") for i in range(2)]
+    codes = [wait_worker(w) for w in workers]
+    assert codes == [0, 0], [read(w.log_path)[-3000:] for w in workers]
+    return out, f"sqlite:///{out / 'study.db'}"
+
+
+def test_two_workers_on_one_sqlite_file_complete_the_trials_once_each(two_worker_study):
+    out, storage = two_worker_study
+    study, runs = load(storage)
+    assert_complete_without_loss_or_duplicates(study, runs, n_trials=2)
+    # The baseline on seed 0 was trained by one worker and reused by the other.
+    baseline = [r for r in runs.get_trials() if r.user_attrs.get("job") == "baseline/seed0"]
+    assert [r.state for r in baseline if not r.user_attrs.get("yielded")] == [TrialState.COMPLETE]
+
+
+def test_report_table_lists_every_finished_trial_best_first(two_worker_study):
+    out, storage = two_worker_study
+    study, _ = load(storage)
+    report = read(out / "report.md")
+    rows = [line for line in report.splitlines() if line.startswith("| ") and "COMPLETE" in line]
+    complete = sorted(
+        study.get_trials(states=(TrialState.COMPLETE,)), key=lambda t: (-t.value, t.number)
+    )
+    assert [int(row.split("|")[1]) for row in rows] == [t.number for t in complete]
+    assert "## Held-out verdict" in report and "optimization_history.png" in report
+    assert (out / "optimization_history.png").stat().st_size > 0
+
+
+def test_best_yaml_trains_with_train_net_as_it_is(two_worker_study, small_val_env, tmp_path):
+    out, storage = two_worker_study
+    study, _ = load(storage)
+    best = study.best_trial
+    run = tmp_path / "best_run"
+    argv = ["--config-file", str(out / "best.yaml"), "SOLVER.MAX_ITER", "1"]
+    argv += ["DATASETS.TEST", "()", "OUTPUT_DIR", str(run)]
+    proc = subprocess.run(
+        [sys.executable, TRAIN_NET, *argv],
+        cwd=REPO_ROOT,
+        env={**os.environ, **small_val_env},
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trained = yaml.safe_load(read(run / "config.yaml"))["MODEL"]["DROPBLOCK"]
+    assert trained["ENABLED"] is True
+    assert trained["BLOCK_SIZE"] == best.params["MODEL.DROPBLOCK.BLOCK_SIZE"]
+    assert trained["KEEP_PROB"] == pytest.approx(best.params["MODEL.DROPBLOCK.KEEP_PROB"])
+
+
+def test_killed_worker_leaves_a_study_the_next_run_resumes(small_val_env, tmp_path):
+    out = tmp_path / "out"
+    argv = tune_argv(out, space=write_space(str(tmp_path)), n_trials=2)
+    first = start_worker(argv, small_val_env, tmp_path / "first.log")
+    run_dir = kill_during_a_trial_run(first, out)
+    time.sleep(1)
+    assert training_processes_of(run_dir) == []  # the training died with its worker
+    second = start_worker(argv, small_val_env, tmp_path / "second.log")
+    assert wait_worker(second) == 0, read(second.log_path)[-3000:]
+    study, runs = load(f"sqlite:///{out / 'study.db'}")
+    trials = assert_complete_without_loss_or_duplicates(study, runs, n_trials=2)
+    killed = [t for t in trials if t.state == TrialState.FAIL]
+    assert len(killed) == 1
+    retry = [t for t in trials if t.system_attrs.get("failed_trial") == killed[0].number]
+    assert [t.state for t in retry] == [TrialState.COMPLETE]
+    assert retry[0].params == killed[0].params
+    # The verdict ran on the held-out seed and is in the report.
+    verdict = study.user_attrs[f"verdict/{study.best_trial.number}"]
+    assert verdict["seeds"] == [1] and len(verdict["best_ap"]) == 1
+    assert "| 1 | " in read(out / "report.md")
+
+
+# --------------------------------------------------------------------------------------- pruning
+
+
+def test_median_pruner_stops_a_worse_trial_and_its_training(small_val_env, tmp_path):
+    # A score threshold of 1.0 keeps no detection (AP 0); 0.0 keeps them all (AP > 0). Sampler
+    # seed 10 draws 0.0 first, then 1.0, which the median of the first trial must prune.
+    space = {"MODEL.RETINANET.SCORE_THRESH_TEST": {"choices": [0.0, 1.0]}}
+    opts = [*QUICK_OPTS, "SOLVER.MAX_ITER", "30", "SOLVER.STEPS", "(25,)"]
+    argv = tune_argv(
+        tmp_path / "out",
+        space=write_space(str(tmp_path), space),
+        n_trials=2,
+        extra=[
+            "--no-verdict",
+            "--pruner",
+            "median",
+            "--pruner-startup",
+            "1",
+            "--sampler-seed",
+            "10",
+        ],
+        opts=opts,
+    )
+    worker = start_worker(argv, small_val_env, tmp_path / "worker.log")
+    assert wait_worker(worker) == 0, read(worker.log_path)[-3000:]
+    study, runs = load(f"sqlite:///{tmp_path / 'out' / 'study.db'}")
+    first, second = study.get_trials()
+    key = "MODEL.RETINANET.SCORE_THRESH_TEST"
+    assert (first.params[key], second.params[key]) == (0.0, 1.0)
+    assert first.state == TrialState.COMPLETE and max(first.intermediate_values.values()) > 0
+    assert second.state == TrialState.PRUNED
+    pruned = [r for r in runs.get_trials() if r.state == TrialState.PRUNED]
+    assert len(pruned) == 1
+    # Stopped at its first evaluation (iteration 2 of 30), before the final checkpoint.
+    assert [it for it, _ in pruned[0].user_attrs["curve"]] == [1]
+    assert not os.path.exists(os.path.join(pruned[0].user_attrs["output_dir"], "model_final.pth"))
+
+
+# ------------------------------------------------------------------------------------ PostgreSQL
+
+PG_BINDIR = None
+if shutil.which("pg_config"):
+    PG_BINDIR = subprocess.run(
+        ["pg_config", "--bindir"], capture_output=True, text=True
+    ).stdout.strip()
+HAVE_PG = bool(PG_BINDIR) and os.path.exists(os.path.join(PG_BINDIR, "initdb"))
+
+
+@pytest.fixture
+def postgres_url():
+    """A throwaway PostgreSQL cluster on 127.0.0.1, stopped and removed in every case."""
+    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    folder = tempfile.mkdtemp(prefix="tune_pg_")
+    if as_postgres:
+        shutil.chown(folder, "postgres")
+    data = os.path.join(folder, "data")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    bindir = PG_BINDIR
+    started = False
+    try:
+        subprocess.run(
+            [*as_postgres, f"{bindir}/initdb", "-D", data, "-A", "trust", "-U", "optuna"],
+            check=True,
+            capture_output=True,
+        )
+        options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1"
+        subprocess.run(
+            [*as_postgres, f"{bindir}/pg_ctl", "-D", data, "-o", options, "-l", f"{folder}/log"]
+            + ["-w", "start"],
+            check=True,
+            capture_output=True,
+        )
+        started = True
+        yield f"postgresql+psycopg://optuna@127.0.0.1:{port}/postgres"
+    finally:
+        if started:
+            subprocess.run(
+                [*as_postgres, f"{bindir}/pg_ctl", "-D", data, "-m", "immediate", "stop"],
+                capture_output=True,
+            )
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.skipif(
+    not HAVE_PG, reason="PostgreSQL server binaries (initdb, pg_ctl in `pg_config --bindir`) absent"
+)
+def test_two_workers_on_postgres_one_killed_complete_the_study(
+    small_val_env, postgres_url, tmp_path
+):
+    space = write_space(str(tmp_path))
+    argv = [tune_argv(tmp_path / f"worker{i}", space=space, n_trials=2, storage=postgres_url,
+                      extra=["--no-verdict"]) for i in range(2)]  # fmt: skip
+    # Started at the same instant against an empty database: the schema is created once.
+    workers = [start_worker(a, small_val_env, tmp_path / f"w{i}.log") for i, a in enumerate(argv)]
+    kill_during_a_trial_run(workers[0], tmp_path / "worker0")
+    assert wait_worker(workers[1]) == 0, read(workers[1].log_path)[-3000:]
+    study, runs = load(postgres_url)
+    trials = assert_complete_without_loss_or_duplicates(study, runs, n_trials=2)
+    killed = [t for t in trials if t.state == TrialState.FAIL and not t.user_attrs.get("surplus")]
+    assert len(killed) == 1
+    retry = [t for t in trials if t.system_attrs.get("failed_trial") == killed[0].number]
+    assert [t.state for t in retry] == [TrialState.COMPLETE]
+    assert os.path.exists(tmp_path / "worker1" / "report.md")
