@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 VENV=${VENV:-.venv}
-REQS="requirements/base.txt requirements/detectron2.txt requirements/test.txt"
+REQS="requirements/base.txt requirements/detectron2.txt requirements/test.txt requirements/tune.txt"
 want=$(cat $REQS setup.py | sha256sum | cut -d' ' -f1)
 if [ -x "$VENV/bin/python" ] && [ "$(cat "$VENV/.requirements.sha256" 2>/dev/null)" = "$want" ] \
     && "$VENV/bin/python" -c "import detectron2, dropblock_det" 2>/dev/null; then
