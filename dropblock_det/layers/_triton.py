@@ -3,7 +3,8 @@
 Two ops, both ``torch.library.triton_op`` so that torch.compile traces into the kernels:
 ``dropblock_det::triton_mask`` draws the bit mask and the per-sample kept counts,
 ``dropblock_det::triton_apply`` multiplies by mask x factor. The apply op's gradient is the same
-op on the output gradient with the same mask and counts, so it is exactly mask x factor.
+op on the output gradient with the same mask and counts, so it is exactly mask x factor. Eager
+calls launch the same kernels from an autograd Function, without the custom-op dispatch.
 
 The Philox seed is drawn from the torch generator as a one-element device tensor that the kernel
 loads: no host sync, reproducible under ``torch.manual_seed``, and capturable in a CUDA graph.
@@ -60,15 +61,8 @@ def triton_serves(x: torch.Tensor, block_h: int, share_channels: bool) -> bool:
     )
 
 
-@triton_op("dropblock_det::triton_mask", mutates_args=())
-def _triton_mask(
-    x: torch.Tensor,
-    seed: torch.Tensor,
-    gamma: torch.Tensor,
-    block_h: int,
-    block_w: int,
-    mask_channels: int,
-) -> Tuple[torch.Tensor, torch.Tensor]:
+def _launch_mask(launcher, x, seed, gamma, block_h, block_w, mask_channels):
+    """Run the mask kernel through ``launcher`` (the kernel, or its ``wrap_triton`` for ops)."""
     batch, _, height, width = x.shape
     row_bytes = (width + 7) // 8
     mask = torch.empty(
@@ -78,7 +72,7 @@ def _triton_mask(
     rows, cols = _tile(height, width, block_h)
     rows_out = rows - (block_h - 1)
     grid = (triton.cdiv(height, rows_out), batch * mask_channels)
-    wrap_triton(dropblock_mask_kernel)[grid](
+    launcher(dropblock_mask_kernel)[grid](
         seed,
         gamma,
         mask,
@@ -96,20 +90,13 @@ def _triton_mask(
     return mask, counts
 
 
-@triton_op("dropblock_det::triton_apply", mutates_args=())
-def _triton_apply(
-    x: torch.Tensor,
-    mask: torch.Tensor,
-    counts: torch.Tensor,
-    inverse_keep: torch.Tensor,
-    normalize: int,
-) -> torch.Tensor:
+def _launch_apply(launcher, x, mask, counts, inverse_keep, normalize):
+    """Run the apply kernel (y = x * mask * factor) through ``launcher``."""
     batch, channels, height, width = x.shape
     x = x.contiguous()
     y = torch.empty_like(x)
-    mask_channels = mask.shape[0] // batch
     grid = (triton.cdiv(channels * height * width, _APPLY_BLOCK), batch)
-    wrap_triton(dropblock_apply_kernel)[grid](
+    launcher(dropblock_apply_kernel)[grid](
         x,
         mask,
         counts,
@@ -119,13 +106,42 @@ def _triton_apply(
         channels,
         height,
         width,
-        mask_channels,
+        mask.shape[0] // batch,
         mask.shape[2],
         NORMALIZE=normalize,
         BLOCK=_APPLY_BLOCK,
         BATCH_BLOCK=triton.next_power_of_2(batch),
     )
     return y
+
+
+def _direct(kernel):
+    return kernel
+
+
+# The ops that torch.compile traces into. Eager calls launch the same kernels from
+# _TritonDropBlock instead, skipping the custom-op dispatch layers (host time in every step).
+@triton_op("dropblock_det::triton_mask", mutates_args=())
+def _triton_mask(
+    x: torch.Tensor,
+    seed: torch.Tensor,
+    gamma: torch.Tensor,
+    block_h: int,
+    block_w: int,
+    mask_channels: int,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    return _launch_mask(wrap_triton, x, seed, gamma, block_h, block_w, mask_channels)
+
+
+@triton_op("dropblock_det::triton_apply", mutates_args=())
+def _triton_apply(
+    x: torch.Tensor,
+    mask: torch.Tensor,
+    counts: torch.Tensor,
+    inverse_keep: torch.Tensor,
+    normalize: int,
+) -> torch.Tensor:
+    return _launch_apply(wrap_triton, x, mask, counts, inverse_keep, normalize)
 
 
 def _setup_context(ctx, inputs, output):
@@ -141,6 +157,23 @@ def _backward(ctx, grad_out):
 
 
 _triton_apply.register_autograd(_backward, setup_context=_setup_context)
+
+
+class _TritonDropBlock(torch.autograd.Function):
+    """Eager form of the two ops: the same kernels, the same saved mask and counts."""
+
+    @staticmethod
+    def forward(ctx, x, seed, gamma, inverse_keep, block_h, block_w, mask_channels, normalize):
+        mask, counts = _launch_mask(_direct, x, seed, gamma, block_h, block_w, mask_channels)
+        ctx.save_for_backward(mask, counts, inverse_keep)
+        ctx.normalize = normalize
+        return _launch_apply(_direct, x, mask, counts, inverse_keep, normalize)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        mask, counts, inverse_keep = ctx.saved_tensors
+        grad_in = _launch_apply(_direct, grad_out, mask, counts, inverse_keep, ctx.normalize)
+        return grad_in, None, None, None, None, None, None, None
 
 
 def drop_block_triton(
@@ -169,5 +202,11 @@ def drop_block_triton(
         inverse_keep = torch.full((), 1.0 / keep_prob, dtype=torch.float32, device=device)
     seed = torch.randint(2**62, (1,), dtype=torch.int64, device=device, generator=generator)
     mask_channels = 1 if share_channels else channels
-    mask, counts = _triton_mask(x, seed, seed_prob.reshape(()), block_h, block_w, mask_channels)
-    return _triton_apply(x, mask, counts, inverse_keep.reshape(()), NORMALIZE_CODES[normalize])
+    seed_prob, inverse_keep = seed_prob.reshape(()), inverse_keep.reshape(())
+    normalize = NORMALIZE_CODES[normalize]
+    if not torch.compiler.is_compiling():
+        return _TritonDropBlock.apply(
+            x, seed, seed_prob, inverse_keep, block_h, block_w, mask_channels, normalize
+        )
+    mask, counts = _triton_mask(x, seed, seed_prob, block_h, block_w, mask_channels)
+    return _triton_apply(x, mask, counts, inverse_keep, normalize)
