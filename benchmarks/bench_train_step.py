@@ -47,6 +47,7 @@ Usage:
 
 import argparse
 import contextlib
+import importlib.util
 import itertools
 import logging
 import os
@@ -208,20 +209,49 @@ def make_synchronizer(device):
     return lambda: None
 
 
+def _load_operator(path):
+    """An operator module from a file (an older ``drop_block.py``), for side-by-side runs."""
+    spec = importlib.util.spec_from_file_location("dropblock_before", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _older_forward(module, operator):
+    """``module``'s forward computed by an older operator module (same keep_prob and options)."""
+
+    def forward(x):
+        if not module.training:
+            return x
+        return operator.drop_block_2d(
+            x,
+            module.keep_prob,
+            module.block_size,
+            share_channels=module.share_channels,
+            gamma=module.gamma,
+            normalize=module.normalize,
+        )
+
+    return forward
+
+
 def build_runs(args, device):
     """Build the variants' models (same initial weights), trainers and the shared batch."""
     runs = []
     reference_state = None
     # Room for the profiled iterations after the timed ones (the schedule needs iter < max_iter).
     max_iter = args.warmup + args.iters + 1
+    before_operator = _load_operator(args.before) if args.before else None
     plan = []
     for name, stages in VARIANTS.items():
         if args.variants and name not in args.variants:
             continue
-        if stages is None or len(args.backends) == 1:
+        if stages is None or (len(args.backends) == 1 and not args.before):
             plan.append((name, stages, None if stages is None else args.backends[0]))
         else:
             plan += [(f"{name} [{backend}]", stages, backend) for backend in args.backends]
+            if args.before:
+                plan.append((f"{name} [before]", stages, "before"))
     for name, stages, backend in plan:
         cfg = build_variant_cfg(
             args.config_file, stages, args.device, args.lr, args.amp, args.keep_prob
@@ -237,7 +267,11 @@ def build_runs(args, device):
             # DropBlock adds no state_dict key, so every variant loads the first one's weights.
             model.load_state_dict(reference_state)
         for module in model.modules():
-            if isinstance(module, DropBlock2d):
+            if not isinstance(module, DropBlock2d):
+                continue
+            if backend == "before":
+                module.forward = _older_forward(module, before_operator)
+            else:
                 # The operator's backend= (MODEL.DROPBLOCK.BACKEND once the config has it).
                 module.backend = backend
         runs.append(_VariantRun(name, cfg, model, batch, max_iter))
@@ -459,6 +493,12 @@ def parse_args(argv=None):
         default="auto",
         help="comma list of DropBlock backends (auto, sparse, dense, triton); with several, every "
         "DropBlock variant runs once per backend",
+    )
+    parser.add_argument(
+        "--before",
+        default=None,
+        help="an older single-file drop_block.py: every DropBlock variant also runs with it "
+        "(rows '[before]'), side by side with the current operator",
     )
     parser.add_argument("--markdown", action="store_true", help="also print a Markdown table")
     args = parser.parse_args(argv)

@@ -7,18 +7,22 @@
 #    wheel but sal_detectron2 with pip --target; sal_detectron2 (pure Python except a _C extension
 #    that does not load, tagged cp310) unzipped. .whl/perf_helper/ holds fallbacks (pytest and its
 #    dependencies, tabulate, cloudpickle, tqdm), each installed only where its import fails.
-# 2. python -m pytest -q -x tests/test_drop_block.py: the operator tests, CUDA cases included.
+# 2. python -m pytest: the operator tests with their CUDA cases (tests/test_drop_block.py,
+#    tests/test_drop_block_backends.py, the operator half of tests/test_nonfinite.py) and
+#    tests/test_cuda_dropblock.py: no host sync under torch.cuda.set_sync_debug_mode("error"),
+#    torch.compile without recompiles, CUDA-graph capture, the Triton kernels against the Philox
+#    replay (every skip is listed: on a GPU there should be none in the CUDA file).
 # 3. tools/train_net.py on configs/tiny/tiny_retinanet_R18_FPN_dropblock.yaml on CUDA with
 #    SOLVER.AMP.ENABLED: 30 iterations (DropBlock schedule, AMPTrainer), then COCO evaluation on
 #    dropblock_digits_val (generated on first use under $DETECTRON2_DATASETS).
-# 4. benchmarks/bench_cuda.py: the operator table (fp32/fp16/bf16) and the training-step overhead
-#    (fp32 and AMP).
+# 4. benchmarks/bench_cuda.py: the operator table (floor, peers, every backend of ours; fp32, fp16,
+#    bf16) and the training-step overhead of every backend (2 x 512 px fp32 and AMP, 8 x 640 px AMP).
 #
 # Everything is printed and also written under $OUT (default: a new temporary folder): one log per
 # step (bench_cuda.log holds the benchmark tables), the training run's log.txt, metrics.json and
 # eval_results.json.
 # A failed step does not stop the later ones; the exit status is the number of failed steps.
-# About 3-4 minutes on an H100, most of it the benchmark; each step has its own time limit.
+# About 4-6 minutes on an H100, most of it the benchmark; each step has its own time limit.
 #
 # Without a GPU, check the script itself (CPU, no AMP, 4 iterations, tiny benchmark):
 #   PYTHON=.venv/bin/python bash benchmarks/gpu_check.sh --cpu-smoke
@@ -97,7 +101,9 @@ fi
 export PYTHONPATH="$SITE:$PWD"
 export PYTHONUNBUFFERED=1
 
-step test_drop_block 150 "$PYTHON" -m pytest -q -x -p no:cacheprovider tests/test_drop_block.py
+step test_drop_block 240 "$PYTHON" -m pytest -q -rs -p no:cacheprovider tests/test_cuda_dropblock.py \
+    tests/test_drop_block.py tests/test_drop_block_backends.py tests/test_nonfinite.py \
+    -k "not non_finite_loss"
 
 TRAIN_DIR=$(mktemp -d)
 # A private dataset folder: generated in seconds, and never a shared one regenerated under others.
@@ -135,7 +141,7 @@ rm -rf "$TRAIN_DIR" ${DATASETS_TMP:+"$DATASETS_TMP"}
 if [ "$SMOKE" = 1 ]; then
     step bench_cuda 210 "$PYTHON" benchmarks/bench_cuda.py --cpu-smoke --out ""
 else
-    step bench_cuda 210 "$PYTHON" benchmarks/bench_cuda.py --out ""
+    step bench_cuda 330 "$PYTHON" benchmarks/bench_cuda.py --out ""
 fi
 
 echo
