@@ -7,6 +7,7 @@ fallback. The Triton kernels themselves are tested in tests/test_triton_interpre
 
 import copy
 import math
+import pickle
 
 import pytest
 import torch
@@ -228,9 +229,10 @@ def test_sharing_survives_dtype_and_device_moves_and_deepcopy():
     keep_prob.fill(0.6)
     assert all(m.keep_prob == float(torch.tensor(0.6, dtype=torch.float16)) for m in model)
     model.float()
-    twin = copy.deepcopy(model)
-    assert len({id(m._keep_prob) for m in twin}) == 1
-    assert twin[0]._keep_prob_cell is twin[2]._keep_prob_cell is not keep_prob
+    for twin in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        assert len({id(m._keep_prob) for m in twin}) == 1
+        assert twin[0]._keep_prob_cell is twin[2]._keep_prob_cell is not keep_prob
+        assert twin[1].keep_prob == float(torch.tensor(0.6, dtype=torch.float16))
 
 
 def test_setting_one_member_gives_it_its_own_value_again():

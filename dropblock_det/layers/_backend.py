@@ -50,7 +50,8 @@ def resolve_backend(backend: str, x: torch.Tensor, block_h: int, share_channels:
     if backend == "auto":
         backend = auto_backend(x.device)
     if backend == "triton":
-        module = _triton_backend()
+        # Compiled graphs never trace the import: where Triton can serve it is imported below.
+        module = _triton if torch.compiler.is_compiling() else _triton_backend()
         if module is None or not module.triton_serves(x, block_h, share_channels):
             backend = "dense"
     if backend == "sparse" and torch.compiler.is_compiling():

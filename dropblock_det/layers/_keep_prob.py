@@ -54,6 +54,15 @@ class KeepProb:
         self._version = tensor._version
         self._moved = None  # (conversion, tensor before it), see DropBlock2d._apply
 
+    def __getstate__(self):
+        # The last conversion (a closure) only matters during one .to() call: never pickled.
+        return {name: getattr(self, name) for name in self.__slots__ if name != "_moved"}
+
+    def __setstate__(self, state):
+        for name, value in state.items():
+            setattr(self, name, value)
+        self._moved = None
+
     @property
     def value(self) -> float:
         """The keep probability as a Python float."""
