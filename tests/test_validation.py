@@ -9,13 +9,13 @@ import uuid
 
 import pytest
 import torch
+from conftest import REPO_ROOT, TINY_DROPBLOCK_CONFIG, TRAIN_NET
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
 from detectron2.modeling import BACKBONE_REGISTRY, build_model
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
-from conftest import REPO_ROOT, TINY_DROPBLOCK_CONFIG, TRAIN_NET
 from PIL import Image
 
 import dropblock_det
@@ -87,6 +87,7 @@ def _cfg(train=(), test=(), num_classes=len(CATEGORIES)):
     cfg = get_cfg()
     dropblock_det.add_dropblock_config(cfg)
     add_training_config(cfg)
+    cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.META_ARCHITECTURE = "RetinaNet"
     cfg.MODEL.BACKBONE.NAME = "build_retinanet_resnet_fpn_backbone"
     cfg.MODEL.FPN.IN_FEATURES = ["res3", "res4", "res5"]

@@ -1,7 +1,8 @@
 """The command line of ``tools/train_net.py`` (also ``python -m dropblock_det.tools.train_net``).
 
-Detectron2's ``default_argument_parser`` and ``launch`` over :mod:`.trainer`: the inputs are checked
-once per machine before ``launch``, then :func:`~.trainer.main` runs on every rank.
+Detectron2's ``default_argument_parser`` (plus ``--coco-dataset NAME JSON_FILE IMAGE_ROOT``) and
+``launch`` over :mod:`.trainer`: the inputs are checked once per machine before ``launch``, then
+:func:`~.trainer.main` runs on every rank.
 """
 
 import sys

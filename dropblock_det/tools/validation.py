@@ -515,9 +515,7 @@ def _check_annotations(
                 f"{ref}: {what}" + ("" if missing else " is not 4 numbers [x, y, width, height]")
             )
             continue
-        annotation_images.setdefault(_hashable(annotation["id"]), []).append(
-            annotation["image_id"]
-        )
+        annotation_images.setdefault(_hashable(annotation["id"]), []).append(annotation["image_id"])
         if _hashable(annotation.get("category_id")) not in category_ids:
             problems["unknown_category"].append(
                 f"{ref}: category_id {annotation.get('category_id')!r} is not in 'categories' "
@@ -535,7 +533,9 @@ def _check_annotations(
             )
         segmentation = annotation.get("segmentation")
         if require_masks and not (isinstance(segmentation, (list, dict)) and segmentation):
-            found = "no 'segmentation'" if segmentation is None else f"segmentation {segmentation!r}"
+            found = (
+                "no 'segmentation'" if segmentation is None else f"segmentation {segmentation!r}"
+            )
             problems["no_segmentation"].append(f"{ref}: has {found}")
     for annotation_id, image_ids in annotation_images.items():
         if len(image_ids) > 1:
