@@ -6,7 +6,7 @@ import json
 from detectron2.config import CfgNode as CN
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from .layers import GAMMA_MODES, NORMALIZE_MODES
+from .layers import BACKENDS, GAMMA_MODES, NORMALIZE_MODES
 
 __all__ = [
     "FPN_LEVELS",
@@ -53,6 +53,9 @@ def add_dropblock_config(cfg):
     # Rescaling of the kept units: "batch" (count(mask)/count_ones(mask) over the whole batch, as in
     # the paper and the TF reference), "sample" (per sample) or "expected" (1 / keep_prob).
     _C.MODEL.DROPBLOCK.NORMALIZE = "batch"
+    # Implementation: "auto" (the fastest measured on the tensor's device: "sparse" on CPU),
+    # "sparse", "dense" or "triton" (fused GPU kernels). Same semantics; each draws its own masks.
+    _C.MODEL.DROPBLOCK.BACKEND = "auto"
     # ResNet stages that get DropBlock (the TF reference's groups 3 and 4 are res4 and res5).
     _C.MODEL.DROPBLOCK.STAGES = ["res4", "res5"]
     # "block": inside every residual block of STAGES, after the conv1 and conv2 activations, after
@@ -63,6 +66,10 @@ def add_dropblock_config(cfg):
     _C.MODEL.DROPBLOCK.FPN = []
     # DropBlock after each activation of the RetinaNet class and box subnets. The paper uses none.
     _C.MODEL.DROPBLOCK.HEAD = False
+    # R-CNN: DropBlock on the pooled RoI features the box head receives and after each mask-head
+    # conv (needs MODEL.ROI_BOX_HEAD.NAME "DropBlockFastRCNNConvFCHead" and, for masks,
+    # MODEL.ROI_MASK_HEAD.NAME "DropBlockMaskRCNNConvUpsampleHead"). The paper uses none.
+    _C.MODEL.DROPBLOCK.ROI_HEADS = False
     # Per-stage drop rate of the TF reference: a stage d stages below the last of STAGES keeps
     # 1 - (1 - keep_prob) / 4**d (res4 gets a quarter of res5's drop rate). FPN and head levels
     # always use the unscaled keep_prob.
@@ -157,7 +164,7 @@ def validate_dropblock_settings(settings):
 @functools.lru_cache(maxsize=64)
 def _validate(settings_json):
     d = CN(json.loads(settings_json))
-    for key in ("ENABLED", "SHARE_CHANNELS", "HEAD", "GROUP_SCALING"):
+    for key in ("ENABLED", "SHARE_CHANNELS", "HEAD", "ROI_HEADS", "GROUP_SCALING"):
         if not isinstance(d[key], bool):
             _fail(f"MODEL.DROPBLOCK.{key}", d[key], "expected True or False")
     if not (_is_number(d.KEEP_PROB) and 0.0 < d.KEEP_PROB <= 1.0):
@@ -174,6 +181,7 @@ def _validate(settings_json):
     for key, valid in (
         ("GAMMA", GAMMA_MODES),
         ("NORMALIZE", NORMALIZE_MODES),
+        ("BACKEND", BACKENDS),
         ("PLACEMENT", PLACEMENTS),
     ):
         if d[key] not in valid:

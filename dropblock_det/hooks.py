@@ -13,7 +13,7 @@ from fvcore.common.param_scheduler import (
 from torch import nn
 
 from .config import validate_dropblock_settings
-from .layers import DropBlock2d
+from .layers import KeepProb, share_keep_prob
 from .modeling.placements import dropblock_modules, group_keep_prob
 
 __all__ = ["DropBlockSchedule", "build_keep_prob_scheduler"]
@@ -92,7 +92,8 @@ class DropBlockSchedule(HookBase):
         self._stages = tuple(stages)
         self._group_scaling = bool(group_scaling)
         self._model = model
-        self._dropblocks: List[Tuple[DropBlock2d, str]] = []
+        # (group, its shared KeepProb), set in before_train.
+        self._groups: List[Tuple[str, KeepProb]] = []
 
     @classmethod
     def from_config(cls, cfg, model=None):
@@ -135,27 +136,28 @@ class DropBlockSchedule(HookBase):
 
     def before_train(self):
         model = self._model if self._model is not None else self.trainer.model
-        # modules() reaches through a DistributedDataParallel wrapper to the inner model.
-        self._dropblocks = [(m, group) for _, m, group in dropblock_modules(model)]
-        if not self._dropblocks:
+        by_group = {}
+        for _, module, group in dropblock_modules(model):
+            # share_keep_prob needs one device and dtype (a buffer of each module).
+            buffer = next(module.buffers())
+            by_group.setdefault((group, buffer.device, buffer.dtype), []).append(module)
+        if not by_group:
             raise RuntimeError(
                 "DropBlockSchedule found no DropBlock2d in the model: build it with "
                 "cfg.MODEL.BACKBONE.NAME = 'build_retinanet_resnet_fpn_dropblock_backbone' and/or "
                 "cfg.MODEL.META_ARCHITECTURE = 'DropBlockRetinaNet', with MODEL.DROPBLOCK.ENABLED."
             )
+        # One shared keep_prob per group: each step costs one fill per group, not one per module.
+        self._groups = [
+            (group, share_keep_prob(modules)) for (group, _, _), modules in by_group.items()
+        ]
 
     def before_step(self):
         keep_prob = self.keep_prob_at(self.trainer.iter, self.trainer.max_iter)
-        # One value per group, not per module: this runs on the host before every GPU step.
-        group_values = {}
-        for module, group in self._dropblocks:
-            if group not in group_values:
-                group_values[group] = group_keep_prob(
-                    keep_prob, group, self._stages, self._group_scaling
-                )
-            module.keep_prob = group_values[group]
+        for group, shared in self._groups:
+            shared.fill(group_keep_prob(keep_prob, group, self._stages, self._group_scaling))
         self.trainer.storage.put_scalar(KEEP_PROB_METRIC, keep_prob, smoothing_hint=False)
 
     def after_step(self):
-        for module, _ in self._dropblocks:
-            module.keep_prob = 1.0
+        for _, shared in self._groups:
+            shared.fill(1.0)

@@ -1,11 +1,16 @@
 """DropBlock in Detectron2 models: the placements and the registered builders.
 
-Importing this package registers ``build_retinanet_resnet_fpn_dropblock_backbone`` in
-``BACKBONE_REGISTRY`` and ``DropBlockRetinaNet`` in ``META_ARCH_REGISTRY``.
+Importing this package registers the backbones ``build_retinanet_resnet_fpn_dropblock_backbone``,
+``build_resnet_fpn_dropblock_backbone`` and ``build_resnet_dropblock_backbone``, the
+meta-architecture ``DropBlockRetinaNet`` and the RoI heads ``DropBlockFastRCNNConvFCHead`` and
+``DropBlockMaskRCNNConvUpsampleHead`` in Detectron2's registries.
 """
 
 from .backbone import (
+    DROPBLOCK_BACKBONES,
     build_dropblock_resnet,
+    build_resnet_dropblock_backbone,
+    build_resnet_fpn_dropblock_backbone,
     build_retinanet_resnet_fpn_dropblock_backbone,
     dropblock_fpn,
     make_dropblock_stages,
@@ -16,7 +21,9 @@ from .placements import (
     HEAD_GROUP,
     DropBlockBasicBlock,
     DropBlockBottleneckBlock,
+    DropBlockFastRCNNConvFCHead,
     DropBlockFPN,
+    DropBlockMaskRCNNConvUpsampleHead,
     DropBlockRetinaNetHead,
     build_dropblock,
     dropblock_modules,
@@ -25,15 +32,20 @@ from .placements import (
 )
 
 __all__ = [
+    "DROPBLOCK_BACKBONES",
     "DROPBLOCK_GROUP_ATTR",
     "HEAD_GROUP",
     "DropBlockBasicBlock",
     "DropBlockBottleneckBlock",
     "DropBlockFPN",
+    "DropBlockFastRCNNConvFCHead",
+    "DropBlockMaskRCNNConvUpsampleHead",
     "DropBlockRetinaNet",
     "DropBlockRetinaNetHead",
     "build_dropblock",
     "build_dropblock_resnet",
+    "build_resnet_dropblock_backbone",
+    "build_resnet_fpn_dropblock_backbone",
     "build_retinanet_resnet_fpn_dropblock_backbone",
     "dropblock_fpn",
     "dropblock_modules",

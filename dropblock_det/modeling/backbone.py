@@ -11,7 +11,8 @@ from typing import List, Sequence
 
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, META_ARCH_REGISTRY
-from detectron2.modeling.backbone.fpn import FPN, LastLevelP6P7
+from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool, LastLevelP6P7
+from detectron2.modeling.meta_arch import GeneralizedRCNN, ProposalNetwork, RetinaNet
 from detectron2.modeling.backbone.resnet import (
     BasicBlock,
     BasicStem,
@@ -33,13 +34,29 @@ from .placements import (
 )
 
 __all__ = [
+    "DROPBLOCK_BACKBONES",
     "build_dropblock_resnet",
     "build_dropblock_resnet_fpn",
+    "build_resnet_dropblock_backbone",
+    "build_resnet_fpn_dropblock_backbone",
     "build_retinanet_resnet_fpn_dropblock_backbone",
+    "check_backbone_matches_meta_arch",
     "dropblock_fpn",
     "make_dropblock_stages",
 ]
 
+# Each stock Detectron2 ResNet backbone builder and its DropBlock twin (same modules when off).
+DROPBLOCK_BACKBONES = {
+    "build_retinanet_resnet_fpn_backbone": "build_retinanet_resnet_fpn_dropblock_backbone",
+    "build_resnet_fpn_backbone": "build_resnet_fpn_dropblock_backbone",
+    "build_resnet_backbone": "build_resnet_dropblock_backbone",
+}
+# The FPN backbone each meta-architecture family is built with in Detectron2's configs:
+# RetinaNet's heads read p3-p7 (LastLevelP6P7), R-CNN's RPN p2-p6 (LastLevelMaxPool).
+_FPN_BACKBONE_OF = (
+    (RetinaNet, "build_retinanet_resnet_fpn_backbone"),
+    ((GeneralizedRCNN, ProposalNetwork), "build_resnet_fpn_backbone"),
+)
 # Stages a ResNet builds for each of its OUT_FEATURES (Detectron2 drops the stages above).
 _STAGE_COUNT = {"res2": 1, "res3": 2, "res4": 3, "res5": 4}
 _NUM_BLOCKS_PER_STAGE = {
@@ -264,6 +281,27 @@ def build_dropblock_resnet_fpn(cfg, input_shape: ShapeSpec, make_top_block) -> F
     )
 
 
+def check_backbone_matches_meta_arch(cfg, stock_twin: str):
+    """Refuse a DropBlock FPN backbone whose top block is not the meta-architecture's stock one.
+
+    Args:
+        cfg (CfgNode): the config.
+        stock_twin (str): the stock builder the DropBlock backbone in use mirrors.
+
+    Raises:
+        ValueError: naming MODEL.BACKBONE.NAME and the DropBlock backbone to use instead.
+    """
+    arch = META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)
+    for family, stock in _FPN_BACKBONE_OF:
+        if isinstance(arch, type) and issubclass(arch, family) and stock != stock_twin:
+            raise ValueError(
+                f"cfg.MODEL.BACKBONE.NAME = {DROPBLOCK_BACKBONES[stock_twin]!r} builds the FPN of "
+                f"{stock_twin!r}, but MODEL.META_ARCHITECTURE = {cfg.MODEL.META_ARCHITECTURE!r} "
+                f"is built with {stock!r} (a different top block and levels). Set "
+                f"MODEL.BACKBONE.NAME to {DROPBLOCK_BACKBONES[stock]!r}."
+            )
+
+
 def _retinanet_top_block(cfg):
     def make(bottom_up):
         return LastLevelP6P7(bottom_up.output_shape()["res5"].channels, cfg.MODEL.FPN.OUT_CHANNELS)
@@ -288,4 +326,45 @@ def build_retinanet_resnet_fpn_dropblock_backbone(cfg, input_shape: ShapeSpec):
     """
     validate_dropblock_config(cfg)
     check_head_meta_arch(cfg)
+    check_backbone_matches_meta_arch(cfg, "build_retinanet_resnet_fpn_backbone")
     return build_dropblock_resnet_fpn(cfg, input_shape, _retinanet_top_block(cfg))
+
+
+@BACKBONE_REGISTRY.register()
+def build_resnet_fpn_dropblock_backbone(cfg, input_shape: ShapeSpec):
+    """Detectron2's R-CNN ResNet-FPN backbone (P2–P6, ``LastLevelMaxPool``) with DropBlock.
+
+    Args:
+        cfg (CfgNode): a config that went through :func:`dropblock_det.add_dropblock_config`.
+        input_shape (ShapeSpec): the image input shape.
+
+    Returns:
+        FPN: the backbone; the same modules as ``build_resnet_fpn_backbone`` when DropBlock is off.
+
+    Raises:
+        ValueError: naming the key, for invalid MODEL.DROPBLOCK values, a stage or level this
+            backbone does not build, or a meta-architecture built with another FPN.
+    """
+    validate_dropblock_config(cfg)
+    check_head_meta_arch(cfg)
+    check_backbone_matches_meta_arch(cfg, "build_resnet_fpn_backbone")
+    return build_dropblock_resnet_fpn(cfg, input_shape, lambda bottom_up: LastLevelMaxPool())
+
+
+@BACKBONE_REGISTRY.register()
+def build_resnet_dropblock_backbone(cfg, input_shape: ShapeSpec):
+    """Detectron2's plain ResNet backbone (the C4 R-CNN models') with DropBlock.
+
+    In C4 models res5 belongs to the RoI heads (``Res5ROIHeads``), not to this backbone, so
+    MODEL.DROPBLOCK.STAGES can name res2–res4 here.
+
+    Args:
+        cfg (CfgNode): a config that went through :func:`dropblock_det.add_dropblock_config`.
+        input_shape (ShapeSpec): the image input shape.
+
+    Returns:
+        ResNet: the backbone; the same modules as ``build_resnet_backbone`` when DropBlock is off.
+    """
+    validate_dropblock_config(cfg)
+    check_head_meta_arch(cfg)
+    return build_dropblock_resnet(cfg, input_shape)

@@ -6,7 +6,7 @@ from ..config import validate_dropblock_config
 from .placements import (
     HEAD_GROUP,
     DropBlockRetinaNetHead,
-    dropblock_modules,
+    check_placements,
     make_dropblock_factory,
 )
 
@@ -42,13 +42,7 @@ class DropBlockRetinaNet(RetinaNet):
         d = cfg.MODEL.DROPBLOCK
         if not d.ENABLED:
             return ret
-        if (d.STAGES or d.FPN) and not dropblock_modules(ret["backbone"]):
-            raise ValueError(
-                f"cfg.MODEL.DROPBLOCK.STAGES = {list(d.STAGES)} / FPN = {list(d.FPN)} ask for "
-                f"DropBlock in the backbone, but cfg.MODEL.BACKBONE.NAME = "
-                f"{cfg.MODEL.BACKBONE.NAME!r} inserted none: use "
-                f"'build_retinanet_resnet_fpn_dropblock_backbone', or set STAGES and FPN to []."
-            )
+        check_placements(cfg, ret["backbone"], backbone_only=True)
         if d.HEAD:
             stock_head = ret["head"]
             shapes = ret["backbone"].output_shape()

@@ -10,9 +10,13 @@ construction path, that adds parameter-free DropBlock children at named points:
 - FPN outputs (MODEL.DROPBLOCK.FPN): :class:`DropBlockFPN`.
 - RetinaNet head (MODEL.DROPBLOCK.HEAD): :class:`DropBlockRetinaNetHead`, after every activation
   of the class and box subnets.
+- R-CNN RoI heads (MODEL.DROPBLOCK.ROI_HEADS): :class:`DropBlockFastRCNNConvFCHead` drops the
+  pooled RoI features its box head receives, :class:`DropBlockMaskRCNNConvUpsampleHead` the output
+  of each mask-head conv; both registered in Detectron2's head registries.
 
 Every DropBlock comes from :func:`build_dropblock` with its group passed explicitly: the ResNet
-stage it sits in ("res2" … "res5"), the FPN level it drops ("p2" … "p7") or "head". The group
+stage it sits in ("res2" … "res5"), the FPN level it drops ("p2" … "p7"), "head", "roi_box" or
+"roi_mask". The group
 decides the keep_prob (:func:`group_keep_prob`) and is what the schedule hook sets. Parameter-free
 children add no state_dict key, so every placement keeps the stock model's checkpoints.
 """
@@ -22,9 +26,12 @@ from collections import OrderedDict
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch.nn.functional as F
-from detectron2.modeling.meta_arch.retinanet import RetinaNetHead
+from detectron2.config import configurable
+from detectron2.modeling import ROI_BOX_HEAD_REGISTRY, ROI_MASK_HEAD_REGISTRY
 from detectron2.modeling.backbone.fpn import FPN
 from detectron2.modeling.backbone.resnet import BasicBlock, BottleneckBlock
+from detectron2.modeling.meta_arch.retinanet import RetinaNetHead
+from detectron2.modeling.roi_heads import FastRCNNConvFCHead, MaskRCNNConvUpsampleHead
 from torch import nn
 
 from ..layers import DropBlock2d
@@ -32,23 +39,31 @@ from ..layers import DropBlock2d
 __all__ = [
     "DROPBLOCK_GROUP_ATTR",
     "HEAD_GROUP",
+    "ROI_BOX_GROUP",
+    "ROI_MASK_GROUP",
     "DropBlockBasicBlock",
     "DropBlockBottleneckBlock",
     "DropBlockFPN",
+    "DropBlockFastRCNNConvFCHead",
+    "DropBlockMaskRCNNConvUpsampleHead",
     "DropBlockRetinaNetHead",
     "build_dropblock",
+    "check_placements",
     "dropblock_block_class",
     "dropblock_modules",
     "group_keep_prob",
     "make_dropblock_factory",
+    "requested_groups",
     "retinanet_head",
     "stage_points_per_block",
 ]
 
 # Attribute naming the group of each DropBlock2d the placements build.
 DROPBLOCK_GROUP_ATTR = "dropblock_group"
-# Group of the RetinaNet head's DropBlocks (always the unscaled keep_prob).
+# Groups of the head DropBlocks (always the unscaled keep_prob).
 HEAD_GROUP = "head"
+ROI_BOX_GROUP = "roi_box"
+ROI_MASK_GROUP = "roi_mask"
 
 
 def _stage_index(stage: str) -> int:
@@ -102,6 +117,7 @@ def build_dropblock(settings, group: str) -> DropBlock2d:
         share_channels=d.SHARE_CHANNELS,
         gamma=d.GAMMA,
         normalize=d.NORMALIZE,
+        backend=d.BACKEND,
     )
     setattr(module, DROPBLOCK_GROUP_ATTR, group)
     return module
@@ -124,6 +140,76 @@ def dropblock_modules(model: nn.Module) -> List[Tuple[str, DropBlock2d, Optional
         for name, m in model.named_modules()
         if isinstance(m, DropBlock2d)
     ]
+
+
+def requested_groups(cfg, *, backbone_only: bool = False) -> Dict[str, str]:
+    """The DropBlock groups the config asks for, each with the key that asks for it.
+
+    Args:
+        cfg (CfgNode): the config.
+        backbone_only (bool): only the backbone's groups (STAGES and FPN).
+
+    Returns:
+        dict[str, str]: group name to config key; empty with ENABLED off.
+    """
+    d = cfg.MODEL.DROPBLOCK
+    if not d.ENABLED:
+        return {}
+    groups = {stage: "MODEL.DROPBLOCK.STAGES" for stage in d.STAGES}
+    groups.update({level: "MODEL.DROPBLOCK.FPN" for level in d.FPN})
+    if not backbone_only:
+        if d.HEAD:
+            groups[HEAD_GROUP] = "MODEL.DROPBLOCK.HEAD"
+        if d.ROI_HEADS:
+            groups[ROI_BOX_GROUP] = "MODEL.DROPBLOCK.ROI_HEADS"
+            if cfg.MODEL.MASK_ON:
+                groups[ROI_MASK_GROUP] = "MODEL.DROPBLOCK.ROI_HEADS"
+    return groups
+
+
+# The builders that take each group, for the message when a model lacks it.
+_BUILDER_HINTS = {
+    "MODEL.DROPBLOCK.STAGES": "MODEL.BACKBONE.NAME: one of our DropBlock backbones",
+    "MODEL.DROPBLOCK.FPN": "MODEL.BACKBONE.NAME: one of our DropBlock FPN backbones",
+    "MODEL.DROPBLOCK.HEAD": "MODEL.META_ARCHITECTURE 'DropBlockRetinaNet'",
+    "MODEL.DROPBLOCK.ROI_HEADS": (
+        "MODEL.ROI_BOX_HEAD.NAME 'DropBlockFastRCNNConvFCHead' (and for masks "
+        "MODEL.ROI_MASK_HEAD.NAME 'DropBlockMaskRCNNConvUpsampleHead') with StandardROIHeads"
+    ),
+}
+
+
+def check_placements(cfg, model: nn.Module, *, backbone_only: bool = False):
+    """Refuse a model that lacks a DropBlock group the config asks for.
+
+    Args:
+        cfg (CfgNode): the config the model was built from.
+        model (nn.Module): the model (or its backbone, with ``backbone_only``).
+        backbone_only (bool): check only STAGES and FPN.
+
+    Raises:
+        ValueError: naming the config key, the missing groups and the builder that takes them.
+    """
+    requested = requested_groups(cfg, backbone_only=backbone_only)
+    d = cfg.MODEL.DROPBLOCK
+    if d.ENABLED and not backbone_only and not requested:
+        raise ValueError(
+            "cfg.MODEL.DROPBLOCK.ENABLED is True but the config asks for DropBlock nowhere: choose "
+            f"some of MODEL.DROPBLOCK.STAGES (now {list(d.STAGES)}), FPN (now {list(d.FPN)}), "
+            f"HEAD (now {d.HEAD}) or ROI_HEADS (now {d.ROI_HEADS})."
+        )
+    found = {group for _, _, group in dropblock_modules(model)}
+    missing = {}
+    for group, key in requested.items():
+        if group not in found:
+            missing.setdefault(key, []).append(group)
+    if missing:
+        key, groups = next(iter(missing.items()))
+        raise ValueError(
+            f"cfg.{key} asks for DropBlock in {groups}, but the model built from "
+            f"MODEL.META_ARCHITECTURE = {cfg.MODEL.META_ARCHITECTURE!r} and MODEL.BACKBONE.NAME = "
+            f"{cfg.MODEL.BACKBONE.NAME!r} has none there: set {_BUILDER_HINTS[key]}."
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -362,3 +448,91 @@ def retinanet_head(dropblock, **head_kwargs) -> RetinaNetHead:
         return RetinaNetHead(**head_kwargs)
     factory = make_dropblock_factory(dropblock, HEAD_GROUP)
     return DropBlockRetinaNetHead(make_dropblock=factory, **head_kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# R-CNN RoI heads
+
+
+def _roi_dropblock_from_config(cfg, group):
+    d = cfg.MODEL.DROPBLOCK
+    return make_dropblock_factory(d, group) if d.ENABLED and d.ROI_HEADS else None
+
+
+def _children_but_dropblock(module: nn.Module):
+    return (layer for name, layer in module.named_children() if name != "dropblock")
+
+
+@ROI_BOX_HEAD_REGISTRY.register()
+class DropBlockFastRCNNConvFCHead(FastRCNNConvFCHead):
+    """Detectron2's ``FastRCNNConvFCHead`` that drops blocks of the pooled RoI features it receives.
+
+    MODEL.ROI_BOX_HEAD.NAME "DropBlockFastRCNNConvFCHead" selects it. With MODEL.DROPBLOCK.ENABLED
+    or ROI_HEADS off it holds no DropBlock and computes exactly the stock head.
+    """
+
+    @configurable
+    def __init__(self, *args, make_dropblock: Optional[Callable[[], nn.Module]] = None, **kwargs):
+        """
+        Args:
+            args, kwargs: arguments of :class:`FastRCNNConvFCHead` (or ``cfg, input_shape``).
+            make_dropblock (callable or None): returns a new parameter-free DropBlock module;
+                None for no DropBlock.
+        """
+        super().__init__(*args, **kwargs)
+        if make_dropblock is not None:
+            self.dropblock = make_dropblock()
+
+    @classmethod
+    def from_config(cls, cfg, input_shape):
+        ret = super().from_config(cfg, input_shape)
+        ret["make_dropblock"] = _roi_dropblock_from_config(cfg, ROI_BOX_GROUP)
+        return ret
+
+    def forward(self, x):
+        if hasattr(self, "dropblock"):
+            x = self.dropblock(x)
+        # The stock forward, over every layer but the DropBlock (a child of this Sequential).
+        for layer in _children_but_dropblock(self):
+            x = layer(x)
+        return x
+
+
+@ROI_MASK_HEAD_REGISTRY.register()
+class DropBlockMaskRCNNConvUpsampleHead(MaskRCNNConvUpsampleHead):
+    """Detectron2's ``MaskRCNNConvUpsampleHead`` with a DropBlock after each of its convs.
+
+    MODEL.ROI_MASK_HEAD.NAME "DropBlockMaskRCNNConvUpsampleHead" selects it. Each ``mask_fcn<k>``
+    (conv, norm, ReLU) is followed by a DropBlock; the deconvolution and the predictor are not.
+    With MODEL.DROPBLOCK.ENABLED or ROI_HEADS off it computes exactly the stock head.
+    """
+
+    @configurable
+    def __init__(self, *args, make_dropblock: Optional[Callable[[], nn.Module]] = None, **kwargs):
+        """
+        Args:
+            args, kwargs: arguments of :class:`MaskRCNNConvUpsampleHead` (or ``cfg, input_shape``).
+            make_dropblock (callable or None): returns a new parameter-free DropBlock module;
+                None for no DropBlock.
+        """
+        super().__init__(*args, **kwargs)
+        if make_dropblock is not None:
+            self.dropblock = nn.ModuleDict(
+                {name: make_dropblock() for name, _ in self.named_children() if "mask_fcn" in name}
+            )
+
+    @classmethod
+    def from_config(cls, cfg, input_shape):
+        ret = super().from_config(cfg, input_shape)
+        ret["make_dropblock"] = _roi_dropblock_from_config(cfg, ROI_MASK_GROUP)
+        return ret
+
+    def layers(self, x):
+        dropblocks = getattr(self, "dropblock", {})
+        for name, layer in self.named_children():
+            if name == "dropblock":
+                continue
+            x = layer(x)
+            if name in dropblocks:
+                x = dropblocks[name](x)
+        return x

@@ -32,10 +32,10 @@ from detectron2.utils.logger import setup_logger
 
 from ..config import add_dropblock_config, validate_dropblock_config
 from ..hooks import DropBlockSchedule
-from ..modeling import dropblock_modules
+from ..modeling.placements import check_placements
 from .config import add_training_config, validate_training_config
 from .data import register_dropblock_digits
-from .evaluation import build_coco_evaluator
+from .evaluation import build_evaluator
 from .validation import InputError, check_training_inputs
 
 __all__ = [
@@ -149,17 +149,18 @@ def register_datasets(args):
                 f"{flag}: NAME {name!r} is the name of an embedded dataset of dropblock_det; "
                 "choose another NAME, e.g. 'my_train', and use it in DATASETS.TRAIN/TEST."
             )
+        relative = f" (relative to the working directory {os.getcwd()!r})"
         if not os.path.isfile(json_file):
             state = "is a folder, not a file" if os.path.isdir(json_file) else "does not exist"
             raise InputError(
-                f"{flag}: JSON_FILE {json_file!r} {state} (relative paths start from "
-                f"{os.getcwd()!r}). Give the path of a COCO instances json."
+                f"{flag}: JSON_FILE {json_file!r}{'' if os.path.isabs(json_file) else relative} "
+                f"{state}. Give the path of a COCO instances json."
             )
         if not os.path.isdir(image_root):
             state = "is a file, not a folder" if os.path.isfile(image_root) else "does not exist"
             raise InputError(
-                f"{flag}: IMAGE_ROOT {image_root!r} {state} (relative paths start from "
-                f"{os.getcwd()!r}). Give the folder the json's 'file_name' entries are relative to."
+                f"{flag}: IMAGE_ROOT {image_root!r}{'' if os.path.isabs(image_root) else relative} "
+                f"{state}. Give the folder that the json's 'file_name' entries are relative to."
             )
         json_file, image_root = os.path.abspath(json_file), os.path.abspath(image_root)
         if name in DatasetCatalog:
@@ -170,7 +171,7 @@ def register_datasets(args):
             raise InputError(
                 f"{flag}: NAME {name!r} is already registered in Detectron2's DatasetCatalog "
                 f"(json_file {registered[0]!r}, image_root {registered[1]!r}), by Detectron2's "
-                "builtin datasets or an earlier --coco-dataset. Choose another NAME."
+                "builtin datasets, an earlier --coco-dataset or imported code. Choose another NAME."
             )
         register_coco_instances(name, {}, json_file, image_root)
 
@@ -265,7 +266,7 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_model(cls, cfg):
-        """Build the model and check that MODEL.DROPBLOCK.ENABLED actually inserted DropBlock.
+        """Build the model and check that it holds every DropBlock the config asks for.
 
         Args:
             cfg (CfgNode): the run's config.
@@ -274,18 +275,10 @@ class Trainer(DefaultTrainer):
             nn.Module: the model.
 
         Raises:
-            ValueError: when ENABLED is on but the model holds no DropBlock2d.
+            ValueError: naming the key, when a requested placement is missing from the model.
         """
         model = super().build_model(cfg)
-        d = cfg.MODEL.DROPBLOCK
-        if d.ENABLED and not dropblock_modules(model):
-            raise ValueError(
-                "cfg.MODEL.DROPBLOCK.ENABLED is True but the model has no DropBlock: choose some "
-                f"of MODEL.DROPBLOCK.STAGES (now {list(d.STAGES)}), FPN (now {list(d.FPN)}) or "
-                f"HEAD (now {d.HEAD}), with MODEL.BACKBONE.NAME = "
-                "'build_retinanet_resnet_fpn_dropblock_backbone' and MODEL.META_ARCHITECTURE = "
-                "'DropBlockRetinaNet'."
-            )
+        check_placements(cfg, model)
         return model
 
     @classmethod
@@ -360,7 +353,7 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
-        """The COCO evaluator of :func:`dropblock_det.tools.evaluation.build_coco_evaluator`.
+        """The evaluator the dataset's ``evaluator_type`` names (see ``evaluation.build_evaluator``).
 
         Args:
             cfg (CfgNode): the run's config.
@@ -373,7 +366,7 @@ class Trainer(DefaultTrainer):
         """
         if output_folder is None:
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-        return build_coco_evaluator(cfg, dataset_name, output_folder)
+        return build_evaluator(cfg, dataset_name, output_folder)
 
     def build_hooks(self):
         """Detectron2's default hooks, with :class:`DropBlockSchedule` and our evaluation hook.

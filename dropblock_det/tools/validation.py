@@ -12,10 +12,12 @@ import logging
 import os
 import re
 
+import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.modeling import BACKBONE_REGISTRY, META_ARCH_REGISTRY
+from detectron2.modeling import BACKBONE_REGISTRY, META_ARCH_REGISTRY, ROI_BOX_HEAD_REGISTRY
 
 from ..config import validate_dropblock_config
+from ..modeling import DROPBLOCK_BACKBONES, DropBlockFastRCNNConvFCHead
 from ..modeling.placements import check_fpn_levels
 from .config import validate_training_config
 
@@ -23,11 +25,14 @@ __all__ = ["InputError", "check_training_inputs"]
 
 logger = logging.getLogger(__name__)
 
-# Backbone builders known to produce Detectron2's RetinaNet FPN levels (see _fpn_levels).
-_RETINANET_FPN_BACKBONES = (
-    "build_retinanet_resnet_fpn_backbone",
-    "build_retinanet_resnet_fpn_dropblock_backbone",
-)
+# FPN backbone builders and the levels their top block adds above the last input (see
+# _fpn_levels): RetinaNet's LastLevelP6P7 two, R-CNN's LastLevelMaxPool one.
+_FPN_TOP_LEVELS = {
+    "build_retinanet_resnet_fpn_backbone": 2,
+    "build_retinanet_resnet_fpn_dropblock_backbone": 2,
+    "build_resnet_fpn_backbone": 1,
+    "build_resnet_fpn_dropblock_backbone": 1,
+}
 # How many offending paths or ids a message lists before it only counts them.
 _MAX_LISTED = 3
 
@@ -109,7 +114,14 @@ def _override_hint(key, example):
 
 
 def _check_model(cfg):
-    """Check the meta-architecture, the backbone and the ``MODEL.DROPBLOCK`` values."""
+    """Check the device, the meta-architecture, the backbone and the ``MODEL.DROPBLOCK`` values."""
+    device = cfg.MODEL.DEVICE
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(
+            f"MODEL.DEVICE = {device!r} but no CUDA GPU is usable here "
+            f"(torch {torch.__version__}, torch.cuda.is_available() is False). Train on the CPU "
+            "with `MODEL.DEVICE cpu` after the other arguments, or run where a GPU is visible."
+        )
     for key, value, registry, registry_name in (
         ("MODEL.META_ARCHITECTURE", cfg.MODEL.META_ARCHITECTURE, META_ARCH_REGISTRY, "META_ARCH"),
         ("MODEL.BACKBONE.NAME", cfg.MODEL.BACKBONE.NAME, BACKBONE_REGISTRY, "BACKBONE"),
@@ -142,10 +154,24 @@ def _check_model(cfg):
     # without DropBlock; a builder defined outside detectron2 (ours or the user's) is trusted.
     backbone = cfg.MODEL.BACKBONE.NAME
     if BACKBONE_REGISTRY.get(backbone).__module__.startswith("detectron2."):
+        twin = DROPBLOCK_BACKBONES.get(
+            backbone, "one of " + ", ".join(DROPBLOCK_BACKBONES.values())
+        )
         raise InputError(
             f"MODEL.DROPBLOCK.ENABLED is True but MODEL.BACKBONE.NAME = {backbone!r} is a stock "
-            "Detectron2 backbone that ignores MODEL.DROPBLOCK. Set MODEL.BACKBONE.NAME to "
-            "'build_retinanet_resnet_fpn_dropblock_backbone', or MODEL.DROPBLOCK.ENABLED to False."
+            f"Detectron2 backbone that ignores MODEL.DROPBLOCK. Set MODEL.BACKBONE.NAME to "
+            f"{twin!r} (the same modules, with DropBlock), or MODEL.DROPBLOCK.ENABLED to False."
+        )
+    box_head = cfg.MODEL.ROI_BOX_HEAD.NAME
+    if (
+        dropblock.ROI_HEADS
+        and ROI_BOX_HEAD_REGISTRY.get(box_head) is not DropBlockFastRCNNConvFCHead
+    ):
+        raise InputError(
+            f"MODEL.DROPBLOCK.ROI_HEADS is True but MODEL.ROI_BOX_HEAD.NAME = {box_head!r} "
+            "builds no RoI DropBlock. Set MODEL.ROI_BOX_HEAD.NAME to 'DropBlockFastRCNNConvFCHead' "
+            "(and MODEL.ROI_MASK_HEAD.NAME to 'DropBlockMaskRCNNConvUpsampleHead' for masks), or "
+            "MODEL.DROPBLOCK.ROI_HEADS to False."
         )
     arch = cfg.MODEL.META_ARCHITECTURE
     if dropblock.HEAD and META_ARCH_REGISTRY.get(arch).__module__.startswith("detectron2."):
@@ -187,12 +213,14 @@ def _check_head_batch_norm(cfg, world_size):
 
 
 def _fpn_levels(cfg):
-    """The FPN levels a RetinaNet ResNet-FPN backbone produces, or None when unknown.
+    """The FPN levels a ResNet-FPN backbone produces, or None when unknown.
 
-    Detectron2's FPN names the output of ``resN`` (stride 2**N) ``pN`` and its ``LastLevelP6P7``
-    top block adds the two levels above the last one, so ``res3..res5`` give ``p3..p7``.
+    Detectron2's FPN names the output of ``resN`` (stride 2**N) ``pN``; RetinaNet's
+    ``LastLevelP6P7`` adds the two levels above the last one (``res3..res5`` give ``p3..p7``),
+    R-CNN's ``LastLevelMaxPool`` one (``res2..res5`` give ``p2..p6``).
     """
-    if cfg.MODEL.BACKBONE.NAME not in _RETINANET_FPN_BACKBONES:
+    top_levels = _FPN_TOP_LEVELS.get(cfg.MODEL.BACKBONE.NAME)
+    if top_levels is None:
         return None
     stages = []
     for feature in cfg.MODEL.FPN.IN_FEATURES:
@@ -202,7 +230,9 @@ def _fpn_levels(cfg):
         stages.append(int(match.group(1)))
     if not stages:
         return None
-    return [f"p{s}" for s in sorted(stages)] + [f"p{max(stages) + 1}", f"p{max(stages) + 2}"]
+    return [f"p{s}" for s in sorted(stages)] + [
+        f"p{max(stages) + k}" for k in range(1, top_levels + 1)
+    ]
 
 
 def _check_registered(name, key):
