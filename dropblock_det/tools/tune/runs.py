@@ -29,9 +29,7 @@ from optuna.trial import TrialState
 
 __all__ = ["Job", "RunFailed", "RunResult", "RunStore", "setting_key", "train_command"]
 
-# Both written by dropblock_det's trainer into OUTPUT_DIR: Detectron2's JSONWriter, one json object
-# per line (evaluation adds the metric at TEST.EVAL_PERIOD), and the last evaluation's results.
-METRICS_FILE = "metrics.json"
+# Written by dropblock_det's trainer into OUTPUT_DIR after every evaluation.
 EVAL_RESULTS_FILE = "eval_results.json"
 LOG_FILE = "train.log"
 _PR_SET_PDEATHSIG = 1
@@ -113,30 +111,30 @@ def _die_with_parent():
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-class _MetricsTail:
-    """Reads the new complete lines of a growing metrics.json."""
+class _Evaluations:
+    """The evaluations of a running training, from the eval_results.json it rewrites after each.
+
+    The file is replaced atomically after every evaluation (TEST.EVAL_PERIOD and the end), whereas
+    metrics.json only gets the latest one at Detectron2's writer period.
+    """
 
     def __init__(self, path: str, metric: str):
-        self._path, self._metric, self._offset = path, metric, 0
+        self._path = path
+        self._task, self._name = metric.split("/", 1)
+        self._last = None
 
     def new_values(self) -> List[Tuple[int, float]]:
         try:
-            with open(self._path, "rb") as f:
-                f.seek(self._offset)
-                data = f.read()
-        except FileNotFoundError:
+            with open(self._path, encoding="utf-8") as f:
+                payload = json.load(f)
+            iteration = payload["iteration"]
+            value = payload["results"][self._task][self._name]
+        except (OSError, ValueError, KeyError, TypeError):
             return []
-        end = data.rfind(b"\n") + 1  # a line still being written is read next time
-        self._offset += end
-        values = []
-        for line in data[:end].splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if self._metric in record:
-                values.append((int(record["iteration"]), _finite(record[self._metric])))
-        return values
+        if iteration is None or iteration == self._last:
+            return []
+        self._last = iteration
+        return [(int(iteration), _finite(value))]
 
 
 def _finite(ap) -> float:
@@ -310,7 +308,7 @@ class RunStore:
         cmd = train_command(self._config_file, self._num_gpus, opts)
         log_path = os.path.join(out, LOG_FILE)
         self._log(f"[tune] {job.arm} seed {job.seed}: training run #{trial.number} in {out}")
-        tail = _MetricsTail(os.path.join(out, METRICS_FILE), self._metric)
+        tail = _Evaluations(os.path.join(out, EVAL_RESULTS_FILE), self._metric)
         curve: List[Tuple[int, float]] = []
         start = time.time()
         with open(log_path, "w", encoding="utf-8") as log:
@@ -330,14 +328,14 @@ class RunStore:
                         curve.append((iteration, value))
                         trial.set_user_attr("curve", curve)
                         self._log(
-                            f"[tune] {job.arm} seed {job.seed}: iteration {iteration + 1} "
+                            f"[tune] {job.arm} seed {job.seed}: iteration {iteration} "
                             f"{self._metric} {value:.2f}"
                         )
                         if reporter is not None and reporter(job, iteration, value):
                             self._stop(child)
                             self.study.tell(trial, state=TrialState.PRUNED)
                             raise optuna.TrialPruned(
-                                f"pruned at iteration {iteration + 1} of seed {job.seed}"
+                                f"pruned at iteration {iteration} of seed {job.seed}"
                             )
                     if exited:
                         break
