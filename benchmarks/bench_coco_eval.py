@@ -4,7 +4,7 @@ Generates, from a fixed seed, a val2017-sized detection problem in memory (5,000
 sizes, ~36,000 ground-truth boxes over COCO's 80 category ids with COCO's small/medium/large mix
 and ~1% crowd regions, and 100 detections per image from a noisy "detector"), runs both COCOeval
 backends on identical copies of it through Detectron2's ``_evaluate_predictions_on_coco`` (the
-code path of :class:`dropblock_det.evaluation.FasterCOCOEvaluator`: ``loadRes``, then
+code path of :class:`dropblock_det.tools.evaluation.FasterCOCOEvaluator`: ``loadRes``, then
 ``evaluate``/``accumulate``/``summarize``), and prints AP, AP50, AP75, APs, APm, APl of each, their
 largest absolute difference and the wall time and speed-up.
 
@@ -34,10 +34,11 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from dropblock_det.tools.evaluation import COCO_METRICS as AP_METRICS
+
 # The COCO category ids of the 80 "thing" classes (1..90 with ten ids unused), so that the
 # evaluation sees the same non-contiguous ids as on val2017.
 COCO_CATEGORY_IDS = [i for i in range(1, 91) if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83)]
-AP_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 # val2017 has 36,781 boxes on 5,000 images; ~7.2 per image gives ~36,000.
 _MEAN_BOXES_PER_IMAGE = 7.2
@@ -287,7 +288,7 @@ def main(argv=None):
     if args.num_images < 1:
         parser.error(f"--num-images must be >= 1, got {args.num_images}")
 
-    from dropblock_det.evaluation import faster_coco_eval_version, faster_cocoeval
+    from dropblock_det.tools.evaluation import faster_coco_eval_version, faster_cocoeval
 
     fast_version = faster_coco_eval_version()
     if fast_version is None:

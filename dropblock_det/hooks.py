@@ -1,6 +1,8 @@
 """The keep_prob schedule of DropBlock, as a Detectron2 training hook."""
 
-from typing import List, Optional, Sequence, Tuple
+import functools
+import logging
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from detectron2.config import configurable
 from detectron2.engine import HookBase
@@ -16,7 +18,9 @@ from .config import validate_dropblock_settings
 from .layers import KeepProb, share_keep_prob
 from .modeling.placements import dropblock_modules, group_keep_prob
 
-__all__ = ["DropBlockSchedule", "build_keep_prob_scheduler"]
+__all__ = ["DropBlockSchedule", "build_keep_prob_scheduler", "describe_group"]
+
+logger = logging.getLogger(__name__)
 
 # Name of the scalar written to the EventStorage (metrics.json, TensorBoard) every iteration.
 KEEP_PROB_METRIC = "dropblock/keep_prob"
@@ -47,6 +51,31 @@ def build_keep_prob_scheduler(keep_prob: float, start: float, ramp: float) -> Pa
         lengths=[float(ramp), 1.0 - float(ramp)],
         interval_scaling=["rescaled", "fixed"],
     )
+
+
+_GROUP_KINDS = (("res", "ResNet stage"), ("p", "FPN level"))
+_NAMED_GROUPS = {
+    "head": "RetinaNet head",
+    "roi_box": "RoI box head input",
+    "roi_mask": "mask head convs",
+}
+
+
+def describe_group(group: Optional[str]) -> str:
+    """Where a DropBlock group sits, in words (e.g. "ResNet stage res4").
+
+    Args:
+        group (str or None): the group name (None for a DropBlock2d no placement built).
+
+    Returns:
+        str: the description.
+    """
+    if group in _NAMED_GROUPS:
+        return _NAMED_GROUPS[group]
+    for prefix, kind in _GROUP_KINDS:
+        if group and group.startswith(prefix):
+            return f"{kind} {group}"
+    return f"group {group}"
 
 
 class DropBlockSchedule(HookBase):
@@ -89,6 +118,7 @@ class DropBlockSchedule(HookBase):
                 (DDP-wrapped or not: the DropBlocks are found among its modules).
         """
         self._scheduler = build_keep_prob_scheduler(keep_prob, start, ramp)
+        self._keep_prob, self._start, self._ramp = float(keep_prob), float(start), float(ramp)
         self._stages = tuple(stages)
         self._group_scaling = bool(group_scaling)
         self._model = model
@@ -136,7 +166,7 @@ class DropBlockSchedule(HookBase):
 
     def before_train(self):
         model = self._model if self._model is not None else self.trainer.model
-        by_group = {}
+        by_group: Dict[tuple, list] = {}
         for _, module, group in dropblock_modules(model):
             # share_keep_prob needs one device and dtype (a buffer of each module).
             buffer = next(module.buffers())
@@ -148,9 +178,35 @@ class DropBlockSchedule(HookBase):
                 "cfg.MODEL.META_ARCHITECTURE = 'DropBlockRetinaNet', with MODEL.DROPBLOCK.ENABLED."
             )
         # One shared keep_prob per group: each step costs one fill per group, not one per module.
-        self._groups = [
-            (group, share_keep_prob(modules)) for (group, _, _), modules in by_group.items()
+        self._groups = [(g, share_keep_prob(modules)) for (g, _, _), modules in by_group.items()]
+        for (group, _, _), modules in by_group.items():
+            logger.info(self._summary(group, modules))
+        # The map sizes of the first step, for the warning on a block larger than every map.
+        self._map_sizes: Dict[str, set] = {}
+        self._size_hooks = [
+            m.register_forward_pre_hook(self._recorder(group))
+            for (group, _, _), modules in by_group.items()
+            for m in modules
         ]
+        self._block_sizes = {m.block_size for modules in by_group.values() for m in modules}
+
+    def _summary(self, group: str, modules) -> str:
+        """One start-up line: where, how many, block size, keep_prob schedule of the group."""
+        scale = functools.partial(
+            group_keep_prob, group=group, stages=self._stages, group_scaling=self._group_scaling
+        )
+        ramp_iters = round(self._ramp * self.trainer.max_iter)
+        return (
+            f"DropBlock {describe_group(group)}: {len(modules)} module(s), block "
+            f"{sorted({m.block_size for m in modules})}, keep_prob {scale(self._start):.4g} -> "
+            f"{scale(self._keep_prob):.4g} over {ramp_iters} of {self.trainer.max_iter} iterations"
+        )
+
+    def _recorder(self, group: str):
+        def record(module, inputs):
+            self._map_sizes.setdefault(group, set()).add(tuple(inputs[0].shape[-2:]))
+
+        return record
 
     def before_step(self):
         keep_prob = self.keep_prob_at(self.trainer.iter, self.trainer.max_iter)
@@ -161,3 +217,20 @@ class DropBlockSchedule(HookBase):
     def after_step(self):
         for _, shared in self._groups:
             shared.fill(1.0)
+        if self._size_hooks:
+            for handle in self._size_hooks:
+                handle.remove()
+            self._size_hooks = []
+            self._warn_if_always_clipped()
+
+    def _warn_if_always_clipped(self):
+        """One warning when the block is larger than every map DropBlock saw in the first step."""
+        sizes = [(g, hw) for g, shapes in sorted(self._map_sizes.items()) for hw in sorted(shapes)]
+        block = min(self._block_sizes)
+        if sizes and all(block > min(hw) for _, hw in sizes):
+            maps = ", ".join(f"{g} {h}x{w}" for g, (h, w) in sizes)
+            logger.warning(
+                f"MODEL.DROPBLOCK.BLOCK_SIZE = {block} is larger than every feature map DropBlock "
+                f"reaches ({maps}): each block is clipped to the map, so DropBlock drops whole "
+                "rows, columns or channels. Choose a BLOCK_SIZE below the smallest side."
+            )

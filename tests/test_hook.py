@@ -222,3 +222,66 @@ def test_builds_from_the_config(tiny_cfg):
     assert schedule.keep_prob_at(25, 100) == pytest.approx(0.88)
     assert schedule.keep_prob_at(75, 100) == pytest.approx(0.8)
     assert schedule.keep_prob_at(25, 100, "res4") == pytest.approx(1 - 0.12 / 4)
+
+
+class _Capture:
+    """Records what dropblock_det.hooks logs, whatever logger set-up ran before."""
+
+    def __init__(self):
+        import logging
+
+        self.records = []
+        self._logger = logging.getLogger("dropblock_det.hooks")
+        self._handler = logging.Handler()
+        self._handler.emit = self.records.append
+        self._logger.addHandler(self._handler)
+        self._level = self._logger.level
+        self._logger.setLevel(logging.INFO)
+
+    def messages(self, level):
+        return [r.getMessage() for r in self.records if r.levelname == level]
+
+    def close(self):
+        self._logger.removeHandler(self._handler)
+        self._logger.setLevel(self._level)
+
+
+@pytest.fixture
+def hook_log():
+    capture = _Capture()
+    yield capture
+    capture.close()
+
+
+def test_logs_one_summary_line_per_group_at_start(hook_log):
+    trainer, _ = _trainer(_Net(), keep_prob=0.8, ramp=0.5)
+    trainer.train(0, 10)
+    lines = hook_log.messages("INFO")
+    # res5 is the deepest stage: unscaled; res4 a quarter of its drop rate, res3 a sixteenth.
+    expected = {
+        "ResNet stage res3": "1 -> 0.9875",
+        "ResNet stage res4": "1 -> 0.95",
+        "ResNet stage res5": "1 -> 0.8",
+        "FPN level p3": "1 -> 0.8",
+        "RetinaNet head": "1 -> 0.8",
+    }
+    assert len(lines) == len(expected)
+    for where, ramp in expected.items():
+        (line,) = [line for line in lines if line.startswith(f"DropBlock {where}:")]
+        assert f"1 module(s), block [3], keep_prob {ramp} over 5 of 10 iterations" in line
+
+
+@pytest.mark.parametrize("block_size, warned", [(9, True), (8, False), (3, False)])
+def test_warns_once_when_the_block_is_larger_than_every_map(hook_log, block_size, warned):
+    model = _Net()
+    for module in model.dropblocks.values():
+        module.block_size = block_size
+    trainer, _ = _trainer(model)
+    trainer.train(0, 3)  # the maps are 8x8
+    warnings = hook_log.messages("WARNING")
+    if warned:
+        (warning,) = warnings
+        assert f"MODEL.DROPBLOCK.BLOCK_SIZE = {block_size}" in warning
+        assert "res3 8x8" in warning and "head 8x8" in warning
+    else:
+        assert warnings == []

@@ -4,6 +4,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -69,6 +70,24 @@ def test_train_net_trains_and_evaluates_the_tiny_dropblock_config(tmp_path):
     # The evaluator's metrics also reach metrics.json, as Detectron2's EvalHook writes them.
     assert any("bbox/AP" in row for row in metrics)
 
+    # At start-up, one line per DropBlock group: where, how many, block, keep_prob schedule
+    # (R-18: 2 BasicBlocks x 3 points per stage; res4 a quarter of res5's drop rate).
+    console = proc.stdout + proc.stderr
+    summary = re.findall(
+        r"DropBlock ResNet stage (res\d): (\d+) module\(s\), block \[3\], keep_prob 1 -> "
+        r"([\d.]+) over 4 of 4 iterations",
+        console,
+    )
+    assert summary == [("res4", "6", "0.975"), ("res5", "6", "0.9")]
+    # keep_prob on Detectron2's console metrics line (the window median of 1, .975, .95, .925).
+    line = re.search(r"iter: 3 .*keep_prob\[metric\]: ([\d.]+)", console)
+    assert line and float(line.group(1)) == pytest.approx(0.9625)
+    # The package's own lines reach log.txt too.
+    log_txt = (out / "log.txt").read_text()
+    assert "DropBlock ResNet stage res4" in log_txt
+    assert "COCO evaluation backend" in log_txt
+    assert "Evaluation results written to" in log_txt
+
 
 @pytest.mark.parametrize(
     "argv_tail, message",
@@ -77,6 +96,8 @@ def test_train_net_trains_and_evaluates_the_tiny_dropblock_config(tmp_path):
         (["MODEL.DROPBLOCK.KEEPPROB", "0.9"], "MODEL.DROPBLOCK.KEEPPROB"),
         (["MODEL.DROPBLOCK.STAGES", "['res1']"], "MODEL.DROPBLOCK.STAGES"),
         (["DATASETS.TRAIN", "('dropblock_digits_trian',)"], "dropblock_digits_trian"),
+        # No GPU here (the CI machine has none): refused before config.yaml or log.txt exist.
+        (["MODEL.DEVICE", "cuda"], "MODEL.DEVICE = 'cuda'"),
     ],
 )
 def test_bad_input_exits_with_status_2_before_writing_anything(

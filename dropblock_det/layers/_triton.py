@@ -42,6 +42,11 @@ def _tile(height: int, width: int, block_h: int) -> Tuple[int, int]:
     return min(rows, max(triton.next_power_of_2(height + block_h - 1), 2 * block_h)), block_w
 
 
+def _mask_warps(rows: int, cols: int) -> int:
+    """Warps of a mask program: a large tile holds several int32 blocks in registers at once."""
+    return 8 if rows * cols >= 4096 else 4
+
+
 def triton_serves(x: torch.Tensor, block_h: int, share_channels: bool) -> bool:
     """Whether the Triton backend computes DropBlock of ``x`` (otherwise: the dense path).
 
@@ -86,6 +91,7 @@ def _launch_mask(launcher, x, seed, gamma, block_h, block_w, mask_channels):
         rows_out,
         BLOCK_R=rows,
         BLOCK_W=cols,
+        num_warps=_mask_warps(rows, cols),
     )
     return mask, counts
 

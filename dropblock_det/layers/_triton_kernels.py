@@ -24,7 +24,19 @@ def _maximum(a, b):
     return tl.maximum(a, b)
 
 
-@triton.jit
+# Integer arguments equal to 1 would otherwise become compile-time constants (a batch of one, a 1x1
+# map, shared masks): a separate compilation each, and no tensor methods on them in the kernel.
+@triton.jit(
+    do_not_specialize=[
+        "height",
+        "width",
+        "block_h",
+        "block_w",
+        "mask_channels",
+        "row_bytes",
+        "rows_out",
+    ]
+)
 def dropblock_mask_kernel(
     seed_ptr,
     gamma_ptr,
@@ -70,7 +82,9 @@ def dropblock_mask_kernel(
     tl.store(mask_ptr + address, packed.to(tl.uint8), mask=is_output & (byte < row_bytes))
 
 
-@triton.jit
+@triton.jit(
+    do_not_specialize=["batch", "channels", "height", "width", "mask_channels", "row_bytes"]
+)
 def dropblock_apply_kernel(
     x_ptr,
     mask_ptr,

@@ -49,7 +49,8 @@ logger = logging.getLogger(__name__)
 # (``cat_img_map``) and other default maxDets, so keypoints keep pycocotools' COCOeval.
 FASTER_COCO_EVAL_IOU_TYPES = ("bbox", "segm")
 # COCOEvaluator's metric names, in the order of COCOeval.stats.
-_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+# The box/mask AP metrics of COCOeval.stats[:6], as Detectron2 names them.
+COCO_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 _INSTALL_HINT = "pip install faster-coco-eval"
 # The fallback warning is logged once per process: an evaluator is built for every evaluation.
 _warned_missing_package = False
@@ -213,10 +214,10 @@ class FasterCOCOEvaluator(DatasetEvaluator):
         """COCOEvaluator's metrics from a summarized COCOeval (None: no predictions)."""
         if coco_eval is None:
             logger.warning("No predictions from the model!")
-            return {metric: float("nan") for metric in _METRICS}
+            return {metric: float("nan") for metric in COCO_METRICS}
         stats = coco_eval.stats
         results = {
-            m: float(stats[i] * 100 if stats[i] >= 0 else "nan") for i, m in enumerate(_METRICS)
+            m: float(stats[i] * 100 if stats[i] >= 0 else "nan") for i, m in enumerate(COCO_METRICS)
         }
         logger.info(f"Evaluation results for {task}: \n" + create_small_table(results))
         class_names = self._metadata.get("thing_classes")

@@ -18,6 +18,7 @@ from detectron2.data import transforms as T
 from detectron2.engine import (
     AMPTrainer,
     DefaultTrainer,
+    HookBase,
     SimpleTrainer,
     TrainerBase,
     create_ddp_model,
@@ -31,7 +32,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..config import add_dropblock_config, validate_dropblock_config
-from ..hooks import DropBlockSchedule
+from ..hooks import KEEP_PROB_METRIC, DropBlockSchedule
 from ..modeling.placements import check_placements
 from .config import add_training_config, validate_training_config
 from .data import register_dropblock_digits
@@ -53,6 +54,8 @@ logger = logging.getLogger(__name__)
 
 # Written to OUTPUT_DIR after every evaluation; tools/compare.py reads it.
 EVAL_RESULTS_FILE = "eval_results.json"
+# keep_prob's name on the console metrics line (see KeepProbOnConsole).
+CONSOLE_KEEP_PROB = "keep_prob[metric]"
 
 
 def build_cfg(args):
@@ -224,6 +227,21 @@ def write_eval_results(output_dir, results, iteration=None):
     return path
 
 
+class KeepProbOnConsole(HookBase):
+    """Puts keep_prob on Detectron2's console metrics line.
+
+    Detectron2's ``CommonMetricPrinter`` prints the losses, lr, time and memory, plus every scalar
+    whose name contains ``[metric]``; this hook copies the schedule's ``dropblock/keep_prob`` (kept
+    under that name in metrics.json and TensorBoard) to :data:`CONSOLE_KEEP_PROB` after each step.
+    """
+
+    def after_step(self):
+        latest = self.trainer.storage.latest()
+        if KEEP_PROB_METRIC in latest:
+            value, _ = latest[KEEP_PROB_METRIC]
+            self.trainer.storage.put_scalar(CONSOLE_KEEP_PROB, value, smoothing_hint=False)
+
+
 class Trainer(DefaultTrainer):
     """Detectron2's DefaultTrainer with the COCO evaluator and the DropBlock schedule hook.
 
@@ -393,6 +411,11 @@ class Trainer(DefaultTrainer):
                 (i for i, h in enumerate(ret) if isinstance(h, hooks.LRScheduler)), len(ret)
             )
             ret.insert(index, DropBlockSchedule(self.cfg))
+            # Before the PeriodicWriter, which prints the console metrics line.
+            index = next(
+                (i for i, h in enumerate(ret) if isinstance(h, hooks.PeriodicWriter)), len(ret)
+            )
+            ret.insert(index, KeepProbOnConsole())
         return ret
 
     def evaluate_now(self):

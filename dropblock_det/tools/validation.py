@@ -33,6 +33,9 @@ _FPN_TOP_LEVELS = {
     "build_resnet_fpn_backbone": 1,
     "build_resnet_fpn_dropblock_backbone": 1,
 }
+# What ``import detectron2.data`` registered (Detectron2's builtin datasets), before any code of
+# ours or the user's registers more.
+_DETECTRON2_BUILTIN_NAMES = frozenset(DatasetCatalog.list())
 # How many offending paths or ids a message lists before it only counts them.
 _MAX_LISTED = 3
 
@@ -248,14 +251,19 @@ def _check_registered(name, key):
 
 
 def _check_num_classes(cfg, name, key, num_categories):
-    if num_categories is None or "RetinaNet" not in cfg.MODEL.META_ARCHITECTURE:
+    if num_categories is None:
         return
-    num_classes = cfg.MODEL.RETINANET.NUM_CLASSES
+    # RetinaNet's heads read MODEL.RETINANET.NUM_CLASSES, R-CNN's MODEL.ROI_HEADS.NUM_CLASSES.
+    if "RetinaNet" in cfg.MODEL.META_ARCHITECTURE:
+        num_classes_key, num_classes = "MODEL.RETINANET.NUM_CLASSES", cfg.MODEL.RETINANET.NUM_CLASSES
+    elif "RCNN" in cfg.MODEL.META_ARCHITECTURE:
+        num_classes_key, num_classes = "MODEL.ROI_HEADS.NUM_CLASSES", cfg.MODEL.ROI_HEADS.NUM_CLASSES
+    else:
+        return
     if num_classes != num_categories:
         raise InputError(
-            f"MODEL.RETINANET.NUM_CLASSES = {num_classes} but {key} dataset {name!r} has "
-            f"{num_categories} categories. "
-            + _override_hint("MODEL.RETINANET.NUM_CLASSES", num_categories)
+            f"{num_classes_key} = {num_classes} but {key} dataset {name!r} has "
+            f"{num_categories} categories. " + _override_hint(num_classes_key, num_categories)
         )
 
 
@@ -601,19 +609,8 @@ def _check_annotations(
 
 
 def _detectron2_builtin_names():
-    """The dataset names Detectron2 registers for its builtin COCO and LVIS files."""
-    try:
-        from detectron2.data.datasets import builtin
-    except ImportError:
-        return set()
-    names = set()
-    # Private tables of detectron2.data.datasets.builtin, {group: {name: (image_root, json)}};
-    # missing in a future release, every dataset is checked strictly.
-    for table in ("_PREDEFINED_SPLITS_COCO", "_PREDEFINED_SPLITS_LVIS"):
-        for splits in getattr(builtin, table, {}).values():
-            names.update(splits)
-    return names
-
+    """The dataset names Detectron2 registered on import (its builtin COCO, LVIS … files)."""
+    return _DETECTRON2_BUILTIN_NAMES
 
 def _annotation_ref(index, annotation):
     image = f"image id {annotation['image_id']!r}" if "image_id" in annotation else "no image_id"

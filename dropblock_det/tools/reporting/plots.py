@@ -13,12 +13,12 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from ...hooks import KEEP_PROB_METRIC
 from .runs import BBOX_METRICS, TRAINING_KEY, Run
 from .table import PAPER_RESULTS
 
 __all__ = ["plot_ap", "plot_keep_prob", "plot_losses", "run_colors", "smooth"]
 
-KEEP_PROB_KEY = "dropblock/keep_prob"
 LOSS_KEYS = (
     ("total_loss", "total loss"),
     ("loss_cls", "classification loss (focal)"),
@@ -165,7 +165,7 @@ def plot_keep_prob(runs: Sequence[Run], out_path) -> Path:
     ax = fig.subplots()
     drawn, lowest = 0, 1.0
     for run, color in zip(runs, run_colors(len(runs))):
-        iterations, keep_prob = run.log.series(KEEP_PROB_KEY)
+        iterations, keep_prob = run.log.series(KEEP_PROB_METRIC)
         trained, _ = run.log.series(TRAINING_KEY)
         if iterations:
             ax.plot(

@@ -22,6 +22,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
+from ..evaluation import COCO_METRICS
+from ..trainer import EVAL_RESULTS_FILE
+
 __all__ = [
     "BBOX_METRICS",
     "Evaluation",
@@ -37,9 +40,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # COCO box metrics reported by Detectron2's COCOEvaluator, on its 0-100 scale.
-BBOX_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+BBOX_METRICS = COCO_METRICS
 
-_RUN_FILES = ("config.yaml", "metrics.json", "eval_results.json")
+_RUN_FILES = ("config.yaml", "metrics.json", EVAL_RESULTS_FILE)
 # Every training step of Detectron2's SimpleTrainer logs it; evaluation lines do not.
 TRAINING_KEY = "total_loss"
 
@@ -295,7 +298,7 @@ def read_run(path, name: Optional[str] = None, dataset: Optional[str] = None) ->
         notes=notes,
     )
     test_datasets = run.config_value("DATASETS.TEST") or []
-    run.evaluation = _read_eval_results(path / "eval_results.json", dataset, test_datasets, notes)
+    run.evaluation = _read_eval_results(path / EVAL_RESULTS_FILE, dataset, test_datasets, notes)
     if run.evaluation is None:
         run.evaluation = _eval_from_metrics(log, dataset, test_datasets, path)
     return run
@@ -377,14 +380,14 @@ def _read_eval_results(
     iteration = int(iteration) if _is_number(iteration) else None
     if "bbox" in results:
         name = _single_dataset_name(dataset, test_datasets, path)
-        return Evaluation(_bbox_metrics(results["bbox"]), iteration, "eval_results.json", name)
+        return Evaluation(_bbox_metrics(results["bbox"]), iteration, EVAL_RESULTS_FILE, name)
     chosen = _choose_dataset(list(results), dataset, test_datasets, path)
     bbox = results[chosen].get("bbox") if isinstance(results[chosen], dict) else None
     if not isinstance(bbox, dict):
         notes.append(f"eval_results.json has no bbox results for {chosen}: used metrics.json")
         return None
     others = [d for d in results if d != chosen]
-    return Evaluation(_bbox_metrics(bbox), iteration, "eval_results.json", chosen, others)
+    return Evaluation(_bbox_metrics(bbox), iteration, EVAL_RESULTS_FILE, chosen, others)
 
 
 def _eval_from_metrics(

@@ -272,6 +272,13 @@ def main(argv=None) -> int:
             print(f"tune.py: error: {error}", file=sys.stderr)
             write_report(search, out, lambda opts: build(opts), command, storage_url)
             return 1
+        except KeyboardInterrupt:
+            print(
+                "tune.py: interrupted; everything finished so far is in the study: run the same "
+                "command again to resume.",
+                file=sys.stderr,
+            )
+            return 130
     report = write_report(search, out, lambda opts: build(opts), command, storage_url)
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if complete:

@@ -184,7 +184,7 @@ class RunStore:
         self._base_opts = list(base_opts)
         self._num_gpus = num_gpus
         self._metric = metric
-        self._poll_s = poll_s
+        self.poll_s = poll_s
         self._log = log
 
     # ------------------------------------------------------------------ lookup
@@ -246,7 +246,7 @@ class RunStore:
             if pending and not progressed:
                 # Every remaining job is being trained by another worker: wait, and fail the
                 # claims of workers that died so that the next pass takes them over.
-                time.sleep(self._poll_s)
+                time.sleep(self.poll_s)
                 optuna.storages.fail_stale_trials(self.study)
         return results
 
@@ -279,7 +279,7 @@ class RunStore:
         for name, value in (("arm", job.arm), ("seed", job.seed), ("opts", list(job.opts))):
             trial.set_user_attr(name, value)
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
-        deadline = time.time() + 30 * self._poll_s
+        deadline = time.time() + 30 * self.poll_s
         while True:
             earlier = [
                 r
@@ -293,7 +293,7 @@ class RunStore:
             # A claim without a job yet is between its ask and set_user_attr: wait for it.
             if all("job" in r.user_attrs for r in earlier) or time.time() > deadline:
                 return trial, trial_id
-            time.sleep(min(0.2, self._poll_s))
+            time.sleep(min(0.2, self.poll_s))
             self._storage.record_heartbeat(trial_id)
 
     # ------------------------------------------------------------------ train
@@ -340,7 +340,7 @@ class RunStore:
                     if exited:
                         break
                     self._storage.record_heartbeat(trial_id)
-                    time.sleep(self._poll_s)
+                    time.sleep(self.poll_s)
             finally:
                 self._stop(child)
         seconds = time.time() - start

@@ -165,6 +165,7 @@ class Search:
         self._log = log
         self._start = time.time()
         self._last = None
+        self.n_trials = None
 
     # ------------------------------------------------------------------ setup
 
@@ -306,7 +307,7 @@ class Search:
             else:
                 # The remaining trials run in other workers: wait for them, failing (and so
                 # re-queueing) those whose worker died.
-                time.sleep(self.store._poll_s)
+                time.sleep(self.store.poll_s)
                 optuna.storages.fail_stale_trials(self.study)
 
     def _progress(self, study, trial):
