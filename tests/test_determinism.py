@@ -1,6 +1,6 @@
 """Determinism: two CPU runs of the tiny DropBlock config with the same SEED agree exactly.
 
-Issue 5, point 4. The two runs of conftest.py's fixtures are separate processes started through
+The two runs of conftest.py's fixtures are separate processes started through
 tools/train_net.py with the config's SEED 42 (Detectron2's default_setup seeds torch, NumPy and
 Python with SEED + rank; the training sampler's shuffle seed derives from it). One was killed
 before step 6; their first six steps must draw the same DropBlock masks and give the same losses.

@@ -1,6 +1,6 @@
 """Distributed training: two CPU processes through tools/train_net.py and Detectron2's launch.
 
-Issue 5, point 3. ``--num-gpus 2`` on a machine without GPUs makes ``launch`` spawn two worker
+``--num-gpus 2`` on a machine without GPUs makes ``launch`` spawn two worker
 processes joined by the gloo backend; the model is wrapped in DistributedDataParallel (which
 dropblock_det.tools.trainer.Trainer allows for CPU models). Every rank records its steps (conftest's
 TrainingRecorder). The run is a subprocess with a timeout that kills every rank: a hang fails.

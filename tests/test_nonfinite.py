@@ -1,7 +1,7 @@
 """Non-finite values: DropBlock never makes NaN, nor Inf where the rescaled value fits the dtype;
 a non-finite loss stops training with Detectron2's error and leaves a usable checkpoint.
 
-Issue 5, point 5. tests/test_drop_block.py covers the all-dropped batch (zeros, not NaN) and a
+tests/test_drop_block.py covers the all-dropped batch (zeros, not NaN) and a
 float16 factor above the dtype's range; this file adds every finite float16/bfloat16 value, both
 mask layouts and every normalisation, the float32 extremes, the gradients, the exact overflow
 edge, and the training-level behaviour.

@@ -1,6 +1,6 @@
 """Resume: a run killed after a checkpoint and resumed with --resume continues the schedules.
 
-Issue 5, point 2: at every later iteration the resumed run applies the keep_prob and uses the
+At every later iteration the resumed run applies the keep_prob and uses the
 learning rate of an uninterrupted run. Both runs go through tools/train_net.py (the fixtures of
 conftest.py); the interrupted one is SIGKILLed before step 6, two steps after its checkpoint of
 step 3 was written, so the resumed run must redo steps 4 and 5 from that checkpoint.

@@ -46,11 +46,8 @@ __all__ = [
 GENERATOR_VERSION = 1
 
 # Split sizes of the registered datasets. The train split is small on purpose: a few hundred
-# scenes let a tiny RetinaNet overfit within a short schedule, which is what a regularizer is for.
-# With the demo's recipe (configs/tiny/Base-Tiny.yaml: 700 AdamW iterations at batch 8, ~11 epochs)
-# the model overfits: SEED 0's baseline scores 75.8 AP on these train scenes and 44.1 on val.
-# 256 train images overfit further but left the baseline at 27.7 val AP (SEED 0), under the 30 AP
-# a meaningful comparison needs.
+# scenes let a tiny RetinaNet overfit within a short schedule, which is what a regularizer is for;
+# fewer left the baseline too weak to compare against (README.md, "The tiny recipe").
 DEFAULT_NUM_TRAIN = 512
 DEFAULT_NUM_VAL = 200
 DEFAULT_SEED = 0
@@ -554,7 +551,8 @@ def scene_rng(seed, split, index):
 def _encode_png(image):
     buffer = io.BytesIO()
     # Fixed settings, so the bytes (and the content hash) depend on the pixels alone. Level 1:
-    # the pixel noise leaves little to compress, so higher levels cost time for ~7% smaller files.
+    # the pixel noise leaves little to compress, so higher levels cost time for barely smaller
+    # files.
     Image.fromarray(image, mode="RGB").save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
 
@@ -709,22 +707,3 @@ def hash_dataset_files(dataset_dir):
                 with open(path, "rb") as f:
                     digests[relpath] = _file_digest(f.read())
     return content_hash(digests)
-
-
-def spec_from_manifest(manifest):
-    """Rebuild the :class:`DatasetSpec` a manifest records (for tools that read a dataset back).
-
-    Args:
-        manifest (dict): the content of ``manifest.json``.
-
-    Returns:
-        DatasetSpec
-    """
-    values = manifest["spec"]
-    return DatasetSpec(
-        seed=values["seed"],
-        num_train=values["num_train"],
-        num_val=values["num_val"],
-        scene=SceneParams.from_dict(values["scene"]),
-        val_source_fraction=values["val_source_fraction"],
-    )
