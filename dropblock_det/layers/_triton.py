@@ -28,9 +28,12 @@ __all__ = ["drop_block_triton", "triton_serves", "INTERPRETED"]
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # Units of one mask tile (BLOCK_R x BLOCK_W): enough rows to amortise the bh - 1 halo rows.
-_TILE_UNITS = 8192
-# Widest tile the mask kernel takes; wider maps go to the dense path.
-_MAX_TILE_UNITS = 1 << 16
+_TILE_UNITS = 4096
+# Units per thread of a mask program: at 16, the kernel's int32 blocks fit in ~60 registers on
+# sm_90 (ptxas -v), not the 200+ of 32, which would leave one program per SM.
+_UNITS_PER_THREAD = 16
+# Largest tile (32 warps of 32 threads); wider maps go to the dense path.
+_MAX_TILE_UNITS = 32 * 32 * _UNITS_PER_THREAD
 _APPLY_BLOCK = 1024
 _INT32_LIMIT = 2**31 - 1
 
@@ -38,13 +41,15 @@ _INT32_LIMIT = 2**31 - 1
 def _tile(height: int, width: int, block_h: int) -> Tuple[int, int]:
     """(BLOCK_R, BLOCK_W) of the mask kernel for this map and block height."""
     block_w = max(8, triton.next_power_of_2(width))
-    rows = triton.next_power_of_2(max(2 * block_h, _TILE_UNITS // block_w))
-    return min(rows, max(triton.next_power_of_2(height + block_h - 1), 2 * block_h)), block_w
+    # At least 2 bh rows (half of them or more are output rows), at most what the map needs.
+    least = triton.next_power_of_2(2 * block_h)
+    rows = max(least, triton.next_power_of_2(_TILE_UNITS // block_w))
+    return min(rows, max(triton.next_power_of_2(height + block_h - 1), least)), block_w
 
 
 def _mask_warps(rows: int, cols: int) -> int:
-    """Warps of a mask program: a large tile holds several int32 blocks in registers at once."""
-    return 8 if rows * cols >= 4096 else 4
+    """Warps of a mask program: ``_UNITS_PER_THREAD`` units per thread, 4 to 32 warps."""
+    return min(32, max(4, rows * cols // (32 * _UNITS_PER_THREAD)))
 
 
 def triton_serves(x: torch.Tensor, block_h: int, share_channels: bool) -> bool:
