@@ -19,12 +19,14 @@ bench: venv
 	$(PY) benchmarks/bench_dropblock.py
 
 format: venv
-	$(PY) -m black -l 100 dropblock_det tools tests benchmarks
-	$(PY) -m isort --profile black -l 100 dropblock_det tools tests benchmarks
+	$(PY) -m ruff check --fix dropblock_det tools tests benchmarks configs
+	$(PY) -m black -l 100 dropblock_det tools tests benchmarks configs
+	$(PY) -m isort --profile black -l 100 dropblock_det tools tests benchmarks configs
 
 lint: venv
-	$(PY) -m black -l 100 --check dropblock_det tools tests benchmarks
-	$(PY) -m isort --profile black -l 100 --check-only dropblock_det tools tests benchmarks
+	$(PY) -m ruff check dropblock_det tools tests benchmarks configs
+	$(PY) -m black -l 100 --check dropblock_det tools tests benchmarks configs
+	$(PY) -m isort --profile black -l 100 --check-only dropblock_det tools tests benchmarks configs
 
 clean:
 	rm -rf .venv build *.egg-info
