@@ -14,6 +14,7 @@ __all__ = [
     "RESNET_STAGES",
     "add_dropblock_config",
     "dropblock_settings",
+    "fail",
     "validate_dropblock_config",
     "validate_dropblock_settings",
 ]
@@ -83,7 +84,17 @@ def add_dropblock_config(cfg):
     _C.MODEL.DROPBLOCK.SCHEDULE.RAMP = 1.0
 
 
-def _fail(key, value, expected):
+def fail(key, value, expected):
+    """Raise the ValueError of an invalid config value, in the one format every check uses.
+
+    Args:
+        key (str): the full key, e.g. "MODEL.DROPBLOCK.KEEP_PROB".
+        value: its value.
+        expected (str): what is expected instead.
+
+    Raises:
+        ValueError: ``cfg.<key> = <value> is invalid: <expected>.``
+    """
     raise ValueError(f"cfg.{key} = {value!r} is invalid: {expected}.")
 
 
@@ -94,7 +105,7 @@ def _is_number(value):
 def _check_names(key, names, valid):
     names = list(names)
     if any(n not in valid for n in names) or len(set(names)) != len(names):
-        _fail(key, names, f"expected distinct names among {list(valid)}")
+        fail(key, names, f"expected distinct names among {list(valid)}")
 
 
 def dropblock_settings(**values):
@@ -166,18 +177,18 @@ def _validate(settings_json):
     d = CN(json.loads(settings_json))
     for key in ("ENABLED", "SHARE_CHANNELS", "HEAD", "ROI_HEADS", "GROUP_SCALING"):
         if not isinstance(d[key], bool):
-            _fail(f"MODEL.DROPBLOCK.{key}", d[key], "expected True or False")
+            fail(f"MODEL.DROPBLOCK.{key}", d[key], "expected True or False")
     if not (_is_number(d.KEEP_PROB) and 0.0 < d.KEEP_PROB <= 1.0):
-        _fail("MODEL.DROPBLOCK.KEEP_PROB", d.KEEP_PROB, "expected a number in (0, 1], e.g. 0.9")
+        fail("MODEL.DROPBLOCK.KEEP_PROB", d.KEEP_PROB, "expected a number in (0, 1], e.g. 0.9")
     start = d.SCHEDULE.START
     if not (_is_number(start) and 0.0 < start <= 1.0):
-        _fail("MODEL.DROPBLOCK.SCHEDULE.START", start, "expected a number in (0, 1], e.g. 1.0")
+        fail("MODEL.DROPBLOCK.SCHEDULE.START", start, "expected a number in (0, 1], e.g. 1.0")
     ramp = d.SCHEDULE.RAMP
     if not (_is_number(ramp) and 0.0 <= ramp <= 1.0):
-        _fail("MODEL.DROPBLOCK.SCHEDULE.RAMP", ramp, "expected a fraction of the run in [0, 1]")
+        fail("MODEL.DROPBLOCK.SCHEDULE.RAMP", ramp, "expected a fraction of the run in [0, 1]")
     bs = d.BLOCK_SIZE
     if isinstance(bs, bool) or not isinstance(bs, int) or bs < 1:
-        _fail("MODEL.DROPBLOCK.BLOCK_SIZE", bs, "expected an integer >= 1, e.g. 7")
+        fail("MODEL.DROPBLOCK.BLOCK_SIZE", bs, "expected an integer >= 1, e.g. 7")
     for key, valid in (
         ("GAMMA", GAMMA_MODES),
         ("NORMALIZE", NORMALIZE_MODES),
@@ -185,6 +196,6 @@ def _validate(settings_json):
         ("PLACEMENT", PLACEMENTS),
     ):
         if d[key] not in valid:
-            _fail(f"MODEL.DROPBLOCK.{key}", d[key], f"expected one of {list(valid)}")
+            fail(f"MODEL.DROPBLOCK.{key}", d[key], f"expected one of {list(valid)}")
     _check_names("MODEL.DROPBLOCK.STAGES", d.STAGES, RESNET_STAGES)
     _check_names("MODEL.DROPBLOCK.FPN", d.FPN, FPN_LEVELS)

@@ -7,6 +7,8 @@
 
 from detectron2.config import CfgNode as CN
 
+from ..config import fail
+
 __all__ = ["OPTIMIZERS", "add_training_config", "validate_training_config"]
 
 # Values SOLVER.OPTIMIZER takes.
@@ -37,10 +39,6 @@ def add_training_config(cfg):
     _C.INPUT.SCALE_JITTER.TARGET_SIZE = 640
 
 
-def _fail(key, value, expected):
-    raise ValueError(f"cfg.{key} = {value!r} is invalid: {expected}.")
-
-
 def validate_training_config(cfg):
     """Check the keys of :func:`add_training_config`.
 
@@ -56,18 +54,18 @@ def validate_training_config(cfg):
             "dropblock_det.tools.config.add_training_config(cfg) before merge_from_file."
         )
     if not isinstance(cfg.TEST.FAST_COCO_EVAL, bool):
-        _fail("TEST.FAST_COCO_EVAL", cfg.TEST.FAST_COCO_EVAL, "expected True or False")
+        fail("TEST.FAST_COCO_EVAL", cfg.TEST.FAST_COCO_EVAL, "expected True or False")
     if cfg.SOLVER.OPTIMIZER not in OPTIMIZERS:
-        _fail("SOLVER.OPTIMIZER", cfg.SOLVER.OPTIMIZER, f"expected one of {list(OPTIMIZERS)}")
+        fail("SOLVER.OPTIMIZER", cfg.SOLVER.OPTIMIZER, f"expected one of {list(OPTIMIZERS)}")
     jitter = cfg.INPUT.SCALE_JITTER
     if jitter.ENABLED:
         if not 0 < jitter.MIN_SCALE <= jitter.MAX_SCALE:
-            _fail(
+            fail(
                 "INPUT.SCALE_JITTER.MIN_SCALE",
                 jitter.MIN_SCALE,
                 f"expected 0 < MIN_SCALE <= MAX_SCALE ({jitter.MAX_SCALE})",
             )
         if not (isinstance(jitter.TARGET_SIZE, int) and jitter.TARGET_SIZE > 0):
-            _fail(
+            fail(
                 "INPUT.SCALE_JITTER.TARGET_SIZE", jitter.TARGET_SIZE, "expected a positive integer"
             )

@@ -21,13 +21,13 @@ from detectron2.engine import (
     default_setup,
     default_writers,
     hooks,
-    launch,
 )
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 
 from ..hooks import DropBlockSchedule
 from .data import register_dropblock_digits
+from .train_net import launch_on_every_rank
 
 __all__ = ["cli", "do_test", "do_train", "main"]
 
@@ -137,15 +137,7 @@ def cli(argv=None):
     Returns:
         int: the exit status.
     """
-    args = default_argument_parser().parse_args(argv)
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    launch_on_every_rank(main, default_argument_parser().parse_args(argv))
     return 0
 
 

@@ -12,7 +12,7 @@ from detectron2.engine import default_argument_parser, launch
 from . import trainer
 from .validation import InputError
 
-__all__ = ["build_parser", "cli"]
+__all__ = ["build_parser", "cli", "launch_on_every_rank"]
 
 
 def build_parser():
@@ -56,6 +56,18 @@ def cli(argv=None, *, main=trainer.main):
     except InputError as error:
         print(f"train_net.py: error: {error}", file=sys.stderr)
         return 2
+    launch_on_every_rank(main, args)
+    return 0
+
+
+def launch_on_every_rank(main, args):
+    """Run ``main(args)`` in each process Detectron2's ``launch`` starts for the command line.
+
+    Args:
+        main (callable): the per-rank function.
+        args (argparse.Namespace): with Detectron2's ``--num-gpus``, ``--num-machines``,
+            ``--machine-rank`` and ``--dist-url``.
+    """
     launch(
         main,
         args.num_gpus,
@@ -64,7 +76,6 @@ def cli(argv=None, *, main=trainer.main):
         dist_url=args.dist_url,
         args=(args,),
     )
-    return 0
 
 
 if __name__ == "__main__":
