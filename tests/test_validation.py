@@ -578,3 +578,15 @@ def test_nothing_is_written_or_removed(coco_dataset, tmp_path, monkeypatch):
     with pytest.raises(InputError):
         check_training_inputs(_cfg(train=["not_registered"]))
     assert _tree_state(tmp_path) == before
+
+
+@pytest.mark.parametrize("evaluator_type", [None, "lvis"])
+def test_a_test_dataset_we_cannot_evaluate_is_refused_naming_its_evaluator_type(
+    registry, evaluator_type
+):
+    metadata = {} if evaluator_type is None else {"evaluator_type": evaluator_type}
+    name = registry(loader=lambda: [], metadata=metadata)
+    with pytest.raises(
+        InputError, match=rf"DATASETS\.TEST.*{name}.*evaluator_type {evaluator_type!r}"
+    ):
+        check_training_inputs(_cfg(test=[name]), check_train=False)

@@ -35,6 +35,7 @@ from .config import validate_training_config
 __all__ = [
     "FASTER_COCO_EVAL_IOU_TYPES",
     "FasterCOCOEvaluator",
+    "check_evaluator_type",
     "build_coco_evaluator",
     "build_evaluator",
     "coco_eval_backend",
@@ -316,9 +317,22 @@ def build_evaluator(cfg, dataset_name, output_dir=None):
     Raises:
         ValueError: for any other or a missing evaluator_type.
     """
+    check_evaluator_type(dataset_name)
+    return build_coco_evaluator(cfg, dataset_name, output_dir)
+
+
+def check_evaluator_type(dataset_name):
+    """Refuse a dataset whose ``evaluator_type`` this plugin does not evaluate.
+
+    Args:
+        dataset_name (str): a registered dataset.
+
+    Raises:
+        ValueError: naming the dataset and its evaluator_type, for anything but "coco".
+    """
     evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type")
     if evaluator_type == "coco":
-        return build_coco_evaluator(cfg, dataset_name, output_dir)
+        return
     raise ValueError(
         f"Dataset {dataset_name!r} has evaluator_type {evaluator_type!r}; dropblock_det evaluates "
         "COCO-format datasets only (evaluator_type 'coco'). Register yours with "

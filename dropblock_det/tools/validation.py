@@ -20,6 +20,7 @@ from ..config import validate_dropblock_config
 from ..modeling import DROPBLOCK_BACKBONES, DropBlockFastRCNNConvFCHead
 from ..modeling.placements import check_fpn_levels
 from .config import validate_training_config
+from .evaluation import check_evaluator_type
 
 __all__ = ["InputError", "check_training_inputs"]
 
@@ -89,6 +90,11 @@ def check_training_inputs(cfg, *, check_train=True, check_test=True, world_size=
     for key, names in datasets_by_key.items():
         for name in names:
             _check_registered(name, key)
+            if key == "DATASETS.TEST":
+                try:
+                    check_evaluator_type(name)
+                except ValueError as error:
+                    raise InputError(f"DATASETS.TEST: {error}") from error
 
     checker = _DatasetChecker(require_masks=cfg.MODEL.MASK_ON)
     checked = set()
@@ -255,9 +261,15 @@ def _check_num_classes(cfg, name, key, num_categories):
         return
     # RetinaNet's heads read MODEL.RETINANET.NUM_CLASSES, R-CNN's MODEL.ROI_HEADS.NUM_CLASSES.
     if "RetinaNet" in cfg.MODEL.META_ARCHITECTURE:
-        num_classes_key, num_classes = "MODEL.RETINANET.NUM_CLASSES", cfg.MODEL.RETINANET.NUM_CLASSES
+        num_classes_key, num_classes = (
+            "MODEL.RETINANET.NUM_CLASSES",
+            cfg.MODEL.RETINANET.NUM_CLASSES,
+        )
     elif "RCNN" in cfg.MODEL.META_ARCHITECTURE:
-        num_classes_key, num_classes = "MODEL.ROI_HEADS.NUM_CLASSES", cfg.MODEL.ROI_HEADS.NUM_CLASSES
+        num_classes_key, num_classes = (
+            "MODEL.ROI_HEADS.NUM_CLASSES",
+            cfg.MODEL.ROI_HEADS.NUM_CLASSES,
+        )
     else:
         return
     if num_classes != num_categories:
@@ -611,6 +623,7 @@ def _check_annotations(
 def _detectron2_builtin_names():
     """The dataset names Detectron2 registered on import (its builtin COCO, LVIS … files)."""
     return _DETECTRON2_BUILTIN_NAMES
+
 
 def _annotation_ref(index, annotation):
     image = f"image id {annotation['image_id']!r}" if "image_id" in annotation else "no image_id"
