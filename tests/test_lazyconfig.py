@@ -10,6 +10,8 @@ import torch
 from conftest import REPO_ROOT, load_config
 from detectron2.config import LazyConfig, instantiate
 from detectron2.modeling import build_model
+from omegaconf import DictConfig, ListConfig
+from torch import nn
 
 from dropblock_det.config import dropblock_settings
 from dropblock_det.modeling import dropblock_modules
@@ -22,7 +24,17 @@ TWINS = [
         "COCO-Paper/retinanet_R_50_FPN_scratch_150ep_dropblock_bs7.yaml",
         "COCO-Paper/retinanet_R_50_FPN_scratch_150ep_dropblock_bs7.py",
     ),
+    ("tiny/tiny_faster_rcnn_R18_FPN_dropblock.yaml", "tiny/tiny_faster_rcnn_R18_FPN_dropblock.py"),
+    (
+        "COCO-Detection/faster_rcnn_R_50_FPN_1x_dropblock.yaml",
+        "COCO-Detection/faster_rcnn_R_50_FPN_1x_dropblock.py",
+    ),
+    (
+        "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x_dropblock.yaml",
+        "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x_dropblock.py",
+    ),
 ]
+TINY_RCNN_TWIN = TWINS[3]
 
 
 def _config(relative):
@@ -37,7 +49,35 @@ def _dropblock_settings_of(model):
 
 
 def _anchors(model):
-    return [a.clone() for a in model.anchor_generator.cell_anchors]
+    # R-CNN's anchors belong to its RPN, RetinaNet's to the model.
+    owner = getattr(model, "proposal_generator", model)
+    return [a.clone() for a in owner.anchor_generator.cell_anchors]
+
+
+def _plain(value, depth=0):
+    """``value`` as plain Python, comparable across the yaml and LazyConfig builds."""
+    if isinstance(value, (bool, int, float, str, type(None))):
+        return value
+    if isinstance(value, (list, tuple, ListConfig)):
+        return [_plain(v, depth) for v in value]
+    if isinstance(value, (dict, DictConfig)):
+        return {k: _plain(v, depth) for k, v in value.items()}
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    # Helper objects the modules hold (Matcher, Box2BoxTransform): their settings, one level.
+    if depth == 0 and hasattr(value, "__dict__") and not isinstance(value, nn.Module):
+        return {k: _plain(v, depth + 1) for k, v in vars(value).items() if not k.startswith("_")}
+    return type(value).__name__
+
+
+def _module_settings(model):
+    # What repr leaves out: thresholds, top-k, loss weights, in_features, matcher and box coder.
+    return {
+        name: {
+            k: _plain(v) for k, v in vars(m).items() if not k.startswith("_") and k != "training"
+        }
+        for name, m in model.named_modules()
+    }
 
 
 @pytest.mark.parametrize("yaml_file, lazy_file", TWINS, ids=[t[1] for t in TWINS])
@@ -51,6 +91,7 @@ def test_lazyconfig_builds_the_same_model_as_its_yaml_twin(yaml_file, lazy_file)
     # Same module tree (types and constructor arguments, as printed), same DropBlock settings.
     assert repr(from_lazy) == repr(from_yaml)
     assert [type(m) for m in from_lazy.modules()] == [type(m) for m in from_yaml.modules()]
+    assert _module_settings(from_lazy) == _module_settings(from_yaml)
     assert _dropblock_settings_of(from_lazy) == _dropblock_settings_of(from_yaml)
     # Same parameters and buffers in the same order, the same anchors and pixel normalisation.
     yaml_state, lazy_state = from_yaml.state_dict(), from_lazy.state_dict()
@@ -82,6 +123,26 @@ def test_tiny_lazyconfig_detects_exactly_as_its_yaml_twin_with_the_same_weights(
     assert len(e) > 0
     assert torch.equal(e.pred_boxes.tensor, a.pred_boxes.tensor)
     assert torch.equal(e.scores, a.scores)
+
+
+def test_tiny_rcnn_lazyconfig_detects_exactly_as_its_yaml_twin_with_the_same_weights():
+    yaml_file, lazy_file = TINY_RCNN_TWIN
+    from_yaml = build_model(
+        load_config(_config(yaml_file), ("MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0))
+    )
+    lazy = LazyConfig.load(_config(lazy_file))
+    lazy.model.roi_heads.box_predictor.test_score_thresh = 0.0
+    from_lazy = instantiate(lazy.model)
+    from_lazy.load_state_dict(from_yaml.state_dict(), strict=True)
+    generator = torch.Generator().manual_seed(0)
+    images = [{"image": torch.randint(0, 256, (3, 96, 80), generator=generator).float()}]
+    with torch.no_grad():
+        expected, actual = from_yaml.eval()(images), from_lazy.eval()(images)
+    e, a = expected[0]["instances"], actual[0]["instances"]
+    assert len(e) > 0
+    assert torch.equal(e.pred_boxes.tensor, a.pred_boxes.tensor)
+    assert torch.equal(e.scores, a.scores)
+    assert torch.equal(e.pred_classes, a.pred_classes)
 
 
 def test_settings_node_rejects_unknown_keys_and_bad_values_naming_them():

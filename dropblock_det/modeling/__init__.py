@@ -29,6 +29,7 @@ from .placements import (
     dropblock_modules,
     group_keep_prob,
     retinanet_head,
+    roi_dropblock_factory,
 )
 
 __all__ = [
@@ -52,4 +53,5 @@ __all__ = [
     "group_keep_prob",
     "make_dropblock_stages",
     "retinanet_head",
+    "roi_dropblock_factory",
 ]

@@ -55,6 +55,7 @@ __all__ = [
     "make_dropblock_factory",
     "requested_groups",
     "retinanet_head",
+    "roi_dropblock_factory",
     "stage_points_per_block",
 ]
 
@@ -454,9 +455,26 @@ def retinanet_head(dropblock, **head_kwargs) -> RetinaNetHead:
 # R-CNN RoI heads
 
 
+def roi_dropblock_factory(dropblock, group: str) -> Callable[[], DropBlock2d] | None:
+    """The ``make_dropblock`` argument of the DropBlock RoI heads, or None for no DropBlock.
+
+    The one rule for both construction paths: the yaml heads' ``from_config`` calls it, and a
+    LazyConfig passes ``make_dropblock=L(roi_dropblock_factory)(dropblock=..., group=...)``.
+
+    Args:
+        dropblock (CfgNode): the DropBlock settings; ENABLED and ROI_HEADS on give a factory.
+        group (str): ROI_BOX_GROUP or ROI_MASK_GROUP.
+
+    Returns:
+        callable or None: ``() -> DropBlock2d`` (see :func:`make_dropblock_factory`), or None.
+    """
+    if dropblock.ENABLED and dropblock.ROI_HEADS:
+        return make_dropblock_factory(dropblock, group)
+    return None
+
+
 def _roi_dropblock_from_config(cfg, group):
-    d = cfg.MODEL.DROPBLOCK
-    return make_dropblock_factory(d, group) if d.ENABLED and d.ROI_HEADS else None
+    return roi_dropblock_factory(cfg.MODEL.DROPBLOCK, group)
 
 
 def _children_but_dropblock(module: nn.Module):
