@@ -41,17 +41,18 @@ def _load_operator(path):
     return module
 
 
-def build_implementations(keep_prob, block_size, device=torch.device("cpu"), before=None):
+def build_implementations(keep_prob, block_size, device=None, before=None):
     """Name -> (callable taking x, kind) for ours and every importable peer.
 
     Args:
-        device (torch.device): where the benchmark runs; every backend of ours that serves it gets
-            its own rows, besides "auto" (the unlabelled rows).
+        device (torch.device or None): where the benchmark runs (default CPU); every backend of
+            ours that serves it gets its own rows, besides "auto" (the unlabelled rows).
         before (str or None): path of an older single-file operator to time side by side.
 
     Returns:
         tuple(dict, list[str]): the implementations, and notes on skipped peers.
     """
+    device = device or torch.device("cpu")
     impls = {
         "ours per-channel": (
             lambda x: drop_block_2d(x, keep_prob, block_size),
@@ -203,8 +204,8 @@ def format_table(results, impls, markdown=False):
         lines += ["| " + " | ".join(row) + " |" for row in rows]
         return "\n".join(lines)
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=False))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) for row in rows]
     return "\n".join(lines)
 
 

@@ -53,7 +53,7 @@ def main(argv=None):
 
     def setters(groups):
         def step():
-            for value, group in zip(values, groups):
+            for value, group in zip(values, groups, strict=False):
                 for module in group:
                     module.keep_prob = value
             for group in groups:
@@ -65,7 +65,7 @@ def main(argv=None):
     shared = [share_keep_prob(group) for group in build(DropBlock2d)]
 
     def fills():
-        for value, keep_prob in zip(values, shared):
+        for value, keep_prob in zip(values, shared, strict=False):
             keep_prob.fill(value)
         for keep_prob in shared:
             keep_prob.fill(1.0)

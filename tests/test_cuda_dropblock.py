@@ -62,7 +62,7 @@ def test_training_steps_with_a_changing_keep_prob_never_sync_with_the_host(backe
 
     def step(keep_prob, amp):
         # What the schedule hook does: one fill per group before the step, back to 1 after it.
-        for scale, keep in zip((0.25, 0.5, 1.0), groups.values()):
+        for scale, keep in zip((0.25, 0.5, 1.0), groups.values(), strict=False):
             keep.fill(1.0 - (1.0 - keep_prob) * scale)
         with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
             loss = model(x).float().square().mean()
@@ -191,7 +191,8 @@ def test_compiled_module_takes_a_new_keep_prob_without_recompiling(backend):
     assert counter.frame_count == 1
     # 512 maps; a map's dropped fraction has sd < 0.5, so 5 sd of the mean is < 0.11.
     assert all(
-        abs(rate - (1 - kp)) < 5 * 0.5 / math.sqrt(512) for rate, kp in zip(rates, (0.9, 0.8, 0.7))
+        abs(rate - (1 - kp)) < 5 * 0.5 / math.sqrt(512)
+        for rate, kp in zip(rates, (0.9, 0.8, 0.7), strict=False)
     )
     assert rates == sorted(rates)
 

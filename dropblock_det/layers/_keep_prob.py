@@ -7,7 +7,7 @@ one :meth:`KeepProb.fill` sets all of them: one in-place fill, whatever the grou
 """
 
 import numbers
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 

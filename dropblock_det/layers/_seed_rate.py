@@ -6,7 +6,6 @@ same math as tensor ops on a keep_prob tensor, for compiled graphs where keep_pr
 
 import functools
 import math
-from typing import Tuple
 
 import torch
 
@@ -16,12 +15,12 @@ import torch
 COMPILED_NEWTON_STEPS = 12
 
 
-def clip_block(block_size: int, height: int, width: int) -> Tuple[int, int]:
+def clip_block(block_size: int, height: int, width: int) -> tuple[int, int]:
     """The block's (height, width) on an ``height x width`` map: clipped per axis to the map."""
     return min(block_size, height), min(block_size, width)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def coverage_terms(height: int, width: int, block_h: int, block_w: int):
     """How many units are covered by how many possible blocks.
 
@@ -73,8 +72,8 @@ def exact_gamma(height: int, width: int, block_h: int, block_w: int, keep_prob: 
     )
     for _ in range(200):
         keep = 1.0 - gamma
-        survive = sum(w * keep**k for k, w in zip(exponents, weights))
-        slope = sum(w * k * keep ** (k - 1) for k, w in zip(exponents, weights))
+        survive = sum(w * keep**k for k, w in zip(exponents, weights, strict=False))
+        slope = sum(w * k * keep ** (k - 1) for k, w in zip(exponents, weights, strict=False))
         step = (survive - keep_prob) / slope  # = (target - f(gamma)) / f'(gamma) >= 0
         if not step > 1e-17 * max(gamma, 1e-300) or gamma + step >= 1.0:
             break

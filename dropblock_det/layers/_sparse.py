@@ -180,7 +180,7 @@ def _scale_and_zero_segments(src, scale, out, row_starts, block_w) -> torch.Tens
     ends = np.array([end for _, end, _ in pieces], dtype=np.int64)
     stops = np.searchsorted(row_starts.numpy(), ends - block_w, side="right").tolist()
     done = 0
-    for (begin, end, factor), stop in zip(pieces, stops):
+    for (begin, end, factor), stop in zip(pieces, stops, strict=False):
         torch.mul(flat_src[begin:end], factor, out=flat_out[begin:end])
         if stop > done:
             windows.index_fill_(0, row_starts[done:stop], 0)

@@ -13,7 +13,6 @@ keep_prob as data.
 """
 
 import os
-from typing import Optional, Tuple
 
 import torch
 import triton
@@ -38,7 +37,7 @@ _APPLY_BLOCK = 1024
 _INT32_LIMIT = 2**31 - 1
 
 
-def _tile(height: int, width: int, block_h: int) -> Tuple[int, int]:
+def _tile(height: int, width: int, block_h: int) -> tuple[int, int]:
     """(BLOCK_R, BLOCK_W) of the mask kernel for this map and block height."""
     block_w = max(8, triton.next_power_of_2(width))
     # At least 2 bh rows (half of them or more are output rows), at most what the map needs.
@@ -140,7 +139,7 @@ def _triton_mask(
     block_h: int,
     block_w: int,
     mask_channels: int,
-) -> Tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor]:
     return _launch_mask(wrap_triton, x, seed, gamma, block_h, block_w, mask_channels)
 
 
@@ -195,7 +194,7 @@ def drop_block_triton(
     share_channels: bool,
     gamma: str,
     normalize: str,
-    generator: Optional[torch.Generator],
+    generator: torch.Generator | None,
 ) -> torch.Tensor:
     """Triton-backend DropBlock; arguments as :func:`~dropblock_det.layers._dense.drop_block_dense`.
 

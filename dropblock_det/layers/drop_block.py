@@ -22,7 +22,6 @@ fused bit-mask kernel and a masked rescale, no host sync). "auto" picks per devi
 """
 
 import numbers
-from typing import Optional, Union
 
 import torch
 from torch import nn
@@ -82,14 +81,14 @@ def seed_rate(height: int, width: int, block_size: int, keep_prob: float, gamma:
 
 def drop_block_2d(
     x: torch.Tensor,
-    keep_prob: Union[float, torch.Tensor],
+    keep_prob: float | torch.Tensor,
     block_size: int,
     *,
     training: bool = True,
     share_channels: bool = False,
     gamma: str = "paper",
     normalize: str = "batch",
-    generator: Optional[torch.Generator] = None,
+    generator: torch.Generator | None = None,
     backend: str = "auto",
 ) -> torch.Tensor:
     """DropBlock: zero random ``block_size x block_size`` blocks of a feature map and rescale.
