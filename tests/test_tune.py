@@ -55,6 +55,7 @@ def setup_environment():
     )
 """
 TIMEOUT_S = 300
+CPU = ("MODEL.DEVICE", "cpu")
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +101,7 @@ def tune_argv(out, *, space, n_trials, storage=None, extra=(), opts=QUICK_OPTS):
     argv += ["--heartbeat", "1", "--poll", "0.2", "--pruner", "none", *extra]
     if storage:
         argv += ["--storage", storage]
-    return argv + list(opts)
+    return [*argv, "--", *opts]  # "--": a list flag in extra must not swallow the options
 
 
 def start_worker(argv, env, log_path):
@@ -207,7 +208,7 @@ def assert_complete_without_loss_or_duplicates(study, runs, n_trials):
 )
 def test_bad_search_space_stops_before_training_naming_the_key(tmp_path, capsys, space, message):
     out = tmp_path / "out"
-    rc = tune_main(tune_argv(out, space=write_space(str(tmp_path), space), n_trials=1, opts=()))
+    rc = tune_main(tune_argv(out, space=write_space(str(tmp_path), space), n_trials=1, opts=CPU))
     error = capsys.readouterr().err
     assert rc == 2
     assert error.startswith("tune.py: error: ") and message in error, error
@@ -216,16 +217,51 @@ def test_bad_search_space_stops_before_training_naming_the_key(tmp_path, capsys,
 
 
 def test_heldout_seeds_that_overlap_the_search_seeds_are_refused(tmp_path, capsys):
-    argv = tune_argv(tmp_path / "out", space=write_space(str(tmp_path)), n_trials=1, opts=())
-    argv += ["--heldout-seeds", "0", "5"]
+    argv = tune_argv(
+        tmp_path / "out",
+        space=write_space(str(tmp_path)),
+        n_trials=1,
+        extra=["--heldout-seeds", "0", "5"],
+        opts=CPU,
+    )
     assert tune_main(argv) == 2
     assert "--heldout-seeds shares [0] with --seeds" in capsys.readouterr().err
 
 
 def test_missing_space_file_is_refused(tmp_path, capsys):
-    argv = tune_argv(tmp_path / "out", space=str(tmp_path / "nope.yaml"), n_trials=1, opts=())
+    argv = tune_argv(tmp_path / "out", space=str(tmp_path / "nope.yaml"), n_trials=1, opts=CPU)
     assert tune_main(argv) == 2
     assert "nope.yaml' cannot be read" in capsys.readouterr().err
+
+
+def test_default_space_is_accepted_by_the_tiny_config_and_written_out_in_configs(tmp_path):
+    from detectron2.engine import default_argument_parser
+
+    from dropblock_det.tools.trainer import build_cfg
+    from dropblock_det.tools.tune.space import check_space, default_space, load_space
+    from dropblock_det.tools.validation import check_training_inputs
+
+    def build(extra=()):
+        argv = [
+            "--config-file",
+            SEARCH_CONFIG,
+            "MODEL.DEVICE",
+            "cpu",
+            "MODEL.DROPBLOCK.ENABLED",
+            "True",
+        ]
+        argv += list(extra)
+        cfg = build_cfg(default_argument_parser().parse_args(argv))
+        check_training_inputs(cfg, check_train=False, check_test=False)
+        return cfg
+
+    space = check_space(default_space(build()), build(), build)
+    written = load_space(os.path.join(REPO_ROOT, "configs", "search", "default_space.yaml"))
+    assert {k: p.candidates() for k, p in written.items()} == {
+        k: p.candidates() for k, p in space.items()
+    }
+    assert space["MODEL.DROPBLOCK.BLOCK_SIZE"].candidates() == [1, 3, 5, 7]
+    assert space["MODEL.DROPBLOCK.KEEP_PROB"].candidates() == [0.8, 0.95]
 
 
 # ----------------------------------------------------------------------- workers, kill, resume

@@ -19,7 +19,10 @@ from detectron2.engine import default_argument_parser
 
 __all__ = ["main", "parse_args"]
 
-_EXAMPLE = """examples:
+_EXAMPLE = """KEY VALUE config options come last, as with train_net.py; right after --seeds or
+--heldout-seeds, put -- before them (e.g. --heldout-seeds 100 101 -- MODEL.DEVICE cpu).
+
+examples:
   # a search on this machine (the study lives in output/tune/<name>/study.db; rerun to resume)
   python tools/tune.py --config-file configs/search/tiny_search.yaml --n-trials 6 \\
       MODEL.DEVICE cpu
@@ -98,6 +101,11 @@ def _check_flags(args):
             f"--heldout-seeds shares {shared} with --seeds: the verdict must use seeds the search "
             "never saw, or the selection bias of the best trial comes back."
         )
+    flags = [o for o in args.opts[::2] if o.startswith("--")]
+    if flags:
+        raise _InputError(
+            f"{flags[0]} comes after the KEY VALUE config options; put every tune.py flag first."
+        )
     if len(args.opts) % 2:
         raise _InputError(f"config options must come in KEY VALUE pairs, got {args.opts}.")
     if args.heartbeat <= 0 or args.poll <= 0:
@@ -138,6 +146,7 @@ def _prepare(args):
     from .study import BASELINE_OPTS, SETTING_OPTS, SearchSetup
 
     _check_flags(args)
+    params = load_space(args.space) if args.space else None  # its form, before the slower checks
     config_file = os.path.abspath(args.config_file)
     build = _ConfigBuilder(config_file, args.opts)
     cfg = build()
@@ -149,7 +158,7 @@ def _prepare(args):
             "exactly one, e.g. DATASETS.TEST \"('dropblock_digits_val',)\"."
         )
     source = args.space or "the default space"
-    params = load_space(args.space) if args.space else default_space(cfg)
+    params = params if params is not None else default_space(cfg)
     params = check_space(params, cfg, lambda extra: build.checked([*SETTING_OPTS, *extra]), source)
 
     name = args.study_name or f"dropblock-{os.path.splitext(os.path.basename(config_file))[0]}"
