@@ -68,8 +68,16 @@ def test_every_config_builds_on_cpu_without_weights(config_file):
     assert bool(_dropblock_names(model)) == cfg.MODEL.DROPBLOCK.ENABLED
 
 
+# The LazyConfig twins too (configs/**/*.py).
+CONFIG_AND_LAZY_FILES = CONFIG_FILES + sorted(
+    glob.glob(os.path.join(REPO_ROOT, "configs", "**", "*.py"), recursive=True)
+)
+
+
 @pytest.mark.parametrize(
-    "config_file", CONFIG_FILES, ids=[os.path.relpath(f, REPO_ROOT) for f in CONFIG_FILES]
+    "config_file",
+    CONFIG_AND_LAZY_FILES,
+    ids=[os.path.relpath(f, REPO_ROOT) for f in CONFIG_AND_LAZY_FILES],
 )
 def test_every_config_opens_with_a_header_naming_the_expected_result(config_file):
     with open(config_file, encoding="utf-8") as f:

@@ -44,7 +44,8 @@ def do_test(cfg, model):
     Returns:
         dict or None: the evaluator's results; None without an evaluator.
     """
-    if "evaluator" not in cfg.dataloader:
+    # No evaluator (absent, or `dataloader.evaluator=null` on the command line): no inference.
+    if cfg.dataloader.get("evaluator") is None:
         return None
     results = inference_on_dataset(
         model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator)
