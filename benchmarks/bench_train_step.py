@@ -72,6 +72,7 @@ from detectron2.utils.events import EventStorage  # noqa: E402
 import dropblock_det  # noqa: E402,F401  (registers the backbone and meta-architecture)
 from dropblock_det import DropBlock2d, DropBlockSchedule, add_dropblock_config  # noqa: E402
 from dropblock_det.layers import BACKENDS  # noqa: E402
+from dropblock_det.tools.config import add_training_config  # noqa: E402
 from dropblock_det.tools.trainer import Trainer  # noqa: E402
 
 DEFAULT_CONFIG = os.path.join("configs", "COCO-Paper", "Base-RetinaNet-Paper.yaml")
@@ -102,6 +103,7 @@ def build_variant_cfg(config_file, stages, device, lr, amp, keep_prob=None):
     """
     cfg = get_cfg()
     add_dropblock_config(cfg)
+    add_training_config(cfg)
     cfg.merge_from_file(config_file)
     cfg.MODEL.WEIGHTS = ""
     cfg.MODEL.DEVICE = device

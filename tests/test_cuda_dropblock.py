@@ -91,9 +91,11 @@ def test_the_paper_backbone_step_with_in_block_dropblock_never_syncs():
     from detectron2.modeling import build_backbone
 
     from dropblock_det import add_dropblock_config
+    from dropblock_det.tools.config import add_training_config
 
     cfg = get_cfg()
     add_dropblock_config(cfg)
+    add_training_config(cfg)  # the paper config sets INPUT.SCALE_JITTER
     cfg.merge_from_file("configs/COCO-Paper/Base-RetinaNet-Paper.yaml")
     cfg.MODEL.DROPBLOCK.ENABLED = True
     cfg.MODEL.DROPBLOCK.STAGES = ["res3", "res4", "res5"]
