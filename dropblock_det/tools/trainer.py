@@ -18,7 +18,6 @@ from detectron2.data import transforms as T
 from detectron2.engine import (
     AMPTrainer,
     DefaultTrainer,
-    HookBase,
     SimpleTrainer,
     TrainerBase,
     create_ddp_model,
@@ -29,6 +28,7 @@ from detectron2.evaluation import verify_results
 from detectron2.solver import get_default_optimizer_params
 from detectron2.solver.build import maybe_add_gradient_clipping
 from detectron2.utils import comm
+from detectron2.utils.events import EventWriter, get_event_storage
 from detectron2.utils.logger import setup_logger
 
 from ..config import add_dropblock_config, validate_dropblock_config
@@ -227,19 +227,22 @@ def write_eval_results(output_dir, results, iteration=None):
     return path
 
 
-class KeepProbOnConsole(HookBase):
+class KeepProbOnConsole(EventWriter):
     """Puts keep_prob on Detectron2's console metrics line.
 
-    Detectron2's ``CommonMetricPrinter`` prints the losses, lr, time and memory, plus every scalar
-    whose name contains ``[metric]``; this hook copies the schedule's ``dropblock/keep_prob`` (kept
-    under that name in metrics.json and TensorBoard) to :data:`CONSOLE_KEEP_PROB` after each step.
+    Detectron2's ``CommonMetricPrinter`` prints the losses, lr, time and memory, plus the window
+    median of every scalar whose name contains ``[metric]``. Listed before the printer, this writer
+    copies the schedule's latest ``dropblock/keep_prob`` (kept under that name in metrics.json and
+    TensorBoard) to :data:`CONSOLE_KEEP_PROB` each time the writers run, so that the printer's
+    window holds that one value and the line shows keep_prob as it is now.
     """
 
-    def after_step(self):
-        latest = self.trainer.storage.latest()
+    def write(self):
+        storage = get_event_storage()
+        latest = storage.latest()
         if KEEP_PROB_METRIC in latest:
             value, _ = latest[KEEP_PROB_METRIC]
-            self.trainer.storage.put_scalar(CONSOLE_KEEP_PROB, value, smoothing_hint=False)
+            storage.put_scalar(CONSOLE_KEEP_PROB, value, smoothing_hint=False)
 
 
 class Trainer(DefaultTrainer):
@@ -411,12 +414,16 @@ class Trainer(DefaultTrainer):
                 (i for i, h in enumerate(ret) if isinstance(h, hooks.LRScheduler)), len(ret)
             )
             ret.insert(index, DropBlockSchedule(self.cfg))
-            # Before the PeriodicWriter, which prints the console metrics line.
-            index = next(
-                (i for i, h in enumerate(ret) if isinstance(h, hooks.PeriodicWriter)), len(ret)
-            )
-            ret.insert(index, KeepProbOnConsole())
         return ret
+
+    def build_writers(self):
+        """Detectron2's writers, with keep_prob on the console line when DropBlock is on.
+
+        Returns:
+            list[EventWriter]: the writers.
+        """
+        writers = super().build_writers()
+        return [KeepProbOnConsole(), *writers] if self.cfg.MODEL.DROPBLOCK.ENABLED else writers
 
     def evaluate_now(self):
         """Evaluate the current weights (the EvalHook's function) and keep the results.
