@@ -2,7 +2,7 @@
 
 import functools
 import logging
-from typing import Dict, List, Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 from detectron2.config import configurable
 from detectron2.engine import HookBase
@@ -61,7 +61,7 @@ _NAMED_GROUPS = {
 }
 
 
-def describe_group(group: Optional[str]) -> str:
+def describe_group(group: str | None) -> str:
     """Where a DropBlock group sits, in words (e.g. "ResNet stage res4").
 
     Args:
@@ -105,7 +105,7 @@ class DropBlockSchedule(HookBase):
         ramp: float = 1.0,
         stages: Sequence[str] = (),
         group_scaling: bool = True,
-        model: Optional[nn.Module] = None,
+        model: nn.Module | None = None,
     ):
         """
         Args:
@@ -123,7 +123,7 @@ class DropBlockSchedule(HookBase):
         self._group_scaling = bool(group_scaling)
         self._model = model
         # (group, its shared KeepProb), set in before_train.
-        self._groups: List[Tuple[str, KeepProb]] = []
+        self._groups: list[tuple[str, KeepProb]] = []
 
     @classmethod
     def from_config(cls, cfg, model=None):
@@ -147,7 +147,7 @@ class DropBlockSchedule(HookBase):
             "model": model,
         }
 
-    def keep_prob_at(self, iteration: int, max_iter: int, group: Optional[str] = None) -> float:
+    def keep_prob_at(self, iteration: int, max_iter: int, group: str | None = None) -> float:
         """The keep probability the hook sets before training step ``iteration``.
 
         Args:
@@ -166,7 +166,7 @@ class DropBlockSchedule(HookBase):
 
     def before_train(self):
         model = self._model if self._model is not None else self.trainer.model
-        by_group: Dict[tuple, list] = {}
+        by_group: dict[tuple, list] = {}
         for _, module, group in dropblock_modules(model):
             # share_keep_prob needs one device and dtype (a buffer of each module).
             buffer = next(module.buffers())
@@ -182,7 +182,7 @@ class DropBlockSchedule(HookBase):
         for (group, _, _), modules in by_group.items():
             logger.info(self._summary(group, modules))
         # The map sizes of the first step, for the warning on a block larger than every map.
-        self._map_sizes: Dict[str, set] = {}
+        self._map_sizes: dict[str, set] = {}
         self._size_hooks = [
             m.register_forward_pre_hook(self._recorder(group))
             for (group, _, _), modules in by_group.items()

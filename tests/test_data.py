@@ -119,7 +119,7 @@ def test_rendered_boxes_are_tight_around_ink_and_inside_the_image(difficulty):
         assert scene.image.shape == (size, size, 3) and scene.image.dtype == np.uint8
         assert len(scene.boxes) <= params.digits_per_image[1]
         assert np.array_equal(scene.labels, labels[scene.source_indices])
-        for (x, y, w, h), mask in zip(scene.boxes, scene.ink_masks):
+        for (x, y, w, h), mask in zip(scene.boxes, scene.ink_masks, strict=True):
             assert w > 0 and h > 0 and x >= 0 and y >= 0 and x + w <= size and y + h <= size
             ys, xs = np.nonzero(mask)
             # Tight: the box is exactly the extent of the digit's ink.
@@ -143,7 +143,7 @@ def test_saved_png_shows_the_digit_exactly_inside_its_json_box(tmp_path):
     data.prepare_dataset(out, spec)
     coco = _load_json(out, "train")
     assert len(coco["annotations"]) == 12  # one digit per image
-    for info, ann in zip(coco["images"], coco["annotations"]):
+    for info, ann in zip(coco["images"], coco["annotations"], strict=True):
         assert ann["image_id"] == info["id"]
         pixels = np.asarray(Image.open(os.path.join(out, "train", info["file_name"])), np.float64)
         luma = pixels @ np.array([0.299, 0.587, 0.114])

@@ -131,7 +131,7 @@ def _instances(boxes, scores, classes, mask_boxes=None):
     instances.pred_classes = torch.tensor(classes, dtype=torch.int64)
     if mask_boxes is not None:
         pred_masks = torch.zeros((len(boxes), HEIGHT, WIDTH), dtype=torch.bool)
-        for mask, (x0, y0, x1, y1) in zip(pred_masks, mask_boxes):
+        for mask, (x0, y0, x1, y1) in zip(pred_masks, mask_boxes, strict=True):
             mask[int(y0) : int(y1), int(x0) : int(x1)] = True
         instances.pred_masks = pred_masks
     return instances

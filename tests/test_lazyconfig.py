@@ -98,7 +98,9 @@ def test_lazyconfig_builds_the_same_model_as_its_yaml_twin(yaml_file, lazy_file)
     assert [(k, v.shape) for k, v in lazy_state.items()] == [
         (k, v.shape) for k, v in yaml_state.items()
     ]
-    assert all(torch.equal(a, b) for a, b in zip(_anchors(from_lazy), _anchors(from_yaml)))
+    assert all(
+        torch.equal(a, b) for a, b in zip(_anchors(from_lazy), _anchors(from_yaml), strict=True)
+    )
     assert torch.equal(from_lazy.pixel_mean, from_yaml.pixel_mean)
     assert torch.equal(from_lazy.pixel_std, from_yaml.pixel_std)
     assert from_lazy.input_format == from_yaml.input_format

@@ -11,18 +11,13 @@ from conftest import REPO_ROOT, load_config
 from detectron2.layers import CycleBatchNormList
 from detectron2.modeling import build_model
 from detectron2.modeling.backbone.fpn import FPN
-from detectron2.modeling.backbone.resnet import BasicBlock, BasicStem, BottleneckBlock, ResNet
+from detectron2.modeling.backbone.resnet import BasicBlock, BottleneckBlock, ResNet
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 from torch import nn
 
 from dropblock_det import DropBlock2d
-from dropblock_det.modeling import (
-    DropBlockBasicBlock,
-    DropBlockBottleneckBlock,
-    DropBlockFPN,
-    DropBlockRetinaNet,
-)
+from dropblock_det.modeling import DropBlockBasicBlock, DropBlockBottleneckBlock, DropBlockFPN
 
 # Every Detectron2 config of the repository (search spaces, *_space.yaml, are not configs).
 CONFIG_FILES = sorted(
@@ -366,7 +361,7 @@ def test_state_dict_and_eval_detections_equal_stock_retinanet(request, case):
     model.eval()
     with torch.no_grad():
         expected, actual = stock(_images()), model(_images())
-    for e, a in zip(expected, actual):
+    for e, a in zip(expected, actual, strict=True):
         e, a = e["instances"], a["instances"]
         assert len(e) > 0
         assert torch.equal(e.pred_boxes.tensor, a.pred_boxes.tensor)

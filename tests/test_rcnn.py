@@ -82,7 +82,7 @@ def test_state_dict_and_eval_detections_equal_stock_rcnn(opts):
         m.keep_prob = 0.5
     with torch.no_grad():
         expected, actual = stock.eval()(_images()), model.eval()(_images())
-    for e, a in zip(expected, actual):
+    for e, a in zip(expected, actual, strict=True):
         e, a = e["instances"], a["instances"]
         assert len(e) > 0
         assert torch.equal(e.pred_boxes.tensor, a.pred_boxes.tensor)

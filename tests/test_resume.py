@@ -60,7 +60,7 @@ def test_resumed_run_follows_the_uninterrupted_keep_prob_and_lr(
     # every step; the LR steps down at SOLVER.STEPS 5).
     resumed_keep = [resumed[it]["keep_probs"][0] for it in range(CHECKPOINT_ITER + 1, MAX_ITER)]
     resumed_lr = [resumed[it]["lr"][0] for it in range(CHECKPOINT_ITER + 1, MAX_ITER)]
-    assert all(a > b for a, b in zip(resumed_keep, resumed_keep[1:]))
+    assert all(a > b for a, b in zip(resumed_keep, resumed_keep[1:], strict=False))
     assert len(set(resumed_lr)) > 1
     # The killed process recorded steps 0-5; the resumed one started at 4, not 0, and finished.
     with open(os.path.join(resumed_run, "recording_rank0.jsonl")) as f:

@@ -154,7 +154,7 @@ def test_scale_jitter_crops_and_pads_every_training_image_to_the_target_size(tin
         {"ENABLED": True, "MIN_SCALE": 0.5, "MAX_SCALE": 1.5, "TARGET_SIZE": target}
     )
     loader = Trainer.build_train_loader(cfg)
-    batches = [batch for _, batch in zip(range(3), loader)]
+    batches = [batch for _, batch in zip(range(3), loader, strict=False)]
     for batch in batches:
         for item in batch:
             assert tuple(item["image"].shape[1:]) == (target, target)

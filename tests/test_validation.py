@@ -83,7 +83,7 @@ def coco_dataset(tmp_path, registry):
     return make
 
 
-def _cfg(train=(), test=(), num_classes=len(CATEGORIES)):
+def _cfg(train=(), test=(), num_classes=None):
     cfg = get_cfg()
     dropblock_det.add_dropblock_config(cfg)
     add_training_config(cfg)
@@ -91,7 +91,7 @@ def _cfg(train=(), test=(), num_classes=len(CATEGORIES)):
     cfg.MODEL.META_ARCHITECTURE = "RetinaNet"
     cfg.MODEL.BACKBONE.NAME = "build_retinanet_resnet_fpn_backbone"
     cfg.MODEL.FPN.IN_FEATURES = ["res3", "res4", "res5"]
-    cfg.MODEL.RETINANET.NUM_CLASSES = num_classes
+    cfg.MODEL.RETINANET.NUM_CLASSES = len(CATEGORIES) if num_classes is None else num_classes
     cfg.DATASETS.TRAIN = tuple(train)
     cfg.DATASETS.TEST = tuple(test)
     return cfg

@@ -7,12 +7,11 @@ same seed), with the DropBlock block classes of :mod:`.placements` in MODEL.DROP
 of the stock backbone.
 """
 
-from typing import List, Sequence
+from collections.abc import Sequence
 
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, META_ARCH_REGISTRY
 from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool, LastLevelP6P7
-from detectron2.modeling.meta_arch import GeneralizedRCNN, ProposalNetwork, RetinaNet
 from detectron2.modeling.backbone.resnet import (
     BasicBlock,
     BasicStem,
@@ -20,6 +19,7 @@ from detectron2.modeling.backbone.resnet import (
     DeformBottleneckBlock,
     ResNet,
 )
+from detectron2.modeling.meta_arch import GeneralizedRCNN, ProposalNetwork, RetinaNet
 from torch import nn
 
 from ..config import validate_dropblock_config, validate_dropblock_settings
@@ -82,7 +82,7 @@ def make_dropblock_stages(
     deform_on_per_stage: Sequence[bool] = (False, False, False, False),
     deform_modulated: bool = False,
     deform_num_groups: int = 1,
-) -> List[List[nn.Module]]:
+) -> list[list[nn.Module]]:
     """The four stages of Detectron2's ResNet, with DropBlock blocks in ``dropblock.STAGES``.
 
     The stage loop of Detectron2's ``build_resnet_backbone`` (as TridentNet's

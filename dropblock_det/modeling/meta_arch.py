@@ -3,12 +3,7 @@
 from detectron2.modeling import META_ARCH_REGISTRY, RetinaNet
 
 from ..config import validate_dropblock_config
-from .placements import (
-    HEAD_GROUP,
-    DropBlockRetinaNetHead,
-    check_placements,
-    make_dropblock_factory,
-)
+from .placements import HEAD_GROUP, DropBlockRetinaNetHead, check_placements, make_dropblock_factory
 
 __all__ = ["DropBlockRetinaNet"]
 

@@ -23,7 +23,7 @@ children add no state_dict key, so every placement keeps the stock model's check
 
 import functools
 from collections import OrderedDict
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from collections.abc import Callable, Iterable, Sequence
 
 import torch.nn.functional as F
 from detectron2.config import configurable
@@ -124,7 +124,7 @@ def build_dropblock(settings, group: str) -> DropBlock2d:
     return module
 
 
-def dropblock_modules(model: nn.Module) -> List[Tuple[str, DropBlock2d, Optional[str]]]:
+def dropblock_modules(model: nn.Module) -> list[tuple[str, DropBlock2d, str | None]]:
     """Every DropBlock2d in ``model``, with its name and group; the one answer to "where is it".
 
     ``named_modules`` reaches through a DistributedDataParallel wrapper to the inner model.
@@ -143,7 +143,7 @@ def dropblock_modules(model: nn.Module) -> List[Tuple[str, DropBlock2d, Optional
     ]
 
 
-def requested_groups(cfg, *, backbone_only: bool = False) -> Dict[str, str]:
+def requested_groups(cfg, *, backbone_only: bool = False) -> dict[str, str]:
     """The DropBlock groups the config asks for, each with the key that asks for it.
 
     Args:
@@ -221,13 +221,13 @@ class _DropBlockPoints:
     """Mixin: one child ``dropblock_<point>`` per insertion point, a DropBlock or an Identity."""
 
     # Names of the block's insertion points, in forward order.
-    points: Tuple[str, ...] = ()
+    points: tuple[str, ...] = ()
 
     def __init__(
         self,
         *args,
         make_dropblock: Callable[[], nn.Module],
-        dropblock_points: Optional[Sequence[str]] = None,
+        dropblock_points: Sequence[str] | None = None,
         **kwargs,
     ):
         """
@@ -317,7 +317,7 @@ def dropblock_block_class(block_class: type, stage: str) -> type:
     return _DROPBLOCK_BLOCK_CLASSES[block_class]
 
 
-def stage_points_per_block(placement: str, num_blocks: int) -> List[Optional[Tuple[str, ...]]]:
+def stage_points_per_block(placement: str, num_blocks: int) -> list[tuple[str, ...] | None]:
     """The ``dropblock_points`` of each block of a stage, for ``ResNet.make_stage``.
 
     Args:
@@ -358,7 +358,7 @@ class DropBlockFPN(FPN):
     the undropped map, so each chosen level is dropped exactly once.
     """
 
-    def __init__(self, *args, dropblocks: Dict[str, nn.Module], **kwargs):
+    def __init__(self, *args, dropblocks: dict[str, nn.Module], **kwargs):
         """
         Args:
             args, kwargs: arguments of :class:`FPN`.
@@ -490,7 +490,7 @@ class DropBlockFastRCNNConvFCHead(FastRCNNConvFCHead):
     """
 
     @configurable
-    def __init__(self, *args, make_dropblock: Optional[Callable[[], nn.Module]] = None, **kwargs):
+    def __init__(self, *args, make_dropblock: Callable[[], nn.Module] | None = None, **kwargs):
         """
         Args:
             args, kwargs: arguments of :class:`FastRCNNConvFCHead` (or ``cfg, input_shape``).
@@ -526,7 +526,7 @@ class DropBlockMaskRCNNConvUpsampleHead(MaskRCNNConvUpsampleHead):
     """
 
     @configurable
-    def __init__(self, *args, make_dropblock: Optional[Callable[[], nn.Module]] = None, **kwargs):
+    def __init__(self, *args, make_dropblock: Callable[[], nn.Module] | None = None, **kwargs):
         """
         Args:
             args, kwargs: arguments of :class:`MaskRCNNConvUpsampleHead` (or ``cfg, input_shape``).

@@ -147,7 +147,7 @@ class FasterCOCOEvaluator(DatasetEvaluator):
         self._predictions = []
 
     def process(self, inputs, outputs):
-        for input, output in zip(inputs, outputs):
+        for input, output in zip(inputs, outputs, strict=True):
             if "instances" in output:
                 instances = output["instances"].to(torch.device("cpu"))
                 coco_json = instances_to_coco_json(instances, input["image_id"])

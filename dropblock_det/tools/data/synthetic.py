@@ -19,7 +19,6 @@ import io
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -124,12 +123,12 @@ class SceneParams:
     """
 
     image_size: int = 128
-    digits_per_image: Tuple[int, int] = (2, 6)
-    digit_height: Tuple[int, int] = (14, 48)
+    digits_per_image: tuple[int, int] = (2, 6)
+    digit_height: tuple[int, int] = (14, 48)
     aspect_jitter: float = 1.25
     max_overlap: float = 0.25
-    clutter_per_image: Tuple[int, int] = (1, 5)
-    clutter_size: Tuple[int, int] = (6, 24)
+    clutter_per_image: tuple[int, int] = (1, 5)
+    clutter_size: tuple[int, int] = (6, 24)
     background_texture: float = 0.25
     pixel_noise: float = 0.03
     min_contrast: float = 0.3
@@ -580,7 +579,9 @@ def _quartiles(values):
     if not values:
         return {}
     q = np.percentile(np.asarray(values, dtype=np.float64), [0, 25, 50, 75, 100])
-    return dict(zip(("min", "q1", "median", "q3", "max"), (round(float(v), 1) for v in q)))
+    return dict(
+        zip(("min", "q1", "median", "q3", "max"), (round(float(v), 1) for v in q), strict=True)
+    )
 
 
 def write_dataset(out_dir, spec, progress=None):
@@ -631,7 +632,9 @@ def write_dataset(out_dir, spec, progress=None):
                     "height": spec.scene.image_size,
                 }
             )
-            for box, label, source_index in zip(scene.boxes, scene.labels, scene.source_indices):
+            for box, label, source_index in zip(
+                scene.boxes, scene.labels, scene.source_indices, strict=True
+            ):
                 x, y, w, h = (int(v) for v in box)
                 coco_annotations.append(
                     {
@@ -670,7 +673,7 @@ def write_dataset(out_dir, spec, progress=None):
         summary[split] = {
             "images": total,
             "boxes": len(coco_annotations),
-            "boxes_per_class": dict(zip(CLASS_NAMES, class_counts)),
+            "boxes_per_class": dict(zip(CLASS_NAMES, class_counts, strict=True)),
             "source_digits": int(len(pools[split])),
             "box_height_px": _quartiles(box_heights),
         }

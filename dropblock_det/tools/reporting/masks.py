@@ -6,8 +6,8 @@ dropped feature-map cell covering its ``stride x stride`` pixels.
 """
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -30,7 +30,7 @@ RESNET_STAGE_STRIDES = {"res2": 4, "res3": 8, "res4": 16, "res5": 32}
 _DROP_COLOR = (0.9, 0.05, 0.05)
 
 
-def feature_map_size(height: int, width: int, stride: int) -> Tuple[int, int]:
+def feature_map_size(height: int, width: int, stride: int) -> tuple[int, int]:
     """Size of a Detectron2 ResNet feature map of the given stride for an image.
 
     Every stride-2 layer of the ResNet (stem conv, max-pool, first block of res3..res5) maps a size
@@ -57,7 +57,7 @@ def sample_dropped_cells(
     block_size: int,
     gamma: str = "exact",
     seed: int = 0,
-    generator: Optional[torch.Generator] = None,
+    generator: torch.Generator | None = None,
 ) -> np.ndarray:
     """Draw one channel's DropBlock mask on a ``height x width`` feature map.
 
@@ -173,7 +173,7 @@ def _draw_panel(ax, image: np.ndarray, dropped: np.ndarray, stride: int) -> None
     ax.set_yticks([])
 
 
-def stage_sizes(height: int, width: int) -> Dict[str, Tuple[int, int]]:
+def stage_sizes(height: int, width: int) -> dict[str, tuple[int, int]]:
     """Feature map sizes of res3, res4 and res5 for an image.
 
     Args:

@@ -5,8 +5,8 @@ needs a display nor changes the backend of the process that calls it.
 """
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import List, Sequence
 
 import numpy as np
 from matplotlib import colormaps
@@ -27,7 +27,7 @@ LOSS_KEYS = (
 _PAPER_COLOR = "0.6"
 
 
-def run_colors(count: int) -> List[tuple]:
+def run_colors(count: int) -> list[tuple]:
     """One colour per run, the same in every figure of a report.
 
     Args:
@@ -97,7 +97,9 @@ def plot_ap(runs: Sequence[Run], out_path, include_paper: bool = True, decimals:
     span = max(finite) if finite else 1.0
     reference = values[0] if values and values[0] is not None else math.nan
     paper_reference = PAPER_RESULTS[0].metrics["AP"]
-    for index, (y, value, color, hatch) in enumerate(zip(positions, values, bar_colors, hatches)):
+    for index, (y, value, color, hatch) in enumerate(
+        zip(positions, values, bar_colors, hatches, strict=True)
+    ):
         if value is None or math.isnan(value):
             text = "not evaluated" if value is None else "NaN"
             left.text(0.01 * span, y, text, va="center", ha="left", style="italic", color="0.35")
@@ -117,7 +119,7 @@ def plot_ap(runs: Sequence[Run], out_path, include_paper: bool = True, decimals:
     left.grid(axis="x", alpha=0.3)
     left.set_axisbelow(True)
 
-    evaluated = [(r, c) for r, c in zip(runs, colors) if r.evaluation is not None]
+    evaluated = [(r, c) for r, c in zip(runs, colors, strict=True) if r.evaluation is not None]
     right.set_title("Box metrics of the evaluated runs")
     finite_metrics = [
         h for r, _ in evaluated for h in r.evaluation.metrics.values() if not math.isnan(h)
@@ -129,7 +131,7 @@ def plot_ap(runs: Sequence[Run], out_path, include_paper: bool = True, decimals:
             heights = [run.evaluation.metrics[m] for m in BBOX_METRICS]
             centers = group - 0.4 + width * (i + 0.5)
             right.bar(centers, np.nan_to_num(heights), width, color=color, label=run.name)
-            for x, h in zip(centers, heights):
+            for x, h in zip(centers, heights, strict=True):
                 if math.isnan(h):  # COCOeval gives NaN when a size range has no objects
                     right.text(x, 0.5, "NaN", rotation=90, ha="center", va="bottom", fontsize=8)
         right.set_xticks(group, BBOX_METRICS)
@@ -164,7 +166,7 @@ def plot_keep_prob(runs: Sequence[Run], out_path) -> Path:
     FigureCanvasAgg(fig)
     ax = fig.subplots()
     drawn, lowest = 0, 1.0
-    for run, color in zip(runs, run_colors(len(runs))):
+    for run, color in zip(runs, run_colors(len(runs)), strict=True):
         iterations, keep_prob = run.log.series(KEEP_PROB_METRIC)
         trained, _ = run.log.series(TRAINING_KEY)
         if iterations:
@@ -219,9 +221,9 @@ def plot_losses(runs: Sequence[Run], out_path) -> Path:
         return Path(out_path)
     axes = np.atleast_1d(fig.subplots(1, len(present), sharex=True))
     colors = run_colors(len(runs))
-    for ax, (key, title) in zip(axes, present):
+    for ax, (key, title) in zip(axes, present, strict=True):
         upper = 0.0
-        for run, color in zip(runs, colors):
+        for run, color in zip(runs, colors, strict=True):
             iterations, raw = run.log.series(key)
             if not iterations:
                 continue

@@ -2,9 +2,9 @@
 
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
 
 from .plots import plot_ap, plot_keep_prob, plot_losses
 from .runs import Run, read_runs
@@ -29,21 +29,21 @@ class ReportResult:
         figures: figure key ("ap", "keep_prob", "loss") -> written PNG.
     """
 
-    runs: List[Run]
-    rows: List[TableRow]
+    runs: list[Run]
+    rows: list[TableRow]
     table_text: str
     markdown: str
     report_path: Path
-    figures: Dict[str, Path] = field(default_factory=dict)
+    figures: dict[str, Path] = field(default_factory=dict)
 
 
 def write_report(
     run_dirs: Sequence,
     out_dir,
-    names: Optional[Sequence[str]] = None,
+    names: Sequence[str] | None = None,
     include_paper: bool = True,
     *,
-    dataset: Optional[str] = None,
+    dataset: str | None = None,
     decimals: int = 1,
 ) -> ReportResult:
     """Compare run folders: write ``report.md``, ``ap.png``, ``keep_prob.png`` and ``loss.png``.
@@ -82,7 +82,7 @@ def write_report(
     return ReportResult(runs, rows, table_text, markdown, report_path, figures)
 
 
-def _footnotes(runs: Sequence[Run], include_paper: bool) -> List[str]:
+def _footnotes(runs: Sequence[Run], include_paper: bool) -> list[str]:
     notes = ["Box metrics on Detectron2's 0-100 scale; '–': no number."]
     if any(
         math.isnan(v) for run in runs if run.evaluation for v in run.evaluation.metrics.values()
@@ -129,7 +129,7 @@ def _markdown(runs, rows, footnotes, out_dir: Path, decimals: int) -> str:
     return "\n".join(lines)
 
 
-def _run_details(run: Run) -> List[str]:
+def _run_details(run: Run) -> list[str]:
     details = [f"DropBlock: {_dropblock_details(run)}"]
     max_iter = run.max_iter if run.max_iter is not None else "unknown"
     done = run.iterations_done if run.iterations_done is not None else 0

@@ -16,9 +16,9 @@ import json
 import logging
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
@@ -63,12 +63,12 @@ class MetricsLog:
         line_count: number of lines in the file.
     """
 
-    entries: List[dict] = field(default_factory=list)
-    skipped_lines: List[int] = field(default_factory=list)
+    entries: list[dict] = field(default_factory=list)
+    skipped_lines: list[int] = field(default_factory=list)
     line_count: int = 0
 
     @property
-    def last_training_iteration(self) -> Optional[int]:
+    def last_training_iteration(self) -> int | None:
         """The highest iteration with a training loss, or None when no training step was logged.
 
         Evaluation lines do not count: Detectron2 logs the final evaluation at iteration
@@ -77,7 +77,7 @@ class MetricsLog:
         trained = [e["iteration"] for e in self.entries if TRAINING_KEY in e]
         return max(trained) if trained else None
 
-    def series(self, key: str) -> Tuple[List[int], List[float]]:
+    def series(self, key: str) -> tuple[list[int], list[float]]:
         """Return the iterations and values of one scalar, in iteration order.
 
         Args:
@@ -102,11 +102,11 @@ class Evaluation:
         other_datasets: further test datasets present in the same file.
     """
 
-    metrics: Dict[str, float]
-    iteration: Optional[int]
+    metrics: dict[str, float]
+    iteration: int | None
     source: str
-    dataset: Optional[str] = None
-    other_datasets: List[str] = field(default_factory=list)
+    dataset: str | None = None
+    other_datasets: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -125,11 +125,11 @@ class Run:
 
     path: Path
     name: str
-    config: Optional[dict]
+    config: dict | None
     log: MetricsLog
-    evaluation: Optional[Evaluation]
+    evaluation: Evaluation | None
     has_final_checkpoint: bool
-    notes: List[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def config_value(self, dotted_key: str, default=None):
         """Look up a config key such as ``"SOLVER.MAX_ITER"``; ``default`` when it is missing."""
@@ -141,19 +141,19 @@ class Run:
         return node
 
     @property
-    def max_iter(self) -> Optional[int]:
+    def max_iter(self) -> int | None:
         """``SOLVER.MAX_ITER`` from config.yaml, or None when unknown."""
         value = self.config_value("SOLVER.MAX_ITER")
         return int(value) if _is_number(value) else None
 
     @property
-    def iterations_done(self) -> Optional[int]:
+    def iterations_done(self) -> int | None:
         """Number of training iterations logged (Detectron2 logs the 0-based index of the step)."""
         last = self.log.last_training_iteration
         return None if last is None else last + 1
 
     @property
-    def training_finished(self) -> Optional[bool]:
+    def training_finished(self) -> bool | None:
         """True when training reached ``SOLVER.MAX_ITER``; None when that cannot be told."""
         if self.has_final_checkpoint:
             return True
@@ -221,7 +221,7 @@ def read_metrics_json(path) -> MetricsLog:
     Returns:
         MetricsLog: entries merged per iteration; undecodable lines listed in ``skipped_lines``.
     """
-    by_iteration: Dict[int, dict] = {}
+    by_iteration: dict[int, dict] = {}
     skipped = []
     line_number = 0
     with open(path, encoding="utf-8", errors="replace") as f:
@@ -250,7 +250,7 @@ def read_metrics_json(path) -> MetricsLog:
     )
 
 
-def read_run(path, name: Optional[str] = None, dataset: Optional[str] = None) -> Run:
+def read_run(path, name: str | None = None, dataset: str | None = None) -> Run:
     """Read one run folder.
 
     Evaluation results come from ``eval_results.json`` when it is readable, otherwise from the last
@@ -277,7 +277,7 @@ def read_run(path, name: Optional[str] = None, dataset: Optional[str] = None) ->
             f"{path}: not a run folder (expected a Detectron2 OUTPUT_DIR with "
             f"{', '.join(_RUN_FILES)}, as written by tools/train_net.py)"
         )
-    notes: List[str] = []
+    notes: list[str] = []
     config = _read_config(path / "config.yaml", notes)
     log = MetricsLog()
     if (path / "metrics.json").is_file():
@@ -305,8 +305,8 @@ def read_run(path, name: Optional[str] = None, dataset: Optional[str] = None) ->
 
 
 def read_runs(
-    paths: Sequence, names: Optional[Sequence[str]] = None, dataset: Optional[str] = None
-) -> List[Run]:
+    paths: Sequence, names: Sequence[str] | None = None, dataset: str | None = None
+) -> list[Run]:
     """Read several run folders, giving them distinct names.
 
     Args:
@@ -333,10 +333,10 @@ def read_runs(
             )
     else:
         names = _default_names(paths)
-    return [read_run(p, name=n, dataset=dataset) for p, n in zip(paths, names)]
+    return [read_run(p, name=n, dataset=dataset) for p, n in zip(paths, names, strict=True)]
 
 
-def _default_names(paths: List[Path]) -> List[str]:
+def _default_names(paths: list[Path]) -> list[str]:
     # Folder names, unless two runs share one (e.g. a/output and b/output): then parent/name.
     names = [p.resolve().name for p in paths]
     if len(set(names)) == len(names):
@@ -344,7 +344,7 @@ def _default_names(paths: List[Path]) -> List[str]:
     return [os.path.join(p.resolve().parent.name, p.resolve().name) for p in paths]
 
 
-def _read_config(path: Path, notes: List[str]) -> Optional[dict]:
+def _read_config(path: Path, notes: list[str]) -> dict | None:
     if not path.is_file():
         notes.append("config.yaml missing: DropBlock setting and SOLVER.MAX_ITER unknown")
         return None
@@ -362,8 +362,8 @@ def _read_config(path: Path, notes: List[str]) -> Optional[dict]:
 
 
 def _read_eval_results(
-    path: Path, dataset: Optional[str], test_datasets: Sequence[str], notes: List[str]
-) -> Optional[Evaluation]:
+    path: Path, dataset: str | None, test_datasets: Sequence[str], notes: list[str]
+) -> Evaluation | None:
     if not path.is_file():
         return None
     try:
@@ -391,8 +391,8 @@ def _read_eval_results(
 
 
 def _eval_from_metrics(
-    log: MetricsLog, dataset: Optional[str], test_datasets: Sequence[str], path: Path
-) -> Optional[Evaluation]:
+    log: MetricsLog, dataset: str | None, test_datasets: Sequence[str], path: Path
+) -> Evaluation | None:
     # EvalHook flattens results: "bbox/AP" for one test dataset, "<dataset>/bbox/AP" for several.
     for entry in reversed(log.entries):
         prefixes = {k[: -len("bbox/AP")] for k in entry if k.endswith("bbox/AP")}
@@ -416,8 +416,8 @@ def _eval_from_metrics(
 
 
 def _single_dataset_name(
-    dataset: Optional[str], test_datasets: Sequence[str], source: Path
-) -> Optional[str]:
+    dataset: str | None, test_datasets: Sequence[str], source: Path
+) -> str | None:
     # Results of a single test dataset carry no dataset name: take it from DATASETS.TEST.
     if dataset is not None and test_datasets and dataset not in test_datasets:
         raise ValueError(
@@ -430,7 +430,7 @@ def _single_dataset_name(
 
 
 def _choose_dataset(
-    available: List[str], dataset: Optional[str], test_datasets: Sequence[str], source: Path
+    available: list[str], dataset: str | None, test_datasets: Sequence[str], source: Path
 ) -> str:
     if dataset is not None:
         if dataset not in available:
@@ -444,7 +444,7 @@ def _choose_dataset(
     return available[0]
 
 
-def _bbox_metrics(bbox: dict) -> Dict[str, float]:
+def _bbox_metrics(bbox: dict) -> dict[str, float]:
     return {m: float(bbox[m]) if _is_number(bbox.get(m)) else math.nan for m in BBOX_METRICS}
 
 
@@ -456,7 +456,7 @@ def _format_number(value) -> str:
     return f"{value:g}" if _is_number(value) else str(value)
 
 
-def _format_line_list(numbers: List[int], limit: int = 5) -> str:
+def _format_line_list(numbers: list[int], limit: int = 5) -> str:
     shown = ", ".join(str(n) for n in numbers[:limit])
     return shown + (f" and {len(numbers) - limit} more" if len(numbers) > limit else "")
 

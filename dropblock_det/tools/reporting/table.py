@@ -1,8 +1,8 @@
 """The comparison table: box AP per run, its difference to the first run, and the paper's rows."""
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
 
 from .runs import BBOX_METRICS, Run
 
@@ -25,7 +25,7 @@ class PaperResult:
 
     label: str
     dropblock: str
-    metrics: Dict[str, float]
+    metrics: dict[str, float]
 
 
 # Ghiasi et al. 2018, Table 3 (RetinaNet R50-FPN trained from random initialisation, 150 epochs,
@@ -53,13 +53,13 @@ class TableRow:
 
     label: str
     dropblock: str
-    values: Dict[str, Optional[float]]
-    deltas: Optional[Dict[str, Optional[float]]]
+    values: dict[str, float | None]
+    deltas: dict[str, float | None] | None
     status: str
     is_paper: bool = False
 
 
-def build_rows(runs: Sequence[Run], include_paper: bool = True) -> List[TableRow]:
+def build_rows(runs: Sequence[Run], include_paper: bool = True) -> list[TableRow]:
     """Turn runs (and the paper's results) into table rows with deltas to the first run.
 
     Args:
@@ -110,13 +110,13 @@ def format_text_table(rows: Sequence[TableRow], decimals: int = 1) -> str:
     def render(cells):
         padded = [
             c.rjust(w) if i in numeric else c.ljust(w)
-            for i, (c, w) in enumerate(zip(cells, widths))
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
         ]
         return "  ".join(padded).rstrip()
 
     rule = "  ".join("-" * w for w in widths)
     lines = [render(header), rule]
-    for index, (row, cells) in enumerate(zip(rows, body)):
+    for index, (row, cells) in enumerate(zip(rows, body, strict=True)):
         if row.is_paper and (index == 0 or not rows[index - 1].is_paper):
             lines.append(rule)  # sets the published rows apart from the runs
         lines.append(render(cells))
@@ -144,7 +144,7 @@ def format_markdown_table(rows: Sequence[TableRow], decimals: int = 1) -> str:
     return "\n".join(lines)
 
 
-def _cells(row: TableRow, decimals: int) -> List[str]:
+def _cells(row: TableRow, decimals: int) -> list[str]:
     metrics = []
     for m in BBOX_METRICS:
         text = _format_value(row.values[m], decimals)
@@ -156,7 +156,7 @@ def _cells(row: TableRow, decimals: int) -> List[str]:
     return [row.label, row.dropblock, *metrics, row.status]
 
 
-def _format_value(value: Optional[float], decimals: int) -> str:
+def _format_value(value: float | None, decimals: int) -> str:
     if value is None:
         return _MISSING
     if math.isnan(value):
@@ -164,7 +164,7 @@ def _format_value(value: Optional[float], decimals: int) -> str:
     return f"{value:.{decimals}f}"
 
 
-def _difference(value: Optional[float], reference: Optional[float]) -> Optional[float]:
+def _difference(value: float | None, reference: float | None) -> float | None:
     if value is None or reference is None or math.isnan(value) or math.isnan(reference):
         return None
     return value - reference
