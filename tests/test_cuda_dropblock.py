@@ -85,8 +85,8 @@ def test_training_steps_with_a_changing_keep_prob_never_sync_with_the_host(backe
     torch.cuda.synchronize()
 
 
-def test_the_paper_backbone_step_with_in_block_dropblock_never_syncs():
-    """R50-FPN backbone of the paper config, DropBlock in every res3-res5 bottleneck."""
+def _paper_backbone(device):
+    """R50-FPN backbone of the paper config, DropBlock in every res3-res5 bottleneck (52)."""
     from detectron2.config import get_cfg
     from detectron2.modeling import build_backbone
 
@@ -100,27 +100,47 @@ def test_the_paper_backbone_step_with_in_block_dropblock_never_syncs():
     cfg.MODEL.DROPBLOCK.ENABLED = True
     cfg.MODEL.DROPBLOCK.STAGES = ["res3", "res4", "res5"]
     cfg.MODEL.DROPBLOCK.PLACEMENT = "block"
-    backbone = build_backbone(cfg).cuda().train()
+    cfg.MODEL.DEVICE = device
+    return build_backbone(cfg).to(device).train()
+
+
+def _run_scheduled_steps(backbone, device, iterations, sync_check):
+    """Steps as the trainer runs them: the schedule hook's before_step, forward, backward, after."""
+    from types import SimpleNamespace
+
+    from detectron2.utils.events import EventStorage
+
+    from dropblock_det import DropBlockSchedule
+
+    hook = DropBlockSchedule(keep_prob=0.9, stages=["res3", "res4", "res5"], model=backbone)
+    hook.trainer = SimpleNamespace(iter=0, max_iter=iterations, storage=EventStorage(0))
+    x = torch.randn(2, 3, 256, 256, device=device)
+    with hook.trainer.storage:
+        hook.before_train()
+        for iteration in range(iterations):
+            hook.trainer.iter = iteration
+            if iteration == 1 and sync_check:  # after one step: kernels compiled, caches full
+                torch.cuda.synchronize()
+                torch.cuda.set_sync_debug_mode("error")
+            try:
+                hook.before_step()
+                sum(feature.float().mean() for feature in backbone(x).values()).backward()
+                hook.after_step()
+            finally:
+                if sync_check:
+                    torch.cuda.set_sync_debug_mode("default")
+    return hook
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_the_paper_backbone_steps_with_the_schedule_hook_never_sync(backend):
+    backbone = _paper_backbone("cuda")
     dropblocks = [m for m in backbone.modules() if isinstance(m, DropBlock2d)]
     assert len(dropblocks) == 52
     for module in dropblocks:
-        module.backend = "dense"  # "auto" on CUDA; the Triton case is the test above
-    keep_prob = share_keep_prob(dropblocks)
-    x = torch.randn(2, 3, 256, 256, device="cuda")
-
-    def step(value):
-        keep_prob.fill(value)
-        sum(feature.float().mean() for feature in backbone(x).values()).backward()
-        keep_prob.fill(1.0)
-
-    step(0.9)
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        for value in (0.95, 0.9):
-            step(value)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
+        module.backend = backend
+    _run_scheduled_steps(backbone, "cuda", iterations=4, sync_check=True)
+    assert all(m.keep_prob == 1.0 for m in dropblocks)  # after_step switched DropBlock off
 
 
 def test_triton_masks_are_the_philox_replay_on_the_gpu():
