@@ -138,7 +138,7 @@ def make_synthetic_coco(num_images=5000, seed=0):
         box_h = np.clip(side / np.sqrt(aspect), 2, height)
         gt = _place_boxes(rng, box_w, box_h, width, height)
         gt_classes = rng.choice(category_ids, size=num_boxes, p=category_probabilities)
-        for box, category_id, is_crowd in zip(gt, gt_classes, crowd):
+        for box, category_id, is_crowd in zip(gt, gt_classes, crowd, strict=True):
             annotations.append(
                 {
                     "id": len(annotations) + 1,

@@ -28,8 +28,8 @@ import traceback
 import torch
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, BENCH_DIR)
 
+# The sibling script (this folder is sys.path[0] when a benchmark runs as a script).
 import bench_dropblock  # noqa: E402
 import bench_train_step  # noqa: E402
 

@@ -15,19 +15,16 @@ Usage:
 
 import argparse
 import importlib.util
-import os
 import platform
 import statistics
-import sys
 import time
 import warnings
 from datetime import date
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from dropblock_det.layers import auto_backend, drop_block_2d  # noqa: E402
-from dropblock_det.layers._backend import resolve_backend  # noqa: E402
+from dropblock_det.layers import auto_backend, drop_block_2d
+from dropblock_det.layers._backend import resolve_backend
 
 RETINANET_SHAPES = ((2, 512, 100, 76), (2, 1024, 50, 38), (2, 2048, 25, 19))
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}

@@ -14,15 +14,12 @@ Usage:
 
 import argparse
 import importlib.util
-import os
 import statistics
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from dropblock_det.layers import DropBlock2d, share_keep_prob  # noqa: E402
+from dropblock_det.layers import DropBlock2d, share_keep_prob
 
 
 def _median_step_us(step, reps, inner=50):

@@ -59,22 +59,19 @@ import warnings
 from datetime import date
 
 import torch
+from detectron2.config import get_cfg
+from detectron2.engine import AMPTrainer, SimpleTrainer
+from detectron2.modeling import build_model
+from detectron2.structures import Boxes, Instances
+from detectron2.utils.events import EventStorage
+
+import dropblock_det  # noqa: F401  (registers the backbone and meta-architecture)
+from dropblock_det import DropBlock2d, DropBlockSchedule, add_dropblock_config
+from dropblock_det.layers import BACKENDS
+from dropblock_det.tools.config import add_training_config
+from dropblock_det.tools.trainer import Trainer
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO_ROOT)
-
-from detectron2.config import get_cfg  # noqa: E402
-from detectron2.engine import AMPTrainer, SimpleTrainer  # noqa: E402
-from detectron2.modeling import build_model  # noqa: E402
-from detectron2.structures import Boxes, Instances  # noqa: E402
-from detectron2.utils.events import EventStorage  # noqa: E402
-
-import dropblock_det  # noqa: E402,F401  (registers the backbone and meta-architecture)
-from dropblock_det import DropBlock2d, DropBlockSchedule, add_dropblock_config  # noqa: E402
-from dropblock_det.layers import BACKENDS  # noqa: E402
-from dropblock_det.tools.config import add_training_config  # noqa: E402
-from dropblock_det.tools.trainer import Trainer  # noqa: E402
-
 DEFAULT_CONFIG = os.path.join("configs", "COCO-Paper", "Base-RetinaNet-Paper.yaml")
 # Variant name -> MODEL.DROPBLOCK.STAGES (None: DropBlock off).
 VARIANTS = {
