@@ -240,8 +240,12 @@ class KeepProbOnConsole(EventWriter):
     def write(self):
         storage = get_event_storage()
         latest = storage.latest()
-        if KEEP_PROB_METRIC in latest:
-            value, _ = latest[KEEP_PROB_METRIC]
+        if KEEP_PROB_METRIC not in latest:
+            return
+        value, iteration = latest[KEEP_PROB_METRIC]
+        # Only for the step that logged it: the writers also run once after training, when a
+        # copy would open a metrics.json row of its own.
+        if iteration == storage.iter:
             storage.put_scalar(CONSOLE_KEEP_PROB, value, smoothing_hint=False)
 
 
