@@ -267,6 +267,8 @@ def main(argv=None) -> int:
     # SIGTERM ends the worker like Ctrl-C: the running training is stopped, and the trial, left
     # RUNNING, is re-queued by the next worker once its heartbeat is stale.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    if not args.report_only and "command" not in study.user_attrs:
+        study.set_user_attr("command", command)  # the report quotes the command that searched
     start = time.time()
     if not args.report_only:
         _log(

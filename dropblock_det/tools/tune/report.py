@@ -3,7 +3,7 @@
 import os
 import statistics
 import warnings
-from typing import Callable, Dict, List, Optional
+from collections.abc import Callable
 
 import optuna
 from optuna.trial import TrialState
@@ -26,7 +26,7 @@ def _fmt(value, digits=1, signed=False):
     return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
 
 
-def _mean_sd(values: List[float]) -> str:
+def _mean_sd(values: list[float]) -> str:
     if not values:
         return "–"
     if len(values) == 1:
@@ -42,12 +42,16 @@ def _short(key: str) -> str:
     return key.rsplit(".", 1)[-1] if key.startswith("MODEL.DROPBLOCK.") else key
 
 
-def _state(trial, trials) -> str:
+def _state(trial, trials, seeds, max_iter) -> str:
     if trial.user_attrs.get("surplus"):
         return "FAIL (surplus, not trained)"
     if trial.state == TrialState.PRUNED and trial.intermediate_values:
+        # Steps are seed index * (MAX_ITER + 1) + iteration (see Search.objective).
         step = max(trial.intermediate_values)
-        return f"PRUNED at step {step}"
+        index, iteration = divmod(step, max_iter + 1)
+        seed = seeds[index] if index < len(seeds) else "?"
+        value = trial.intermediate_values[step]
+        return f"PRUNED at iteration {iteration} of seed {seed} (AP {value:.1f} then)"
     if trial.state == TrialState.FAIL:
         retried = [
             t.number
@@ -62,7 +66,7 @@ def _state(trial, trials) -> str:
     return trial.state.name
 
 
-def write_plots(study, params: Dict[str, Param], out_dir: str) -> Dict[str, str]:
+def write_plots(study, params: dict[str, Param], out_dir: str) -> dict[str, str]:
     """Optuna's matplotlib visualisations of the study as PNG files.
 
     Args:
@@ -96,15 +100,16 @@ def write_plots(study, params: Dict[str, Param], out_dir: str) -> Dict[str, str]
                 status[name] = f"not drawn: {error}"
                 continue
         figure = axes.flat[0].figure if hasattr(axes, "flat") else axes.figure
-        figure.set_size_inches(max(figure.get_size_inches()[0], 6), 4.5)
-        figure.tight_layout()
+        if not hasattr(axes, "flat"):
+            figure.set_size_inches(7, 4.5)
+            figure.tight_layout()
         figure.savefig(os.path.join(out_dir, name), dpi=72)
         plt.close(figure)
         status[name] = ""
     return status
 
 
-def write_best_yaml(cfg, path: str, header: List[str]) -> str:
+def write_best_yaml(cfg, path: str, header: list[str]) -> str:
     """Write a full config that ``tools/train_net.py --config-file`` trains as it is.
 
     Args:
@@ -124,7 +129,7 @@ def write_best_yaml(cfg, path: str, header: List[str]) -> str:
 def write_report(
     search,
     out_dir: str,
-    build_cfg: Callable[[List[str]], object],
+    build_cfg: Callable[[list[str]], object],
     command: str,
     storage_url: str,
 ) -> str:
@@ -146,7 +151,7 @@ def write_report(
     seeds = setup.seeds
     lines = [f"# DropBlock search: study `{study.study_name}`", ""]
     lines += [
-        f"- Command: `{command}`",
+        f"- Command: `{study.user_attrs.get('command', command)}`",
         f"- Storage: `{_hide_password(storage_url)}`",
         f"- Objective: mean over the search seeds {seeds} of AP(setting) − AP(baseline), "
         f"{setup.metric} on the validation set after {setup.max_iter} iterations.",
@@ -170,7 +175,7 @@ def write_report(
     if baseline:
         lines.append(
             f"Baseline (DropBlock off) {setup.metric} per seed: "
-            + ", ".join(f"seed {s}: {ap:.1f}" for s, ap in zip(seeds, baseline))
+            + ", ".join(f"seed {s}: {ap:.1f}" for s, ap in zip(seeds, baseline, strict=False))
             + f" (mean ± sd {_mean_sd(baseline)})."
         )
         lines.append("")
@@ -188,8 +193,10 @@ def write_report(
         aps = list(t.user_attrs.get("ap", {}).values())
         delta = t.user_attrs.get("delta", {})
         cells = [str(t.number)] + [_param_cell(t.params.get(k, "–")) for k in keys]
-        cells += [_mean_sd(aps), _fmt(t.value, 2, signed=True) if t.value is not None else "–"]
-        cells += [_fmt(delta.get("p"), 3), _state(t, trials)]
+        # A pruned trial's value is Optuna's last intermediate value (an AP, not a difference).
+        value = t.value if t.state == TrialState.COMPLETE else None
+        cells += [_mean_sd(aps), _fmt(value, 2, signed=True)]
+        cells += [_fmt(delta.get("p"), 3), _state(t, trials, seeds, setup.max_iter)]
         lines.append("| " + " | ".join(cells) + " |")
 
     lines += ["", "## Held-out verdict", ""]
@@ -210,7 +217,7 @@ def write_report(
     return path
 
 
-def _baseline_aps(search, seeds) -> List[float]:
+def _baseline_aps(search, seeds) -> list[float]:
     aps = []
     for job in search.baseline_jobs(seeds):
         result = search.store.result(job)
@@ -220,7 +227,7 @@ def _baseline_aps(search, seeds) -> List[float]:
     return aps
 
 
-def _verdict_lines(search) -> List[str]:
+def _verdict_lines(search) -> list[str]:
     study = search.study
     if not any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
         return ["No trial completed yet."]
@@ -238,7 +245,9 @@ def _verdict_lines(search) -> List[str]:
         "| seed | baseline AP | best setting AP | Δ |",
         "|---:|---:|---:|---:|",
     ]
-    for seed, base, best_ap in zip(verdict["seeds"], verdict["baseline_ap"], verdict["best_ap"]):
+    for seed, base, best_ap in zip(
+        verdict["seeds"], verdict["baseline_ap"], verdict["best_ap"], strict=True
+    ):
         out.append(f"| {seed} | {base:.1f} | {best_ap:.1f} | {best_ap - base:+.1f} |")
     out.append(
         f"| mean ± sd | {_mean_sd(verdict['baseline_ap'])} | {_mean_sd(verdict['best_ap'])} | "
@@ -266,7 +275,7 @@ def _verdict_lines(search) -> List[str]:
     return out
 
 
-def _best_section(search, out_dir, build_cfg, lines) -> Optional[str]:
+def _best_section(search, out_dir, build_cfg, lines) -> str | None:
     study = search.study
     if not any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
         return None

@@ -20,17 +20,18 @@ import subprocess
 import sys
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib.util import find_spec
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import optuna
 from optuna.trial import TrialState
 
+from ..trainer import EVAL_RESULTS_FILE
+
 __all__ = ["Job", "RunFailed", "RunResult", "RunStore", "setting_key", "train_command"]
 
-# Written by dropblock_det's trainer into OUTPUT_DIR after every evaluation.
-EVAL_RESULTS_FILE = "eval_results.json"
+# Each run's console output, in its OUTPUT_DIR.
 LOG_FILE = "train.log"
 _PR_SET_PDEATHSIG = 1
 
@@ -52,7 +53,7 @@ class Job:
 
     arm: str
     key: str
-    opts: Tuple[str, ...]
+    opts: tuple[str, ...]
     seed: int
 
     @property
@@ -74,7 +75,7 @@ class RunResult:
     """
 
     ap: float
-    curve: List[Tuple[int, float]] = field(default_factory=list)
+    curve: list[tuple[int, float]] = field(default_factory=list)
     run_number: int = -1
     output_dir: str = ""
     seconds: float = 0.0
@@ -86,7 +87,7 @@ def setting_key(opts: Sequence[str]) -> str:
     return hashlib.sha1(json.dumps(list(opts)).encode()).hexdigest()[:12]
 
 
-def train_command(config_file: str, num_gpus: int, opts: Sequence[str]) -> List[str]:
+def train_command(config_file: str, num_gpus: int, opts: Sequence[str]) -> list[str]:
     """The command line of one training process: dropblock_det's train_net with its arguments."""
     if find_spec("dropblock_det.tools.train_net") is not None:
         entry = ["-m", "dropblock_det.tools.train_net"]
@@ -123,7 +124,7 @@ class _Evaluations:
         self._task, self._name = metric.split("/", 1)
         self._last = None
 
-    def new_values(self) -> List[Tuple[int, float]]:
+    def new_values(self) -> list[tuple[int, float]]:
         try:
             with open(self._path, encoding="utf-8") as f:
                 payload = json.load(f)
@@ -189,11 +190,11 @@ class RunStore:
 
     # ------------------------------------------------------------------ lookup
 
-    def runs(self, states=(TrialState.COMPLETE,)) -> List[optuna.trial.FrozenTrial]:
+    def runs(self, states=(TrialState.COMPLETE,)) -> list[optuna.trial.FrozenTrial]:
         """The runs study's trials in the given states."""
         return self.study.get_trials(deepcopy=False, states=states)
 
-    def result(self, job: Job) -> Optional[RunResult]:
+    def result(self, job: Job) -> RunResult | None:
         """The complete run of a job, or None."""
         for run in self.runs():
             if run.user_attrs.get("job") == job.id:
@@ -206,8 +207,8 @@ class RunStore:
     # ------------------------------------------------------------------ get
 
     def get(
-        self, jobs: Sequence[Job], reporter: Optional[Callable[[Job, int, float], bool]] = None
-    ) -> Dict[str, RunResult]:
+        self, jobs: Sequence[Job], reporter: Callable[[Job, int, float], bool] | None = None
+    ) -> dict[str, RunResult]:
         """The results of some jobs: reused where complete, trained here, or awaited from a rival.
 
         Jobs are taken in order: each free one is trained before the next is looked at, so a
@@ -226,7 +227,7 @@ class RunStore:
             RunFailed: a training exited with an error.
             optuna.TrialPruned: ``reporter`` asked to stop.
         """
-        results: Dict[str, RunResult] = {}
+        results: dict[str, RunResult] = {}
         pending = list(jobs)
         while pending:
             progressed = False
@@ -309,7 +310,7 @@ class RunStore:
         log_path = os.path.join(out, LOG_FILE)
         self._log(f"[tune] {job.arm} seed {job.seed}: training run #{trial.number} in {out}")
         tail = _Evaluations(os.path.join(out, EVAL_RESULTS_FILE), self._metric)
-        curve: List[Tuple[int, float]] = []
+        curve: list[tuple[int, float]] = []
         start = time.time()
         with open(log_path, "w", encoding="utf-8") as log:
             log.write(" ".join(cmd) + "\n")

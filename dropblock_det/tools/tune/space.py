@@ -15,10 +15,12 @@ model would refuse stops the search before any training.
 
 import difflib
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 import yaml
 from detectron2.config import CfgNode
+
+from ...config import RESNET_STAGES
 
 __all__ = [
     "RESERVED_KEYS",
@@ -59,7 +61,7 @@ class Param:
     """
 
     key: str
-    choices: Optional[Tuple[Any, ...]] = None
+    choices: tuple[Any, ...] | None = None
     low: Any = None
     high: Any = None
     log: bool = False
@@ -67,7 +69,7 @@ class Param:
     integer: bool = False
 
     @property
-    def labels(self) -> Tuple[Any, ...]:
+    def labels(self) -> tuple[Any, ...]:
         """What Optuna stores for each choice: the value itself, or a label for a list value.
 
         Optuna's categorical parameters hold None, bool, int, float or str; a list such as
@@ -99,7 +101,7 @@ class Param:
             return stored
         return self.choices[self.labels.index(stored)]
 
-    def candidates(self) -> List[Any]:
+    def candidates(self) -> list[Any]:
         """The values that :func:`check_space` tries in the config: every choice, or both ends."""
         return list(self.choices) if self.choices is not None else [self.low, self.high]
 
@@ -124,7 +126,7 @@ def format_value(value) -> str:
     return repr(value)
 
 
-def default_space(cfg: CfgNode) -> Dict[str, Param]:
+def default_space(cfg: CfgNode) -> dict[str, Param]:
     """The default DropBlock space for a config.
 
     Block size in {1, 3, 5, 7} and keep_prob in [0.8, 0.95] (the paper's ranges), the stages as the
@@ -138,7 +140,7 @@ def default_space(cfg: CfgNode) -> Dict[str, Param]:
     Returns:
         dict[str, Param]: by config key.
     """
-    stages = ["res2", "res3", "res4", "res5"]
+    stages = list(RESNET_STAGES)
     levels = list(cfg.MODEL.RETINANET.IN_FEATURES)
     params = [
         Param("MODEL.DROPBLOCK.BLOCK_SIZE", choices=(1, 3, 5, 7)),
@@ -154,7 +156,7 @@ def default_space(cfg: CfgNode) -> Dict[str, Param]:
     return {p.key: p for p in params}
 
 
-def load_space(path: str) -> Dict[str, Param]:
+def load_space(path: str) -> dict[str, Param]:
     """Read a search-space yaml file (see the module docstring) without checking it in a config.
 
     Args:
@@ -176,7 +178,7 @@ def load_space(path: str) -> Dict[str, Param]:
     return parse_space(data, source=path)
 
 
-def parse_space(data, source: str = "the search space") -> Dict[str, Param]:
+def parse_space(data, source: str = "the search space") -> dict[str, Param]:
     """Turn a parsed yaml mapping into :class:`Param` objects, checking its form.
 
     Args:
@@ -264,7 +266,7 @@ def _config_value(cfg: CfgNode, key: str):
     return node
 
 
-def _all_keys(node: CfgNode, prefix="") -> List[str]:
+def _all_keys(node: CfgNode, prefix="") -> list[str]:
     keys = []
     for name, value in node.items():
         full = f"{prefix}{name}"
@@ -273,8 +275,8 @@ def _all_keys(node: CfgNode, prefix="") -> List[str]:
 
 
 def check_space(
-    params: Dict[str, Param], cfg: CfgNode, build, source: str = "the search space"
-) -> Dict[str, Param]:
+    params: dict[str, Param], cfg: CfgNode, build, source: str = "the search space"
+) -> dict[str, Param]:
     """Check every key of a space against a config and every candidate value in it.
 
     Args:
@@ -328,7 +330,7 @@ def check_space(
     return checked
 
 
-def space_to_yaml(params: Dict[str, Param]) -> str:
+def space_to_yaml(params: dict[str, Param]) -> str:
     """The space as the yaml :func:`load_space` reads (for the study's record and its report)."""
     data = {}
     for key, p in params.items():
@@ -343,7 +345,7 @@ def space_to_yaml(params: Dict[str, Param]) -> str:
     return yaml.safe_dump(data, sort_keys=False, default_flow_style=None)
 
 
-def setting_opts(params: Dict[str, Param], stored: Dict[str, Any]) -> List[str]:
+def setting_opts(params: dict[str, Param], stored: dict[str, Any]) -> list[str]:
     """The command-line options of a trial's setting, from the values Optuna stored.
 
     Args:

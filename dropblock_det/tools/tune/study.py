@@ -20,8 +20,8 @@ import socket
 import statistics
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Callable, Dict, List, Optional, Sequence
 
 import optuna
 from optuna.trial import TrialState
@@ -71,8 +71,8 @@ class SearchSetup:
     """
 
     config_hash: str
-    seeds: List[int]
-    heldout_seeds: List[int]
+    seeds: list[int]
+    heldout_seeds: list[int]
     space: str
     metric: str
     max_iter: int
@@ -115,7 +115,7 @@ def open_storage(url: str, heartbeat_s: float, max_retry: int, retry: bool = Tru
     raise last_error
 
 
-def paired_stats(a: Sequence[float], b: Sequence[float]) -> Dict[str, Optional[float]]:
+def paired_stats(a: Sequence[float], b: Sequence[float]) -> dict[str, float | None]:
     """Mean, sd, paired t, two-sided p and 95% CI of the differences ``a - b``.
 
     Args:
@@ -125,7 +125,7 @@ def paired_stats(a: Sequence[float], b: Sequence[float]) -> Dict[str, Optional[f
         dict: ``mean``, ``sd``, ``t``, ``p``, ``ci_low``, ``ci_high`` (None where undefined: fewer
         than two pairs, or all differences equal).
     """
-    diffs = [x - y for x, y in zip(a, b)]
+    diffs = [x - y for x, y in zip(a, b, strict=True)]
     out = {"mean": statistics.fmean(diffs) if diffs else None, "sd": None}
     out.update(t=None, p=None, ci_low=None, ci_high=None)
     if len(diffs) >= 2:
@@ -155,9 +155,9 @@ class Search:
         self,
         study,
         store: RunStore,
-        params: Dict[str, Param],
+        params: dict[str, Param],
         setup: SearchSetup,
-        has_dropblock: Callable[[List[str]], bool],
+        has_dropblock: Callable[[list[str]], bool],
         log: Callable[[str], None] = print,
     ):
         self.study, self.store, self.params, self.setup = study, store, params, setup
@@ -243,8 +243,8 @@ class Search:
         aps = [own[j.id].ap for j in jobs]
         base_aps = [base[j.id].ap for j in self.baseline_jobs(seeds)]
         result = paired_stats(aps, base_aps)
-        trial.set_user_attr("ap", dict(zip(map(str, seeds), aps)))
-        trial.set_user_attr("baseline_ap", dict(zip(map(str, seeds), base_aps)))
+        trial.set_user_attr("ap", dict(zip(map(str, seeds), aps, strict=True)))
+        trial.set_user_attr("baseline_ap", dict(zip(map(str, seeds), base_aps, strict=True)))
         trial.set_user_attr("delta", result)
         return result["mean"]
 
@@ -347,7 +347,7 @@ class Search:
 
     # ------------------------------------------------------------------ verdict
 
-    def verdict(self) -> Optional[dict]:
+    def verdict(self) -> dict | None:
         """Train the best setting and the baseline on the held-out seeds; record the paired test.
 
         Returns:
@@ -372,7 +372,7 @@ class Search:
             f"[tune] verdict: trial {best.number} (Δ {best.value:+.2f} in the search) and the "
             f"baseline on held-out seeds {seeds}"
         )
-        interleaved = [job for pair in zip(base_jobs, best_jobs) for job in pair]
+        interleaved = [job for pair in zip(base_jobs, best_jobs, strict=True) for job in pair]
         results = self.store.get(interleaved)
         best_aps = [results[j.id].ap for j in best_jobs]
         base_aps = [results[j.id].ap for j in base_jobs]
