@@ -11,10 +11,14 @@ from .layers import BACKENDS, GAMMA_MODES, NORMALIZE_MODES
 __all__ = [
     "FPN_LEVELS",
     "PLACEMENTS",
+    "HEAD_GROUP",
     "RESNET_STAGES",
+    "ROI_BOX_GROUP",
+    "ROI_MASK_GROUP",
     "add_dropblock_config",
     "dropblock_settings",
     "fail",
+    "requested_groups",
     "validate_dropblock_config",
     "validate_dropblock_settings",
 ]
@@ -23,6 +27,10 @@ __all__ = [
 RESNET_STAGES = ("res2", "res3", "res4", "res5")
 FPN_LEVELS = ("p2", "p3", "p4", "p5", "p6", "p7")
 PLACEMENTS = ("block", "stage")
+# Groups of the head DropBlocks (always the unscaled keep_prob).
+HEAD_GROUP = "head"
+ROI_BOX_GROUP = "roi_box"
+ROI_MASK_GROUP = "roi_mask"
 
 
 def add_dropblock_config(cfg):
@@ -199,3 +207,28 @@ def _validate(settings_json):
             fail(f"MODEL.DROPBLOCK.{key}", d[key], f"expected one of {list(valid)}")
     _check_names("MODEL.DROPBLOCK.STAGES", d.STAGES, RESNET_STAGES)
     _check_names("MODEL.DROPBLOCK.FPN", d.FPN, FPN_LEVELS)
+
+
+def requested_groups(cfg, *, backbone_only: bool = False) -> dict[str, str]:
+    """The DropBlock groups the config asks for, each with the key that asks for it.
+
+    Args:
+        cfg (CfgNode): the config.
+        backbone_only (bool): only the backbone's groups (STAGES and FPN).
+
+    Returns:
+        dict[str, str]: group name to config key; empty with ENABLED off.
+    """
+    d = cfg.MODEL.DROPBLOCK
+    if not d.ENABLED:
+        return {}
+    groups = {stage: "MODEL.DROPBLOCK.STAGES" for stage in d.STAGES}
+    groups.update({level: "MODEL.DROPBLOCK.FPN" for level in d.FPN})
+    if not backbone_only:
+        if d.HEAD:
+            groups[HEAD_GROUP] = "MODEL.DROPBLOCK.HEAD"
+        if d.ROI_HEADS:
+            groups[ROI_BOX_GROUP] = "MODEL.DROPBLOCK.ROI_HEADS"
+            if cfg.MODEL.MASK_ON:
+                groups[ROI_MASK_GROUP] = "MODEL.DROPBLOCK.ROI_HEADS"
+    return groups

@@ -34,6 +34,7 @@ from detectron2.modeling.meta_arch.retinanet import RetinaNetHead
 from detectron2.modeling.roi_heads import FastRCNNConvFCHead, MaskRCNNConvUpsampleHead
 from torch import nn
 
+from ..config import HEAD_GROUP, ROI_BOX_GROUP, ROI_MASK_GROUP, requested_groups
 from ..layers import DropBlock2d
 
 __all__ = [
@@ -61,10 +62,6 @@ __all__ = [
 
 # Attribute naming the group of each DropBlock2d the placements build.
 DROPBLOCK_GROUP_ATTR = "dropblock_group"
-# Groups of the head DropBlocks (always the unscaled keep_prob).
-HEAD_GROUP = "head"
-ROI_BOX_GROUP = "roi_box"
-ROI_MASK_GROUP = "roi_mask"
 
 
 def _stage_index(stage: str) -> int:
@@ -141,31 +138,6 @@ def dropblock_modules(model: nn.Module) -> list[tuple[str, DropBlock2d, str | No
         for name, m in model.named_modules()
         if isinstance(m, DropBlock2d)
     ]
-
-
-def requested_groups(cfg, *, backbone_only: bool = False) -> dict[str, str]:
-    """The DropBlock groups the config asks for, each with the key that asks for it.
-
-    Args:
-        cfg (CfgNode): the config.
-        backbone_only (bool): only the backbone's groups (STAGES and FPN).
-
-    Returns:
-        dict[str, str]: group name to config key; empty with ENABLED off.
-    """
-    d = cfg.MODEL.DROPBLOCK
-    if not d.ENABLED:
-        return {}
-    groups = {stage: "MODEL.DROPBLOCK.STAGES" for stage in d.STAGES}
-    groups.update({level: "MODEL.DROPBLOCK.FPN" for level in d.FPN})
-    if not backbone_only:
-        if d.HEAD:
-            groups[HEAD_GROUP] = "MODEL.DROPBLOCK.HEAD"
-        if d.ROI_HEADS:
-            groups[ROI_BOX_GROUP] = "MODEL.DROPBLOCK.ROI_HEADS"
-            if cfg.MODEL.MASK_ON:
-                groups[ROI_MASK_GROUP] = "MODEL.DROPBLOCK.ROI_HEADS"
-    return groups
 
 
 # The builders that take each group, for the message when a model lacks it.
