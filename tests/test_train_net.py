@@ -10,7 +10,7 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO_ROOT
+from conftest import NARROW_R50_OPTS, REPO_ROOT
 from detectron2.config import CfgNode as CN
 from detectron2.engine import hooks
 from detectron2.modeling import build_model
@@ -22,6 +22,7 @@ TRAIN_NET = os.path.join(REPO_ROOT, "tools", "train_net.py")
 TINY = os.path.join(REPO_ROOT, "configs", "tiny")
 TINY_DROPBLOCK = os.path.join(TINY, "tiny_retinanet_R18_FPN_dropblock.yaml")
 TINY_BASELINE = os.path.join(TINY, "tiny_retinanet_R18_FPN_baseline.yaml")
+TINY_RCNN = os.path.join(TINY, "tiny_faster_rcnn_R18_FPN_dropblock.yaml")
 
 
 def _load_train_net():
@@ -107,6 +108,53 @@ def test_bad_input_exits_with_status_2_before_writing_anything(
     argv = ["--config-file", TINY_DROPBLOCK, "MODEL.DEVICE", "cpu", "OUTPUT_DIR", str(out)]
     assert _load_train_net().cli(argv + argv_tail) == 2
     assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "config_file, argv_tail, message",
+    [
+        # The RetinaNet twin backbone inside Faster R-CNN: P3-P7 where the RPN reads P2-P6.
+        (
+            TINY_RCNN,
+            ["MODEL.BACKBONE.NAME", "build_retinanet_resnet_fpn_dropblock_backbone"],
+            "builds the FPN of 'build_retinanet_resnet_fpn_backbone'",
+        ),
+        # DropBlock on, but in no stage, level or head.
+        (TINY_DROPBLOCK, ["MODEL.DROPBLOCK.STAGES", "[]"], "asks for DropBlock nowhere"),
+        # A DropBlock stage that the ResNet does not build.
+        (
+            TINY_DROPBLOCK,
+            [
+                "MODEL.BACKBONE.NAME", "build_resnet_dropblock_backbone",
+                "MODEL.RESNETS.OUT_FEATURES", "['res2', 'res3', 'res4']",
+            ],
+            "names ['res5'], which this ResNet does not build",
+        ),  # fmt: skip
+        # R-18 widths the BasicBlock stages cannot have.
+        (TINY_DROPBLOCK, ["MODEL.RESNETS.RES2_OUT_CHANNELS", "256"], "R18/R34 need"),
+        # Deformable bottlenecks in a DropBlock stage.
+        (
+            TINY_DROPBLOCK,
+            [*map(str, NARROW_R50_OPTS), "MODEL.RESNETS.DEFORM_ON_PER_STAGE", "[0, 0, 0, 1]"],
+            "DeformBottleneckBlock blocks take no DropBlock",
+        ),
+        # A name Detectron2's registry does not hold (a KeyError of the builder).
+        (TINY_RCNN, ["MODEL.PROPOSAL_GENERATOR.NAME", "RPNN"], "No object named 'RPNN'"),
+    ],
+    ids=["retinanet-backbone-in-rcnn", "nowhere", "stage-not-built", "r18-width", "deform", "rpn"],
+)
+def test_setting_the_model_builders_refuse_exits_with_status_2_before_writing_anything(
+    tmp_path, capsys, config_file, argv_tail, message
+):
+    out = tmp_path / "never_created"
+    argv = ["--config-file", config_file, "MODEL.DEVICE", "cpu", "OUTPUT_DIR", str(out)]
+    assert _load_train_net().cli(argv + argv_tail) == 2
+    err = capsys.readouterr().err
+    # One message line, no traceback.
+    assert err.startswith("train_net.py: error: the model cannot be built from this config: ")
+    assert message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
     assert not out.exists()
 
 

@@ -41,9 +41,12 @@ from .validation import InputError, check_training_inputs
 
 __all__ = [
     "EVAL_RESULTS_FILE",
+    "KeepProbOnConsole",
     "Trainer",
     "build_cfg",
     "check_inputs",
+    "check_model_builds",
+    "create_ddp_model_on_device",
     "main",
     "register_datasets",
     "setup_cfg",
@@ -56,6 +59,9 @@ logger = logging.getLogger(__name__)
 EVAL_RESULTS_FILE = "eval_results.json"
 # keep_prob's name on the console metrics line (see KeepProbOnConsole).
 CONSOLE_KEEP_PROB = "keep_prob[metric]"
+# What the model builders raise for a setting they refuse: ValueError (ours, naming the key),
+# AssertionError and KeyError (Detectron2's argument checks and registry look-ups).
+MODEL_BUILD_ERRORS = (ValueError, AssertionError, KeyError)
 
 
 def build_cfg(args):
@@ -180,7 +186,7 @@ def register_datasets(args):
 
 
 def check_inputs(args):
-    """Check the config and the datasets it names before anything is written.
+    """Check the config, the datasets it names and the model it builds before anything is written.
 
     Run once per machine, before ``launch`` (the dataset checks parse the annotation files, which
     takes a while for COCO and need not be repeated on every rank).
@@ -196,6 +202,55 @@ def check_inputs(args):
     check_training_inputs(
         cfg, check_train=not args.eval_only, world_size=args.num_gpus * args.num_machines
     )
+    cpu_cfg = cfg.clone()
+    cpu_cfg.defrost()
+    cpu_cfg.MODEL.DEVICE = "cpu"  # the GPUs are the training processes'
+    cpu_cfg.freeze()
+    check_model_builds(lambda: Trainer.build_model(cpu_cfg))
+
+
+def check_model_builds(build):
+    """Build the model once, turning a setting the builders refuse into an :class:`InputError`.
+
+    Some settings only the builders can judge (a backbone whose FPN does not fit the
+    meta-architecture, a DropBlock stage the ResNet does not build, a placement the model lacks);
+    building the model before ``launch`` refuses them before the run writes anything. Shared by
+    the yaml and LazyConfig tools.
+
+    Args:
+        build (callable): ``() -> nn.Module``, building the model the run would train.
+
+    Returns:
+        nn.Module: the model.
+
+    Raises:
+        InputError: with the builder's message, for any of :data:`MODEL_BUILD_ERRORS`.
+    """
+    try:
+        return build()
+    except MODEL_BUILD_ERRORS as error:
+        raise InputError(
+            f"the model cannot be built from this config: {_yacs_message(error)}"
+        ) from error
+
+
+def create_ddp_model_on_device(model, **kwargs):
+    """Detectron2's ``create_ddp_model``, also for a model on the CPU.
+
+    ``create_ddp_model`` passes ``device_ids=[local rank]`` unless told otherwise, which
+    DistributedDataParallel refuses for a CPU model (``launch`` without GPUs uses gloo); such a
+    model is wrapped with ``device_ids=None``.
+
+    Args:
+        model (nn.Module): the model, on its training device.
+        **kwargs: the arguments of ``create_ddp_model``.
+
+    Returns:
+        nn.Module: the model, wrapped in DistributedDataParallel when there are several processes.
+    """
+    if all(p.device.type == "cpu" for p in model.parameters()):
+        kwargs.setdefault("device_ids", None)
+    return create_ddp_model(model, **kwargs)
 
 
 def write_eval_results(output_dir, results, iteration=None):
@@ -256,11 +311,11 @@ class Trainer(DefaultTrainer):
     """
 
     def __init__(self, cfg):
-        """DefaultTrainer's construction, in its order, with one change to the DDP wrapping.
+        """DefaultTrainer's ``__init__``, line for line, but for the DDP wrapping.
 
-        Detectron2's ``create_ddp_model`` passes ``device_ids=[local rank]`` unless told
-        otherwise, which DistributedDataParallel refuses for a model on the CPU (``launch``
-        without GPUs uses gloo); for such a model it is told ``device_ids=None``.
+        Copied because DefaultTrainer wraps the model inside ``__init__`` with
+        ``create_ddp_model(model, broadcast_buffers=False)``, which DDP refuses for a CPU model,
+        and offers no method to override there; :func:`create_ddp_model_on_device` wraps it.
 
         Args:
             cfg (CfgNode): the run's config.
@@ -272,9 +327,7 @@ class Trainer(DefaultTrainer):
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
-        on_cpu = all(p.device.type == "cpu" for p in model.parameters())
-        ddp_kwargs = {"device_ids": None} if on_cpu else {}
-        model = create_ddp_model(model, broadcast_buffers=False, **ddp_kwargs)
+        model = create_ddp_model_on_device(model, broadcast_buffers=False)
         self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(
             model, data_loader, optimizer
         )
@@ -285,8 +338,6 @@ class Trainer(DefaultTrainer):
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
-        # What the last evaluation returned (None before the first); train() returns it.
-        self.last_eval_results = None
         self.register_hooks(self.build_hooks())
 
     @classmethod
@@ -394,25 +445,15 @@ class Trainer(DefaultTrainer):
         return build_evaluator(cfg, dataset_name, output_folder)
 
     def build_hooks(self):
-        """Detectron2's default hooks, with :class:`DropBlockSchedule` and our evaluation hook.
+        """Detectron2's default hooks, with :class:`DropBlockSchedule` when DropBlock is on.
 
         The schedule goes before the LRScheduler hook, on every rank: it acts in ``before_step``,
-        so each step runs with the keep_prob of its own iteration. The EvalHook keeps its place
-        and period; it evaluates through :meth:`evaluate_now`, which records the results and the
-        number of iterations the weights were trained for.
+        so each step runs with the keep_prob of its own iteration.
 
         Returns:
             list[HookBase]: the hooks.
         """
         ret = super().build_hooks()
-        ret = [
-            (
-                hooks.EvalHook(self.cfg.TEST.EVAL_PERIOD, self.evaluate_now)
-                if isinstance(h, hooks.EvalHook)
-                else h
-            )
-            for h in ret
-        ]
         if self.cfg.MODEL.DROPBLOCK.ENABLED:
             index = next(
                 (i for i, h in enumerate(ret) if isinstance(h, hooks.LRScheduler)), len(ret)
@@ -429,29 +470,6 @@ class Trainer(DefaultTrainer):
         writers = super().build_writers()
         return [KeepProbOnConsole(), *writers] if self.cfg.MODEL.DROPBLOCK.ENABLED else writers
 
-    def evaluate_now(self):
-        """Evaluate the current weights (the EvalHook's function) and keep the results.
-
-        Returns:
-            dict: what :meth:`test` returns.
-        """
-        # In after_step of iteration i the weights have seen i + 1 steps; in after_train,
-        # self.iter is already max_iter.
-        completed = min(self.iter + 1, self.max_iter)
-        self.last_eval_results = self.test(self.cfg, self.model, iteration=completed)
-        return self.last_eval_results
-
-    def train(self):
-        """Run training, then check TEST.EXPECTED_RESULTS as DefaultTrainer does.
-
-        Returns:
-            dict or None: the last evaluation's results, None when nothing was evaluated.
-        """
-        TrainerBase.train(self, self.start_iter, self.max_iter)
-        if len(self.cfg.TEST.EXPECTED_RESULTS) and comm.is_main_process():
-            verify_results(self.cfg, self.last_eval_results)
-        return self.last_eval_results
-
     @classmethod
     def test(cls, cfg, model, evaluators=None, *, iteration=None):
         """Evaluate as DefaultTrainer does, then write ``OUTPUT_DIR/eval_results.json``.
@@ -461,16 +479,38 @@ class Trainer(DefaultTrainer):
             model (nn.Module): the model to evaluate.
             evaluators (list[DatasetEvaluator] or None): see ``DefaultTrainer.test``.
             iteration (int or None): how many training iterations the weights have had; None
-                when unknown.
+                reads it from the running training (see :func:`trained_iterations`), as when
+                DefaultTrainer's EvalHook calls ``test(cfg, model)``.
 
         Returns:
             dict: Detectron2's results, e.g. ``{"bbox": {"AP": ...}}`` for one test dataset.
         """
         results = super().test(cfg, model, evaluators)
+        if iteration is None:
+            iteration = trained_iterations(cfg.SOLVER.MAX_ITER)
         if comm.is_main_process():
             path = write_eval_results(cfg.OUTPUT_DIR, results, iteration)
             logger.info("Evaluation results written to %s", path)
         return results
+
+
+def trained_iterations(max_iter):
+    """How many steps the weights of the running training have had; None outside training.
+
+    Detectron2's EvalHook evaluates in ``after_step`` of iteration ``i`` (``i + 1`` steps done)
+    and in ``after_train``, where the storage's iteration already equals ``max_iter``.
+
+    Args:
+        max_iter (int): the run's number of iterations.
+
+    Returns:
+        int or None: the steps done, None when no training's EventStorage is open.
+    """
+    try:
+        storage = get_event_storage()
+    except AssertionError:  # Detectron2's answer when no EventStorage is open
+        return None
+    return min(storage.iter + 1, max_iter)
 
 
 def main(args, trainer_class=Trainer):
@@ -481,7 +521,8 @@ def main(args, trainer_class=Trainer):
         trainer_class (type): :class:`Trainer` or a subclass (e.g. with more hooks).
 
     Returns:
-        dict or None: the last evaluation results, None when nothing was evaluated.
+        dict or None: the evaluation results with ``--eval-only``; after training, what
+        DefaultTrainer's ``train`` returns (the last results when TEST.EXPECTED_RESULTS is set).
     """
     register_datasets(args)
     cfg = setup_cfg(args)
