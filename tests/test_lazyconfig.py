@@ -2,19 +2,24 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
 import pytest
 import torch
 from conftest import REPO_ROOT, load_config
+from detectron2 import model_zoo
 from detectron2.config import LazyConfig, instantiate
 from detectron2.modeling import build_model
 from omegaconf import DictConfig, ListConfig
+from test_own_data import write_coco_dataset
 from torch import nn
 
 from dropblock_det.config import dropblock_settings
-from dropblock_det.modeling import dropblock_modules
+from dropblock_det.lazyconfig import add_dropblock
+from dropblock_det.modeling import DropBlockRetinaNet, dropblock_modules
+from dropblock_det.tools.lazyconfig_train_net import cli
 
 # (yaml, LazyConfig) twins, relative to configs/.
 TWINS = [
@@ -154,14 +159,99 @@ def test_settings_node_rejects_unknown_keys_and_bad_values_naming_them():
         dropblock_settings(BLOCK_SIZE=0)
 
 
-def test_schedule_hook_drives_keep_prob_under_lazyconfig_training(tmp_path):
+# Detectron2's own model-zoo LazyConfigs, the settings given to add_dropblock, and the DropBlock
+# groups (with their number of modules) the built model must then have.
+ZOO_TWINS = [
+    (
+        "COCO-Detection/retinanet_R_50_FPN_1x.py",
+        dict(STAGES=["res3", "res4", "res5"], FPN=["p3"], HEAD=True),
+        # R-50 bottleneck blocks, 4 points each: res3 4 blocks, res4 6, res5 3; the head 2 x 4 convs.
+        {"res3": 16, "res4": 24, "res5": 12, "p3": 1, "head": 8},
+    ),
+    (
+        "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.py",
+        dict(STAGES=["res5"], PLACEMENT="stage", ROI_HEADS=True),
+        # One drop at the output of res5, one on the pooled box features, one per mask conv.
+        {"res5": 1, "roi_box": 1, "roi_mask": 4},
+    ),
+    (
+        "new_baselines/mask_rcnn_R_50_FPN_100ep_LSJ.py",
+        dict(BLOCK_SIZE=5),
+        {"res4": 24, "res5": 12},
+    ),
+    (
+        # C4: the backbone is the ResNet itself, up to res4.
+        "COCO-InstanceSegmentation/mask_rcnn_R_50_C4_1x.py",
+        dict(STAGES=["res4"], BLOCK_SIZE=3),
+        {"res4": 24},
+    ),
+]
+
+
+def _groups(model):
+    counts = {}
+    for _, _, group in dropblock_modules(model):
+        counts[group] = counts.get(group, 0) + 1
+    return counts
+
+
+@pytest.mark.parametrize("zoo_config, settings, groups", ZOO_TWINS, ids=[z[0] for z in ZOO_TWINS])
+def test_add_dropblock_turns_a_model_zoo_lazyconfig_into_the_dropblock_model_asked_for(
+    zoo_config, settings, groups
+):
+    cfg = add_dropblock(model_zoo.get_config(zoo_config), **settings)
+    model = instantiate(cfg.model)
+    assert _groups(model) == groups
+    assert instantiate(cfg.dropblock) == dropblock_settings(ENABLED=True, **settings)
+    block_size = {m.block_size for _, m, _ in dropblock_modules(model)}
+    assert block_size == {settings.get("BLOCK_SIZE", 7)}
+    if "LSJ" in zoo_config:
+        # The recipe's own values stay: SyncBN in the backbone, no frozen stages.
+        conv = model.backbone.bottom_up.res4[0].conv1
+        assert isinstance(conv.norm, nn.SyncBatchNorm)
+        assert all(p.requires_grad for p in model.backbone.bottom_up.parameters())
+
+
+def test_add_dropblock_switched_off_builds_exactly_the_stock_zoo_model():
+    stock_cfg = model_zoo.get_config("COCO-Detection/retinanet_R_50_FPN_1x.py")
+    twin_cfg = add_dropblock(model_zoo.get_config("COCO-Detection/retinanet_R_50_FPN_1x.py"))
+    twin_cfg.dropblock.ENABLED = False
+    torch.manual_seed(0)
+    stock = instantiate(stock_cfg.model)
+    torch.manual_seed(0)
+    twin = instantiate(twin_cfg.model)
+    assert isinstance(twin, DropBlockRetinaNet) and not dropblock_modules(twin)
+    assert repr(twin).replace("DropBlockRetinaNet(", "RetinaNet(", 1) == repr(stock)
+    stock_state, twin_state = stock.state_dict(), twin.state_dict()
+    assert list(twin_state) == list(stock_state)
+    assert all(torch.equal(twin_state[k], v) for k, v in stock_state.items())
+
+
+def test_add_dropblock_refuses_bad_settings_and_backbones_it_cannot_place_in():
+    cfg = model_zoo.get_config("COCO-Detection/retinanet_R_50_FPN_1x.py")
+    with pytest.raises(KeyError, match="KEEPPROB"):
+        add_dropblock(cfg, KEEPPROB=0.9)
+    with pytest.raises(ValueError, match=r"MODEL\.DROPBLOCK\.KEEP_PROB"):
+        add_dropblock(cfg, KEEP_PROB=0.0)
+    assert "dropblock" not in cfg
+    regnet = model_zoo.get_config("COCO-InstanceSegmentation/mask_rcnn_regnetx_4gf_dds_fpn_1x.py")
+    with pytest.raises(ValueError, match="builds 'RegNet'.*Detectron2's ResNet"):
+        add_dropblock(regnet)
+
+
+def test_lazyconfig_run_on_own_coco_files_logs_groups_and_keep_prob_and_evaluates(tmp_path):
+    train_json, train_root = write_coco_dataset(str(tmp_path / "own"), 4)
+    val_json, val_root = write_coco_dataset(str(tmp_path / "own"), 2, first_id=10)
     out = tmp_path / "lazy"
     cmd = [
         sys.executable, os.path.join(REPO_ROOT, "tools", "lazyconfig_train_net.py"),
         "--config-file", _config(TWINS[1][1]),
+        "--coco-dataset", "own_train", train_json, train_root,
+        "--coco-dataset", "own_val", val_json, val_root,
         f"train.output_dir={out}", "train.device=cpu", "train.max_iter=4", "train.log_period=1",
         "train.eval_period=0", "train.checkpointer.period=4",
-        "dataloader.train.total_batch_size=2", "dataloader.evaluator=null",
+        "dataloader.train.total_batch_size=2", "dataloader.train.dataset.names=own_train",
+        "dataloader.test.dataset.names=own_val", "model.num_classes=2",
         "dropblock.KEEP_PROB=0.5",
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
@@ -174,3 +264,72 @@ def test_schedule_hook_drives_keep_prob_under_lazyconfig_training(tmp_path):
     # The paper's ramp from 1.0 to the overridden 0.5 over the 4 iterations, one value per step.
     assert keep_probs == pytest.approx({i: 1.0 - 0.5 * i / 4 for i in range(4)})
     assert (out / "model_final.pth").is_file()
+
+    # The yaml tool's start-up lines, one per group (R-18: 2 BasicBlocks x 3 points per stage;
+    # res4 a quarter of res5's drop rate), on the console and in log.txt.
+    console = proc.stdout + proc.stderr
+    summary = re.findall(
+        r"DropBlock ResNet stage (res\d): (\d+) module\(s\), block \[3\], keep_prob 1 -> "
+        r"([\d.]+) over 4 of 4 iterations",
+        console,
+    )
+    assert summary == [("res4", "6", "0.875"), ("res5", "6", "0.5")]
+    assert "DropBlock ResNet stage res5" in (out / "log.txt").read_text()
+    # keep_prob on Detectron2's console metrics line: the value of that iteration.
+    for iteration in range(4):
+        line = re.search(rf"iter: {iteration} .*keep_prob\[metric\]: ([\d.]+)", console)
+        assert line and float(line.group(1)) == pytest.approx(keep_probs[iteration])
+    # The yaml tool's evaluator, on the user's validation files, after the last step.
+    assert "COCO evaluation backend: faster-coco-eval" in console
+    eval_results = json.loads((out / "eval_results.json").read_text())
+    assert eval_results["iteration"] == 4
+    assert set(eval_results["results"]["bbox"]) >= {"AP", "AP50", "AP75", "APs", "APm", "APl"}
+
+
+@pytest.mark.parametrize(
+    "config, overrides, message",
+    [
+        (TWINS[1][1], ["dropblock.BLOCK_SIZE=0"], "cfg.dropblock.BLOCK_SIZE = 0 is invalid"),
+        (TWINS[1][1], ["dropblock.STAGES=[]"], "asks for DropBlock nowhere"),
+        (
+            TWINS[1][1],
+            ["model.backbone.bottom_up.stages.res2_out_channels=256"],
+            "R18/R34 need",
+        ),
+        (
+            TWINS[1][1],
+            ["dataloader.train.dataset.names=dropblock_digits_trian"],
+            "dataloader.train.dataset.names names dataset 'dropblock_digits_trian'",
+        ),
+        (
+            TWINS[1][1],
+            ["model.num_classes=3"],
+            "model.num_classes = 3 but dataloader.train.dataset.names dataset "
+            "'dropblock_digits_train' has 10 categories",
+        ),
+        (TWINS[1][1], ["train.device=cuda"], "`train.device=cpu`"),
+        # Detectron2's own zoo config has no dropblock node to override.
+        (
+            "zoo:COCO-Detection/retinanet_R_50_FPN_1x.py",
+            ["dropblock.KEEP_PROB=0.5"],
+            "the config has no 'dropblock' node",
+        ),
+    ],
+    ids=["block-size", "nowhere", "r18-width", "dataset-typo", "num-classes", "no-gpu", "no-node"],
+)
+def test_bad_lazyconfig_setting_exits_with_status_2_and_one_message_before_writing_anything(
+    tmp_path, capsys, config, overrides, message
+):
+    if config.startswith("zoo:"):
+        config_file = model_zoo.get_config_file(config.removeprefix("zoo:"))
+    else:
+        config_file = _config(config)
+    out = tmp_path / "never_created"
+    device = [] if any(o.startswith("train.device") for o in overrides) else ["train.device=cpu"]
+    argv = ["--config-file", config_file, f"train.output_dir={out}", *device, *overrides]
+    assert cli(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lazyconfig_train_net.py: error: ")
+    assert message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert not out.exists()

@@ -12,7 +12,7 @@ from detectron2.engine import default_argument_parser, launch
 from . import trainer
 from .validation import InputError
 
-__all__ = ["build_parser", "cli", "launch_on_every_rank"]
+__all__ = ["build_parser", "cli", "launch_on_every_rank", "parse_command_line"]
 
 
 def build_parser():
@@ -29,10 +29,32 @@ def build_parser():
         default=[],
         metavar=("NAME", "JSON_FILE", "IMAGE_ROOT"),
         help="register a COCO-format dataset (instances json and the folder its 'file_name' "
-        "entries are relative to) under NAME, for DATASETS.TRAIN/TEST \"('NAME',)\"; repeatable. "
-        "Give it before the config options.",
+        "entries are relative to) under NAME, for DATASETS.TRAIN/TEST \"('NAME',)\" (yaml) or "
+        "dataloader.train.dataset.names=NAME (LazyConfig); repeatable. Give it before the config "
+        "options.",
     )
     return parser
+
+
+def parse_command_line(argv=None):
+    """Parse the command line of ``tools/train_net.py`` or ``tools/lazyconfig_train_net.py``.
+
+    Args:
+        argv (list[str] or None): the arguments; None reads ``sys.argv``.
+
+    Returns:
+        argparse.Namespace: the arguments.
+
+    Raises:
+        SystemExit: status 2 with argparse's usage message, e.g. for ``--coco-dataset`` after
+            the config options.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if "--coco-dataset" in (args.opts or []):
+        # argparse hands everything after the first config option to opts.
+        parser.error("--coco-dataset must come before the config options (KEY VALUE or key=value).")
+    return args
 
 
 def cli(argv=None, *, main=trainer.main):
@@ -46,11 +68,7 @@ def cli(argv=None, *, main=trainer.main):
     Returns:
         int: the exit status (2 for a bad flag, config value or dataset file).
     """
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if "--coco-dataset" in (args.opts or []):
-        # argparse hands everything after the first config option to opts.
-        parser.error("--coco-dataset must come before the config options (KEY VALUE pairs).")
+    args = parse_command_line(argv)
     try:
         trainer.check_inputs(args)
     except InputError as error:

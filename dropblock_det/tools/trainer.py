@@ -228,6 +228,8 @@ def check_model_builds(build):
     """
     try:
         return build()
+    except InputError:
+        raise
     except MODEL_BUILD_ERRORS as error:
         raise InputError(
             f"the model cannot be built from this config: {_yacs_message(error)}"
