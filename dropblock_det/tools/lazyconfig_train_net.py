@@ -23,6 +23,7 @@ from detectron2.engine import AMPTrainer, SimpleTrainer, default_setup, default_
 from detectron2.evaluation import COCOEvaluator, inference_on_dataset, print_csv_format
 from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN, RetinaNet
 from detectron2.utils import comm
+from detectron2.utils.events import CommonMetricPrinter
 from detectron2.utils.logger import setup_logger
 from detectron2.utils.registry import locate
 
@@ -57,6 +58,8 @@ _LAZY_KEYS = (
     ("MODEL.DEVICE", "train.device"),
     ("SOLVER.IMS_PER_BATCH", "dataloader.train.total_batch_size"),
 )
+# CommonMetricPrinter's default window_size, in iterations (also DefaultTrainer's writer period).
+_PRINTER_WINDOW = 20
 
 
 def load_config(args):
@@ -268,7 +271,7 @@ def do_train(args, cfg):
     )
     checkpointer = DetectionCheckpointer(model, cfg.train.output_dir, trainer=trainer)
     dropblock = view.MODEL.DROPBLOCK.ENABLED
-    writers = default_writers(cfg.train.output_dir, cfg.train.max_iter)
+    writers = _writers(cfg.train.output_dir, cfg.train.max_iter, cfg.train.log_period)
     trainer.register_hooks(
         [
             hooks.IterationTimer(),
@@ -295,6 +298,25 @@ def do_train(args, cfg):
     # A checkpoint stores the iteration that just finished.
     resumed = args.resume and checkpointer.has_checkpoint()
     trainer.train(trainer.iter + 1 if resumed else 0, cfg.train.max_iter)
+
+
+def _writers(output_dir, max_iter, period):
+    """Detectron2's ``default_writers``, the console printer's window no longer than the period.
+
+    The printer shows the median of each ``[metric]`` scalar over the iterations of its window;
+    the yaml trainer writes once per window. With the same window over a shorter
+    ``train.log_period``, keep_prob would be the median of several prints, not the value of the
+    printed iteration.
+    """
+    window = min(period, _PRINTER_WINDOW)
+    return [
+        (
+            CommonMetricPrinter(max_iter, window_size=window)
+            if isinstance(w, CommonMetricPrinter)
+            else w
+        )
+        for w in default_writers(output_dir, max_iter)
+    ]
 
 
 def main(args):
