@@ -11,8 +11,8 @@ Examples:
     python tools/lazyconfig_train_net.py --eval-only --config-file <cfg> \
         train.init_checkpoint=<run>/model_final.pth
 
-A bad flag, config value or dataset file stops the run before anything is written, with a message
-naming it and exit status 2.
+A bad flag, config value, dataset file or a setting the model builders refuse stops the run before
+anything is written, with a message naming it and exit status 2.
 """
 
 import sys

@@ -9,8 +9,8 @@ Examples:
         --config-file configs/COCO-Paper/retinanet_R_50_FPN_scratch_150ep_dropblock_bs7.yaml
     python tools/train_net.py --eval-only --config-file <cfg> MODEL.WEIGHTS <run>/model_final.pth
 
-A bad flag, config value or dataset file stops the run before anything is written, with a message
-naming it and exit status 2.
+A bad flag, config value, dataset file or a setting the model builders refuse stops the run before
+anything is written, with a message naming it and exit status 2.
 """
 
 import sys
