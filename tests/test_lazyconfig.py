@@ -19,7 +19,8 @@ from torch import nn
 from dropblock_det.config import dropblock_settings
 from dropblock_det.lazyconfig import add_dropblock
 from dropblock_det.modeling import DropBlockRetinaNet, dropblock_modules
-from dropblock_det.tools.lazyconfig_train_net import cli
+from dropblock_det.tools import lazyconfig_train_net
+from dropblock_det.tools.train_net import parse_command_line
 
 # (yaml, LazyConfig) twins, relative to configs/.
 TWINS = [
@@ -286,6 +287,24 @@ def test_lazyconfig_run_on_own_coco_files_logs_groups_and_keep_prob_and_evaluate
     assert set(eval_results["results"]["bbox"]) >= {"AP", "AP50", "AP75", "APs", "APm", "APl"}
 
 
+def test_zoo_config_without_dropblock_node_passes_the_checks_as_the_stock_model(tmp_path):
+    train_json, train_root = write_coco_dataset(str(tmp_path / "own"), 2)
+    name = f"own_zoo_{tmp_path.name}"
+    args = parse_command_line(
+        [
+            "--config-file", model_zoo.get_config_file("COCO-Detection/retinanet_R_50_FPN_1x.py"),
+            "--coco-dataset", name, train_json, train_root,
+            f"dataloader.train.dataset.names={name}", f"dataloader.test.dataset.names={name}",
+            "model.num_classes=2", "train.device=cpu", f"train.output_dir={tmp_path / 'run'}",
+        ]
+    )  # fmt: skip
+    lazyconfig_train_net.check_inputs(args)  # no InputError: datasets, classes and model all fit
+    model, view = lazyconfig_train_net.build_model(lazyconfig_train_net.load_config(args))
+    assert type(model).__name__ == "RetinaNet" and not dropblock_modules(model)
+    assert view.MODEL.DROPBLOCK.ENABLED is False
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize(
     "config, overrides, message",
     [
@@ -327,7 +346,7 @@ def test_bad_lazyconfig_setting_exits_with_status_2_and_one_message_before_writi
     out = tmp_path / "never_created"
     device = [] if any(o.startswith("train.device") for o in overrides) else ["train.device=cpu"]
     argv = ["--config-file", config_file, f"train.output_dir={out}", *device, *overrides]
-    assert cli(argv) == 2
+    assert lazyconfig_train_net.cli(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("lazyconfig_train_net.py: error: ")
     assert message in err and "Traceback" not in err
