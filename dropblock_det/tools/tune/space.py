@@ -167,12 +167,15 @@ def default_space(cfg: CfgNode) -> dict[str, Param]:
     arch = META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)
     if issubclass(arch, DropBlockRetinaNet):
         params.append(Param("MODEL.DROPBLOCK.HEAD", choices=(False, True)))
-    elif (
-        issubclass(arch, GeneralizedRCNN)
-        and ROI_BOX_HEAD_REGISTRY.get(cfg.MODEL.ROI_BOX_HEAD.NAME) is DropBlockFastRCNNConvFCHead
-    ):
+    elif issubclass(arch, GeneralizedRCNN) and _box_head(cfg) is DropBlockFastRCNNConvFCHead:
         params.append(Param("MODEL.DROPBLOCK.ROI_HEADS", choices=(False, True)))
     return {p.key: p for p in params}
+
+
+def _box_head(cfg: CfgNode):
+    # C4 models' Res5ROIHeads name no box head.
+    name = cfg.MODEL.ROI_BOX_HEAD.NAME
+    return ROI_BOX_HEAD_REGISTRY.get(name) if name in ROI_BOX_HEAD_REGISTRY else None
 
 
 def _built_stages(cfg: CfgNode) -> list[str]:
