@@ -315,27 +315,10 @@ def test_unreachable_storage_exits_2_and_leaves_no_output_folder(tmp_path, capsy
     assert not (tmp_path / "new").exists()
 
 
-def test_default_space_is_accepted_by_the_tiny_config_and_written_out_in_configs(tmp_path):
-    from detectron2.engine import default_argument_parser
-
-    from dropblock_det.tools.trainer import build_cfg
+def test_default_space_is_accepted_by_the_tiny_config_and_written_out_in_configs():
     from dropblock_det.tools.tune.space import check_space, default_space, load_space
-    from dropblock_det.tools.validation import check_training_inputs
 
-    def build(extra=()):
-        argv = [
-            "--config-file",
-            SEARCH_CONFIG,
-            "MODEL.DEVICE",
-            "cpu",
-            "MODEL.DROPBLOCK.ENABLED",
-            "True",
-        ]
-        argv += list(extra)
-        cfg = build_cfg(default_argument_parser().parse_args(argv))
-        check_training_inputs(cfg, check_train=False, check_test=False)
-        return cfg
-
+    build = build_checked(SEARCH_CONFIG)
     space = check_space(default_space(build()), build(), build)
     written = load_space(os.path.join(REPO_ROOT, "configs", "search", "default_space.yaml"))
     assert {k: p.candidates() for k, p in written.items()} == {
@@ -512,6 +495,65 @@ def test_killed_worker_leaves_a_study_the_next_run_resumes(small_val_env, tmp_pa
     # The killed training's claim was failed and its run trained again, once.
     lost = [r for r in runs.get_trials() if r.user_attrs.get("output_dir") == run_dir]
     assert [r.state for r in lost] == [TrialState.FAIL]
+
+
+# ------------------------------------------------------------------------------ the user's data
+
+
+@pytest.fixture(scope="module")
+def own_data_study(tmp_path_factory):
+    """A 1-trial study with its verdict on COCO files given with --coco-dataset (no env module)."""
+    from dropblock_det.tools.data import TRAIN_DATASET, VAL_DATASET
+
+    folder = tmp_path_factory.mktemp("own_data")
+    train = write_digits_subset(str(folder), TRAIN_DATASET, 16, "train16.json")
+    val = write_digits_subset(str(folder), VAL_DATASET, 8, "val8.json")
+    out = folder / "out"
+    opts = [o.replace(SMALL_VAL, "tune_own_val") for o in QUICK_OPTS]
+    opts += ["DATASETS.TRAIN", "('tune_own_train',)"]
+    extra = ["--coco-dataset", "tune_own_train", *train, "--coco-dataset", "tune_own_val", *val]
+    argv = tune_argv(out, space=write_space(str(folder)), n_trials=1, extra=extra, opts=opts)
+    env = {"OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    worker = start_worker(argv, env, folder / "worker.log")
+    assert wait_worker(worker) == 0, read(worker.log_path)[-3000:]
+    return out, train, val, read(worker.log_path)
+
+
+def test_search_on_coco_dataset_files_trains_every_run_on_them(own_data_study):
+    out, (train_json, _), (val_json, _), _ = own_data_study
+    study, runs = load(f"sqlite:///{out / 'study.db'}")
+    assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE]
+    trained = runs.get_trials(states=(TrialState.COMPLETE,))
+    # The baseline and the trial on the search seed, the best and the baseline on the held-out one.
+    assert sorted(r.user_attrs["arm"] for r in trained) == [
+        "baseline",
+        "baseline",
+        "best",
+        "trial 0",
+    ]
+    for run in trained:
+        run_dir = run.user_attrs["output_dir"]
+        config = yaml.safe_load(read(os.path.join(run_dir, "config.yaml")))
+        assert config["DATASETS"]["TRAIN"] == ["tune_own_train"], run_dir
+        assert config["DATASETS"]["TEST"] == ["tune_own_val"], run_dir
+        log = read(os.path.join(run_dir, "train.log"))
+        assert f"Loaded 16 images in COCO format from {train_json}" in log, run_dir
+        assert f"Loaded 8 images in COCO format from {val_json}" in log, run_dir
+    # best.yaml says how to train it on the same files.
+    assert f"--coco-dataset tune_own_train {train_json}" in read(out / "best.yaml")
+
+
+def test_report_and_console_show_the_same_digits_of_small_aps(own_data_study):
+    from dropblock_det.tools.tune.report import format_ap
+
+    out, _, _, console = own_data_study
+    study, runs = load(f"sqlite:///{out / 'study.db'}")
+    baseline = [r for r in runs.get_trials() if r.user_attrs.get("job") == "baseline/seed0"]
+    ap = format_ap(baseline[0].value)
+    assert f"seed 0: {ap} " in read(out / "report.md")
+    assert f"run #{baseline[0].number} done, bbox/AP {ap} in" in console
+    trial = study.best_trial
+    assert f"COMPLETE, Δ {format_ap(trial.value, signed=True)} AP" in console
 
 
 # --------------------------------------------------------------------------------------- pruning
