@@ -3,7 +3,7 @@ PostgreSQL, the report and the best yaml.
 
 Every search here trains the tiny search config for 4 iterations on 2 images a step and scores it
 on the first 8 validation scenes, registered in each process through Detectron2's
-DETECTRON2_ENV_MODULE hook.
+DETECTRON2_ENV_MODULE hook, or, in the study on the user's data, given with --coco-dataset.
 """
 
 import json
@@ -305,13 +305,17 @@ def test_out_naming_a_file_exits_2_and_leaves_the_file_as_it_was(tmp_path, capsy
     assert sorted(os.listdir(tmp_path)) == ["notes.txt", "space.yaml"]
 
 
-def test_unreachable_storage_exits_2_and_leaves_no_output_folder(tmp_path, capsys):
+def test_unreachable_storage_exits_2_without_its_password_and_leaves_no_output_folder(
+    tmp_path, capsys
+):
     out = tmp_path / "new" / "out"
-    url = f"postgresql+psycopg://optuna@127.0.0.1:{free_port()}/postgres"
+    port = free_port()
+    url = f"postgresql+psycopg://optuna:secret@127.0.0.1:{port}/postgres"
     argv = tune_argv(out, space=write_space(str(tmp_path)), n_trials=1, storage=url, opts=CPU)
     assert tune_main(argv) == 2
     error = one_error(capsys.readouterr().err)
-    assert f"--storage '{url}' cannot be opened" in error
+    shown = f"postgresql+psycopg://optuna:***@127.0.0.1:{port}/postgres"
+    assert f"--storage '{shown}' cannot be opened" in error and "secret" not in error
     assert not (tmp_path / "new").exists()
 
 
@@ -437,6 +441,8 @@ def test_two_workers_on_one_sqlite_file_complete_the_trials_once_each(two_worker
 
 
 def test_report_table_lists_every_finished_trial_best_first(two_worker_study):
+    from dropblock_det.tools.tune.report import format_ap
+
     out, storage = two_worker_study
     study, _ = load(storage)
     report = read(out / "report.md")
@@ -449,7 +455,7 @@ def test_report_table_lists_every_finished_trial_best_first(two_worker_study):
     # The verdict: the best setting and the baseline on the held-out seed, in the study and report.
     verdict = study.user_attrs[f"verdict/{study.best_trial.number}"]
     assert verdict["seeds"] == [1] and len(verdict["best_ap"]) == len(verdict["baseline_ap"]) == 1
-    row = f"| 1 | {verdict['baseline_ap'][0]:.1f} | {verdict['best_ap'][0]:.1f} |"
+    row = f"| 1 | {format_ap(verdict['baseline_ap'][0])} | {format_ap(verdict['best_ap'][0])} |"
     assert row in report.split("## Held-out verdict", 1)[1]
     assert (out / "optimization_history.png").stat().st_size > 0
 

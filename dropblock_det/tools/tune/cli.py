@@ -235,6 +235,7 @@ def _prepare(args):
     from dropblock_det.tools.trainer import check_inputs
     from dropblock_det.tools.validation import InputError
 
+    from .report import hide_password
     from .space import check_space, default_space, load_space, space_to_yaml
     from .study import BASELINE_OPTS, SETTING_OPTS, SearchSetup, check_storage_url
 
@@ -248,7 +249,7 @@ def _prepare(args):
     try:
         check_storage_url(storage_url)
     except ValueError as error:
-        raise _InputError(f"--storage {storage_url!r}: {error}") from error
+        raise _InputError(f"--storage {hide_password(storage_url)!r}: {error}") from error
     if args.report_only and not args.storage and not os.path.isfile(default_db):
         raise _InputError(
             f"--report-only: there is no study to report in {out!r} (no study.db); run the "
@@ -361,24 +362,28 @@ def main(argv=None) -> int:
     import optuna
     import sqlalchemy
 
-    from .report import format_ap, write_report
+    from .report import format_ap, hide_password, write_report
     from .runs import RunStore
     from .study import BaselineFailed, Search, StudyMismatch, TooManyFailures, open_storage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    created = None
+    shown_url = hide_password(storage_url)
     try:
         created = _make_out(out)
+    except OSError as error:
+        print(f"tune.py: error: --out {out!r} cannot be created: {error}", file=sys.stderr)
+        return 2
+    try:
         try:
             storage = open_storage(storage_url, args.heartbeat, args.max_retry)
             runs_storage = open_storage(storage_url, args.heartbeat, args.max_retry, retry=False)
         except (sqlalchemy.exc.SQLAlchemyError, ImportError, RuntimeError) as error:
             reason = " ".join(str(getattr(error, "orig", None) or error).split())
-            raise _InputError(f"--storage {storage_url!r} cannot be opened: {reason}") from error
+            raise _InputError(f"--storage {shown_url!r} cannot be opened: {reason}") from error
         if args.report_only and name not in optuna.study.get_all_study_names(storage):
             raise _InputError(
-                f"--report-only: the storage {storage_url!r} holds no study {name!r}; run the "
+                f"--report-only: the storage {shown_url!r} holds no study {name!r}; run the "
                 "search first, or give the --study-name of the study."
             )
         sampler, pruner = _sampler_and_pruner(args, setup)
@@ -391,11 +396,9 @@ def main(argv=None) -> int:
             pruner=pruner,
         )
         Search.agree(study, setup)
-    except (_InputError, StudyMismatch, OSError) as error:
+    except (_InputError, StudyMismatch) as error:
         if created is not None:
             shutil.rmtree(created, ignore_errors=True)  # nothing of this command is left behind
-        if isinstance(error, OSError) and not isinstance(error, _InputError):
-            error = f"--out {out!r} cannot be created: {error}"
         print(f"tune.py: error: {error}", file=sys.stderr)
         return 2
     store = RunStore(
@@ -403,7 +406,9 @@ def main(argv=None) -> int:
         metric=setup.metric, poll_s=args.poll, log=_log,
     )  # fmt: skip
     search = Search(study, store, params, setup, has_dropblock, log=_log)
-    command = shlex.join(["python", "tools/tune.py", *(argv if argv is not None else sys.argv[1:])])
+    given = argv if argv is not None else sys.argv[1:]
+    # The study and its report keep the command, never a storage password.
+    command = shlex.join(["python", "tools/tune.py", *(hide_password(a) for a in given)])
     # SIGTERM ends the worker like Ctrl-C: the running training is stopped, and the trial, left
     # RUNNING, is re-queued by the next worker once its heartbeat is stale.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
@@ -412,7 +417,7 @@ def main(argv=None) -> int:
     start = time.time()
     if not args.report_only:
         _log(
-            f"[tune] study {name!r} in {storage_url}: {args.n_trials} trials, seeds {setup.seeds},"
+            f"[tune] study {name!r} in {shown_url}: {args.n_trials} trials, seeds {setup.seeds},"
             f" held-out seeds {setup.heldout_seeds}, {len(params)} searched keys; output in {out}"
         )
         try:

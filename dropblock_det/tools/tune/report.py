@@ -12,7 +12,7 @@ from optuna.trial import TrialState
 
 from .space import Param
 
-__all__ = ["format_ap", "write_best_yaml", "write_plots", "write_report"]
+__all__ = ["format_ap", "hide_password", "write_best_yaml", "write_plots", "write_report"]
 
 # Below this, format_ap switches to scientific notation (4 decimals would be needed).
 _SMALLEST_DECIMAL_AP = 0.001
@@ -185,7 +185,7 @@ def write_report(
     lines = [f"# DropBlock search: study `{study.study_name}`", ""]
     lines += [
         f"- Command: `{study.user_attrs.get('command', command)}`",
-        f"- Storage: `{_hide_password(storage_url)}`",
+        f"- Storage: `{hide_password(storage_url)}`",
         f"- Objective: mean over the search seeds {seeds} of AP(setting) − AP(baseline), "
         f"{setup.metric} on the validation set after {setup.max_iter} iterations.",
         f"- Held-out seeds for the verdict: {setup.heldout_seeds}",
@@ -340,7 +340,8 @@ def _best_section(search, out_dir, build_cfg, lines, dataset_flags) -> str | Non
     return path
 
 
-def _hide_password(url: str) -> str:
+def hide_password(url: str) -> str:
+    """A storage URL with its password, if any, replaced by ``***``."""
     if "://" in url and "@" in url:
         scheme, rest = url.split("://", 1)
         credentials, host = rest.rsplit("@", 1)
