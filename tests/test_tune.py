@@ -3,7 +3,7 @@ PostgreSQL, the report and the best yaml.
 
 Every search here trains the tiny search config for 4 iterations on 2 images a step and scores it
 on the first 8 validation scenes, registered in each process through Detectron2's
-DETECTRON2_ENV_MODULE hook.
+DETECTRON2_ENV_MODULE hook, or, in the study on the user's data, given with --coco-dataset.
 """
 
 import json
@@ -27,6 +27,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TUNE = os.path.join(REPO_ROOT, "tools", "tune.py")
 TRAIN_NET = os.path.join(REPO_ROOT, "tools", "train_net.py")
 SEARCH_CONFIG = os.path.join(REPO_ROOT, "configs", "search", "tiny_search.yaml")
+RCNN_CONFIG = os.path.join(REPO_ROOT, "configs", "tiny", "tiny_faster_rcnn_R18_FPN_dropblock.yaml")
 SMALL_VAL = "tune_test_val"
 QUICK_OPTS = (
     "MODEL.DEVICE", "cpu",
@@ -58,31 +59,43 @@ TIMEOUT_S = 300
 CPU = ("MODEL.DEVICE", "cpu")
 
 
+def write_digits_subset(folder, dataset, num_images, file_name):
+    """Write the first ``num_images`` scenes of an embedded digits split as a COCO json.
+
+    Returns:
+        tuple(str, str): the json file and the split's image folder.
+    """
+    from detectron2.data import MetadataCatalog
+
+    from dropblock_det.tools.data import ensure_dataset, register_dropblock_digits
+
+    register_dropblock_digits()
+    ensure_dataset(dataset)
+    metadata = MetadataCatalog.get(dataset)
+    with open(metadata.json_file) as f:
+        coco = json.load(f)
+    coco["images"] = coco["images"][:num_images]
+    ids = {image["id"] for image in coco["images"]}
+    coco["annotations"] = [a for a in coco["annotations"] if a["image_id"] in ids]
+    json_path = os.path.join(folder, file_name)
+    with open(json_path, "w") as f:
+        json.dump(coco, f)
+    return json_path, metadata.image_root
+
+
 @pytest.fixture(scope="module")
 def small_val_env(tmp_path_factory):
     """Environment variables that register SMALL_VAL (8 validation scenes) in every process."""
-    from detectron2.data import MetadataCatalog
+    from dropblock_det.tools.data import VAL_DATASET
 
-    from dropblock_det.tools.data import VAL_DATASET, ensure_dataset, register_dropblock_digits
-
-    register_dropblock_digits()
-    ensure_dataset(VAL_DATASET)
-    metadata = MetadataCatalog.get(VAL_DATASET)
-    with open(metadata.json_file) as f:
-        coco = json.load(f)
-    images = coco["images"][:8]
-    ids = {image["id"] for image in images}
-    coco["images"] = images
-    coco["annotations"] = [a for a in coco["annotations"] if a["image_id"] in ids]
     folder = tmp_path_factory.mktemp("small_val")
-    json_path = folder / "val8.json"
-    json_path.write_text(json.dumps(coco))
+    json_path, image_root = write_digits_subset(str(folder), VAL_DATASET, 8, "val8.json")
     module = folder / "tune_test_env.py"
     module.write_text(ENV_MODULE.format(name=SMALL_VAL))
     return {
         "DETECTRON2_ENV_MODULE": str(module),
-        "TUNE_TEST_VAL_JSON": str(json_path),
-        "TUNE_TEST_VAL_IMAGES": metadata.image_root,
+        "TUNE_TEST_VAL_JSON": json_path,
+        "TUNE_TEST_VAL_IMAGES": image_root,
         "OMP_NUM_THREADS": "1",
         "CUDA_VISIBLE_DEVICES": "",
     }
@@ -234,27 +247,82 @@ def test_missing_space_file_is_refused(tmp_path, capsys):
     assert "nope.yaml' cannot be read" in capsys.readouterr().err
 
 
-def test_default_space_is_accepted_by_the_tiny_config_and_written_out_in_configs(tmp_path):
-    from detectron2.engine import default_argument_parser
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
-    from dropblock_det.tools.trainer import build_cfg
+
+def one_error(stderr):
+    """The one ``tune.py: error:`` line of a refused command (import warnings aside)."""
+    errors = [line for line in stderr.splitlines() if line.startswith("tune.py:")]
+    assert len(errors) == 1, stderr
+    return errors[0]
+
+
+@pytest.mark.parametrize(
+    "extra, opts, flag",
+    [
+        (["--n-trials", "0"], CPU, "--n-trials"),
+        (["--seeds", "-1", "2"], CPU, "--seeds"),
+        (["--seeds", "3", "3"], CPU, "--seeds"),
+        (["--heldout-seeds", "-5"], CPU, "--heldout-seeds"),
+        (["--sampler-seed", "-1"], CPU, "--sampler-seed"),
+        (["--num-gpus", "0"], CPU, "--num-gpus"),
+        (["--pruner-startup", "-1"], CPU, "--pruner-startup"),
+        (["--startup-trials", "-1"], CPU, "--startup-trials"),
+        (["--max-retry", "-1"], CPU, "--max-retry"),
+        (["--heartbeat", "0"], CPU, "--heartbeat"),
+        (["--poll", "-1"], CPU, "--poll"),
+        (["--study-name", " "], CPU, "--study-name"),
+        (["--storage", "study.db"], CPU, "not an SQLAlchemy URL"),
+        (["--storage", "postgres://user@localhost/optuna"], CPU, "'postgres://' is spelled"),
+        (["--storage", "mysql+notadriver://user@localhost/optuna"], CPU, "--storage"),
+        (["--report-only"], CPU, "--report-only"),
+        ([], ["--coco-dataset", "a", "b.json", "images"], "--coco-dataset comes after the KEY"),
+        ([], ["--eval-only", "x"], "--eval-only is not a flag of tune.py"),
+        (["--coco-dataset", "mine", "missing.json", "."], CPU, "--coco-dataset mine missing.json"),
+        (["--config-file", "missing.yaml"], CPU, "missing.yaml' does not exist"),
+    ],
+)
+def test_bad_flag_exits_2_naming_it_with_nothing_written(tmp_path, capsys, extra, opts, flag):
+    out = tmp_path / "out"
+    argv = tune_argv(out, space=write_space(str(tmp_path)), n_trials=1, extra=extra, opts=opts)
+    assert tune_main(argv) == 2
+    assert flag in one_error(capsys.readouterr().err)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("inside", [False, True])
+def test_out_naming_a_file_exits_2_and_leaves_the_file_as_it_was(tmp_path, capsys, inside):
+    existing = tmp_path / "notes.txt"
+    existing.write_text("mine")
+    out = existing / "study" if inside else existing
+    argv = tune_argv(out, space=write_space(str(tmp_path)), n_trials=1, opts=CPU)
+    assert tune_main(argv) == 2
+    assert f"--out '{out}'" in one_error(capsys.readouterr().err)
+    assert existing.read_text() == "mine"
+    assert sorted(os.listdir(tmp_path)) == ["notes.txt", "space.yaml"]
+
+
+def test_unreachable_storage_exits_2_without_its_password_and_leaves_no_output_folder(
+    tmp_path, capsys
+):
+    out = tmp_path / "new" / "out"
+    port = free_port()
+    url = f"postgresql+psycopg://optuna:secret@127.0.0.1:{port}/postgres"
+    argv = tune_argv(out, space=write_space(str(tmp_path)), n_trials=1, storage=url, opts=CPU)
+    assert tune_main(argv) == 2
+    error = one_error(capsys.readouterr().err)
+    shown = f"postgresql+psycopg://optuna:***@127.0.0.1:{port}/postgres"
+    assert f"--storage '{shown}' cannot be opened" in error and "secret" not in error
+    assert not (tmp_path / "new").exists()
+
+
+def test_default_space_is_accepted_by_the_tiny_config_and_written_out_in_configs():
     from dropblock_det.tools.tune.space import check_space, default_space, load_space
-    from dropblock_det.tools.validation import check_training_inputs
 
-    def build(extra=()):
-        argv = [
-            "--config-file",
-            SEARCH_CONFIG,
-            "MODEL.DEVICE",
-            "cpu",
-            "MODEL.DROPBLOCK.ENABLED",
-            "True",
-        ]
-        argv += list(extra)
-        cfg = build_cfg(default_argument_parser().parse_args(argv))
-        check_training_inputs(cfg, check_train=False, check_test=False)
-        return cfg
-
+    build = build_checked(SEARCH_CONFIG)
     space = check_space(default_space(build()), build(), build)
     written = load_space(os.path.join(REPO_ROOT, "configs", "search", "default_space.yaml"))
     assert {k: p.candidates() for k, p in written.items()} == {
@@ -262,6 +330,90 @@ def test_default_space_is_accepted_by_the_tiny_config_and_written_out_in_configs
     }
     assert space["MODEL.DROPBLOCK.BLOCK_SIZE"].candidates() == [1, 3, 5, 7]
     assert space["MODEL.DROPBLOCK.KEEP_PROB"].candidates() == [0.8, 0.95]
+
+
+def build_checked(config_file, *opts):
+    """A config as a trial builds it (DropBlock on), with the model checks of train_net."""
+
+    def build(extra=()):
+        from dropblock_det.config import requested_groups
+        from dropblock_det.tools.train_net import build_parser
+        from dropblock_det.tools.trainer import build_cfg
+        from dropblock_det.tools.validation import check_training_inputs
+
+        argv = ["--config-file", config_file, *CPU, "MODEL.DROPBLOCK.ENABLED", "True", *opts]
+        cfg = build_cfg(build_parser().parse_args([*argv, *extra]))
+        if requested_groups(cfg):
+            check_training_inputs(cfg, check_train=False, check_test=False)
+        return cfg
+
+    return build
+
+
+def test_default_space_of_an_rcnn_config_has_its_own_levels_and_roi_heads_not_head():
+    from dropblock_det.tools.tune.space import check_space, default_space
+
+    build = build_checked(RCNN_CONFIG)
+    space = check_space(default_space(build()), build(), build)
+    assert "MODEL.DROPBLOCK.HEAD" not in space
+    assert space["MODEL.DROPBLOCK.ROI_HEADS"].candidates() == [False, True]
+    # The levels the RPN and the RoI heads read (p2..p6), not RetinaNet's p3..p7.
+    assert space["MODEL.DROPBLOCK.FPN"].candidates()[1] == ["p2"]
+    assert space["MODEL.DROPBLOCK.FPN"].candidates()[-1] == ["p2", "p3", "p4", "p5", "p6"]
+    assert space["MODEL.DROPBLOCK.STAGES"].candidates()[-1] == ["res2", "res3", "res4", "res5"]
+
+
+def test_default_space_of_a_c4_backbone_leaves_out_fpn_and_res5():
+    from detectron2.config import get_cfg
+
+    from dropblock_det.tools.tune.space import default_space
+
+    cfg = get_cfg()  # Detectron2's default: GeneralizedRCNN on a C4 ResNet (OUT_FEATURES res4)
+    space = default_space(cfg)
+    assert "MODEL.DROPBLOCK.FPN" not in space and "MODEL.DROPBLOCK.HEAD" not in space
+    assert space["MODEL.DROPBLOCK.STAGES"].candidates()[1:] == [
+        ["res4"], ["res3", "res4"], ["res2", "res3", "res4"]
+    ]  # fmt: skip
+
+
+def test_default_space_a_config_refuses_names_the_file_to_copy(tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["--config-file", RCNN_CONFIG, "--out", str(out), *CPU]
+    argv += ["MODEL.RPN.IN_FEATURES", "['p2', 'p3', 'p4', 'p5', 'p7']"]
+    assert tune_main(argv) == 2
+    error = one_error(capsys.readouterr().err)
+    assert "the default space: MODEL.DROPBLOCK.FPN" in error and "'p7'" in error
+    assert "copy configs/search/default_space.yaml" in error and "--space" in error
+    assert not out.exists()
+
+
+def test_stock_backbone_is_refused_as_the_config_not_the_space(tmp_path, capsys):
+    argv = tune_argv(tmp_path / "out", space=write_space(str(tmp_path)), n_trials=1,
+                     opts=[*CPU, "MODEL.BACKBONE.NAME", "build_retinanet_resnet_fpn_backbone"])  # fmt: skip
+    assert tune_main(argv) == 2
+    error = one_error(capsys.readouterr().err)
+    assert f"--config-file '{SEARCH_CONFIG}' with MODEL.DROPBLOCK.ENABLED True" in error
+    assert "build_retinanet_resnet_fpn_dropblock_backbone" in error
+
+
+@pytest.mark.parametrize(
+    "value, signed, text",
+    [
+        (35.24, False, "35.2"),
+        (1.0, False, "1.0"),
+        (0.7, True, "+0.70"),
+        (-0.31, True, "-0.31"),
+        (0.0123, False, "0.012"),
+        (0.00123, False, "0.0012"),
+        (0.00012, False, "1.2e-04"),
+        (0.0, False, "0.0"),
+        (None, False, "–"),
+    ],
+)
+def test_small_aps_keep_two_significant_digits(value, signed, text):
+    from dropblock_det.tools.tune.report import format_ap
+
+    assert format_ap(value, signed=signed) == text
 
 
 # ----------------------------------------------------------------------- workers, kill, resume
@@ -289,6 +441,8 @@ def test_two_workers_on_one_sqlite_file_complete_the_trials_once_each(two_worker
 
 
 def test_report_table_lists_every_finished_trial_best_first(two_worker_study):
+    from dropblock_det.tools.tune.report import format_ap
+
     out, storage = two_worker_study
     study, _ = load(storage)
     report = read(out / "report.md")
@@ -301,7 +455,7 @@ def test_report_table_lists_every_finished_trial_best_first(two_worker_study):
     # The verdict: the best setting and the baseline on the held-out seed, in the study and report.
     verdict = study.user_attrs[f"verdict/{study.best_trial.number}"]
     assert verdict["seeds"] == [1] and len(verdict["best_ap"]) == len(verdict["baseline_ap"]) == 1
-    row = f"| 1 | {verdict['baseline_ap'][0]:.1f} | {verdict['best_ap'][0]:.1f} |"
+    row = f"| 1 | {format_ap(verdict['baseline_ap'][0])} | {format_ap(verdict['best_ap'][0])} |"
     assert row in report.split("## Held-out verdict", 1)[1]
     assert (out / "optimization_history.png").stat().st_size > 0
 
@@ -347,6 +501,65 @@ def test_killed_worker_leaves_a_study_the_next_run_resumes(small_val_env, tmp_pa
     # The killed training's claim was failed and its run trained again, once.
     lost = [r for r in runs.get_trials() if r.user_attrs.get("output_dir") == run_dir]
     assert [r.state for r in lost] == [TrialState.FAIL]
+
+
+# ------------------------------------------------------------------------------ the user's data
+
+
+@pytest.fixture(scope="module")
+def own_data_study(tmp_path_factory):
+    """A 1-trial study with its verdict on COCO files given with --coco-dataset (no env module)."""
+    from dropblock_det.tools.data import TRAIN_DATASET, VAL_DATASET
+
+    folder = tmp_path_factory.mktemp("own_data")
+    train = write_digits_subset(str(folder), TRAIN_DATASET, 16, "train16.json")
+    val = write_digits_subset(str(folder), VAL_DATASET, 8, "val8.json")
+    out = folder / "out"
+    opts = [o.replace(SMALL_VAL, "tune_own_val") for o in QUICK_OPTS]
+    opts += ["DATASETS.TRAIN", "('tune_own_train',)"]
+    extra = ["--coco-dataset", "tune_own_train", *train, "--coco-dataset", "tune_own_val", *val]
+    argv = tune_argv(out, space=write_space(str(folder)), n_trials=1, extra=extra, opts=opts)
+    env = {"OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    worker = start_worker(argv, env, folder / "worker.log")
+    assert wait_worker(worker) == 0, read(worker.log_path)[-3000:]
+    return out, train, val, read(worker.log_path)
+
+
+def test_search_on_coco_dataset_files_trains_every_run_on_them(own_data_study):
+    out, (train_json, _), (val_json, _), _ = own_data_study
+    study, runs = load(f"sqlite:///{out / 'study.db'}")
+    assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE]
+    trained = runs.get_trials(states=(TrialState.COMPLETE,))
+    # The baseline and the trial on the search seed, the best and the baseline on the held-out one.
+    assert sorted(r.user_attrs["arm"] for r in trained) == [
+        "baseline",
+        "baseline",
+        "best",
+        "trial 0",
+    ]
+    for run in trained:
+        run_dir = run.user_attrs["output_dir"]
+        config = yaml.safe_load(read(os.path.join(run_dir, "config.yaml")))
+        assert config["DATASETS"]["TRAIN"] == ["tune_own_train"], run_dir
+        assert config["DATASETS"]["TEST"] == ["tune_own_val"], run_dir
+        log = read(os.path.join(run_dir, "train.log"))
+        assert f"Loaded 16 images in COCO format from {train_json}" in log, run_dir
+        assert f"Loaded 8 images in COCO format from {val_json}" in log, run_dir
+    # best.yaml says how to train it on the same files.
+    assert f"--coco-dataset tune_own_train {train_json}" in read(out / "best.yaml")
+
+
+def test_report_and_console_show_the_same_digits_of_small_aps(own_data_study):
+    from dropblock_det.tools.tune.report import format_ap
+
+    out, _, _, console = own_data_study
+    study, runs = load(f"sqlite:///{out / 'study.db'}")
+    baseline = [r for r in runs.get_trials() if r.user_attrs.get("job") == "baseline/seed0"]
+    ap = format_ap(baseline[0].value)
+    assert f"seed 0: {ap} " in read(out / "report.md")
+    assert f"run #{baseline[0].number} done, bbox/AP {ap} in" in console
+    trial = study.best_trial
+    assert f"COMPLETE, Δ {format_ap(trial.value, signed=True)} AP" in console
 
 
 # --------------------------------------------------------------------------------------- pruning

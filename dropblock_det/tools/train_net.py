@@ -12,7 +12,13 @@ from detectron2.engine import default_argument_parser, launch
 from . import trainer
 from .validation import InputError
 
-__all__ = ["build_parser", "cli", "launch_on_every_rank", "parse_command_line"]
+__all__ = [
+    "add_coco_dataset_argument",
+    "build_parser",
+    "cli",
+    "launch_on_every_rank",
+    "parse_command_line",
+]
 
 
 def build_parser():
@@ -21,7 +27,18 @@ def build_parser():
     Returns:
         argparse.ArgumentParser: the parser of ``tools/train_net.py``.
     """
-    parser = default_argument_parser()
+    return add_coco_dataset_argument(default_argument_parser())
+
+
+def add_coco_dataset_argument(parser):
+    """Add ``--coco-dataset NAME JSON_FILE IMAGE_ROOT`` (repeatable) to a parser.
+
+    Args:
+        parser (argparse.ArgumentParser): modified in place.
+
+    Returns:
+        argparse.ArgumentParser: ``parser``; ``args.coco_dataset`` is a list of triples.
+    """
     parser.add_argument(
         "--coco-dataset",
         nargs=3,

@@ -10,14 +10,18 @@ import argparse
 import hashlib
 import os
 import shlex
+import shutil
 import signal
 import sys
 import time
 import warnings
 
-from detectron2.engine import default_argument_parser
-
 __all__ = ["main", "parse_args"]
+
+# The default space written out, named where the default space does not fit a config.
+DEFAULT_SPACE_FILE = "configs/search/default_space.yaml"
+# numpy's seed range, which Optuna's TPE sampler takes.
+_MAX_SAMPLER_SEED = 2**32 - 1
 
 _EXAMPLE = """KEY VALUE config options come last, as with train_net.py; right after --seeds or
 --heldout-seeds, put -- before them (e.g. --heldout-seeds 100 101 -- MODEL.DEVICE cpu).
@@ -26,6 +30,11 @@ examples:
   # a search on this machine (the study lives in output/tune/<name>/study.db; rerun to resume)
   python tools/tune.py --config-file configs/search/tiny_search.yaml --n-trials 6 \\
       MODEL.DEVICE cpu
+  # on your own COCO files (every trial and held-out run trains and scores on them)
+  python tools/tune.py --config-file configs/search/tiny_search.yaml --n-trials 6 \\
+      --coco-dataset my_train data/train.json data/images \\
+      --coco-dataset my_val data/val.json data/images \\
+      DATASETS.TRAIN "('my_train',)" DATASETS.TEST "('my_val',)" MODEL.DEVICE cpu
   # many workers, one study: start the same command on every machine
   python tools/tune.py --config-file my_cfg.yaml --n-trials 50 --num-gpus 8 \\
       --storage postgresql+psycopg://user:password@dbhost:5432/optuna
@@ -41,6 +50,8 @@ def parse_args(argv=None):
     Returns:
         argparse.Namespace: the arguments; ``opts`` holds the trailing ``KEY VALUE`` options.
     """
+    from dropblock_det.tools.train_net import add_coco_dataset_argument
+
     parser = argparse.ArgumentParser(
         prog="tune.py",
         description="Search the best DropBlock setting for a Detectron2 config with Optuna.",
@@ -75,6 +86,7 @@ def parse_args(argv=None):
     parser.add_argument(
         "--no-verdict", action="store_true", help="search only (a later run adds the verdict)"
     )
+    add_coco_dataset_argument(parser)
     parser.add_argument(
         "opts", nargs=argparse.REMAINDER, help="KEY VALUE config options for every run"
     )
@@ -92,78 +104,195 @@ def _check_flags(args):
     if args.n_trials < 1:
         raise _InputError(f"--n-trials {args.n_trials}: expected at least 1.")
     for name in ("seeds", "heldout_seeds"):
-        seeds = getattr(args, name)
+        flag, seeds = f"--{name.replace('_', '-')}", getattr(args, name)
         if len(set(seeds)) != len(seeds):
-            raise _InputError(f"--{name.replace('_', '-')} {seeds}: the seeds must be distinct.")
+            raise _InputError(f"{flag} {seeds}: the seeds must be distinct.")
+        if min(seeds) < 0:
+            # Detectron2 draws a fresh random seed for SEED < 0: no run could be repeated or
+            # paired with the baseline on the same seed.
+            raise _InputError(f"{flag} {seeds}: seeds must be >= 0.")
     shared = sorted(set(args.seeds) & set(args.heldout_seeds))
     if shared:
         raise _InputError(
             f"--heldout-seeds shares {shared} with --seeds: the verdict must use seeds the search "
             "never saw, or the selection bias of the best trial comes back."
         )
+    for flag, value, least in (
+        ("--num-gpus", args.num_gpus, 1),
+        ("--pruner-startup", args.pruner_startup, 0),
+        ("--startup-trials", args.startup_trials, 0),
+        ("--max-retry", args.max_retry, 0),
+    ):
+        if value < least:
+            raise _InputError(f"{flag} {value}: expected at least {least}.")
+    if args.sampler_seed is not None and not 0 <= args.sampler_seed <= _MAX_SAMPLER_SEED:
+        raise _InputError(
+            f"--sampler-seed {args.sampler_seed}: expected an integer in [0, {_MAX_SAMPLER_SEED}]."
+        )
+    for flag, value in (("--heartbeat", args.heartbeat), ("--poll", args.poll)):
+        if not value > 0:
+            raise _InputError(f"{flag} {value}: expected a positive number of seconds.")
+    if args.study_name is not None and not args.study_name.strip():
+        raise _InputError("--study-name is empty; give the study a name, or leave the flag out.")
     flags = [o for o in args.opts[::2] if o.startswith("--")]
     if flags:
+        flag = flags[0]
+        if flag.split("=", 1)[0][2:].replace("-", "_") in vars(args):
+            raise _InputError(
+                f"{flag} comes after the KEY VALUE config options; put every tune.py flag "
+                "(--coco-dataset included) before them."
+            )
         raise _InputError(
-            f"{flags[0]} comes after the KEY VALUE config options; put every tune.py flag first."
+            f"{flag} is not a flag of tune.py (see tune.py --help); the config options after the "
+            "flags are KEY VALUE pairs."
         )
     if len(args.opts) % 2:
         raise _InputError(f"config options must come in KEY VALUE pairs, got {args.opts}.")
-    if args.heartbeat <= 0 or args.poll <= 0:
-        raise _InputError("--heartbeat and --poll must be positive.")
+
+
+def _check_out(out):
+    """Refuse an output folder that cannot be made or written, before anything is written."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise _InputError(
+            f"--out {out!r} is a file; name a folder (a new one, or a study's output to resume)."
+        )
+    existing = out
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise _InputError(f"--out {out!r} cannot be created: {existing!r} is a file.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise _InputError(f"--out {out!r}: {existing!r} is not writable.")
+
+
+def _make_out(out):
+    """Create ``out``; return the topmost folder this created (None if ``out`` existed)."""
+    top, path = None, out
+    while not os.path.exists(path):
+        top, path = path, os.path.dirname(path)
+    os.makedirs(out, exist_ok=True)
+    return top
 
 
 class _ConfigBuilder:
-    """Builds the config of the base file, the base options and extra options, as train_net does."""
+    """Builds the config of the base file, the base options and extra options, as train_net does.
 
-    def __init__(self, config_file, base_opts):
+    Args:
+        config_file (str): the base config file.
+        base_opts (Sequence[str]): the command's ``KEY VALUE`` options.
+        coco_datasets (Sequence[Sequence[str]]): the ``--coco-dataset`` triples.
+        num_gpus (int): ``--num-gpus`` of each training.
+    """
+
+    def __init__(self, config_file, base_opts, coco_datasets=(), num_gpus=1):
         from dropblock_det.tools.trainer import build_cfg
 
         self._build_cfg = build_cfg
         self.config_file, self.base_opts = config_file, list(base_opts)
+        self.coco_datasets = [list(triple) for triple in coco_datasets]
+        self.num_gpus = num_gpus
+
+    def dataset_flags(self):
+        """The ``--coco-dataset`` flags of every run."""
+        return [flag for triple in self.coco_datasets for flag in ("--coco-dataset", *triple)]
+
+    def flags(self):
+        """train_net's flags of every run, before its config options."""
+        return ["--num-gpus", str(self.num_gpus), *self.dataset_flags()]
 
     def args(self, extra=()):
-        return default_argument_parser().parse_args(
-            ["--config-file", self.config_file, *self.base_opts, *extra]
+        """train_net's command line of the base options and ``extra``, parsed."""
+        from dropblock_det.tools.train_net import build_parser
+
+        return build_parser().parse_args(
+            ["--config-file", self.config_file, *self.flags(), *self.base_opts, *extra]
         )
 
     def __call__(self, extra=()):
         return self._build_cfg(self.args(extra))
 
     def checked(self, extra=()):
-        """The config of ``extra``, with the model checks train_net runs (datasets aside)."""
+        """The config of ``extra``, with the model checks train_net runs (datasets aside).
+
+        A setting that puts DropBlock nowhere is the baseline itself (the search trains it with
+        MODEL.DROPBLOCK.ENABLED False), so it passes unchecked.
+        """
+        from dropblock_det.config import requested_groups
         from dropblock_det.tools.validation import check_training_inputs
 
         cfg = self(extra)
-        check_training_inputs(cfg, check_train=False, check_test=False)
+        if requested_groups(cfg):
+            check_training_inputs(cfg, check_train=False, check_test=False)
         return cfg
 
 
 def _prepare(args):
-    """Check every input and build what the search needs; raises _InputError or ValueError."""
-    from dropblock_det.tools.trainer import check_inputs
+    """Check every input and build what the search needs; raises _InputError or ValueError.
 
-    from .space import check_space, default_space, has_dropblock, load_space, space_to_yaml
-    from .study import BASELINE_OPTS, SETTING_OPTS, SearchSetup
+    Nothing is written: the output folder and the storage are only looked at.
+    """
+    from dropblock_det.config import requested_groups
+    from dropblock_det.tools.trainer import check_inputs
+    from dropblock_det.tools.validation import InputError
+
+    from .report import hide_password
+    from .space import check_space, default_space, load_space, space_to_yaml
+    from .study import BASELINE_OPTS, SETTING_OPTS, SearchSetup, check_storage_url
 
     _check_flags(args)
-    params = load_space(args.space) if args.space else None  # its form, before the slower checks
     config_file = os.path.abspath(args.config_file)
-    build = _ConfigBuilder(config_file, args.opts)
+    name = args.study_name or f"dropblock-{os.path.splitext(os.path.basename(config_file))[0]}"
+    out = os.path.abspath(args.out or os.path.join("output", "tune", name))
+    _check_out(out)
+    default_db = os.path.join(out, "study.db")
+    storage_url = args.storage or f"sqlite:///{default_db}"
+    try:
+        check_storage_url(storage_url)
+    except ValueError as error:
+        raise _InputError(f"--storage {hide_password(storage_url)!r}: {error}") from error
+    if args.report_only and not args.storage and not os.path.isfile(default_db):
+        raise _InputError(
+            f"--report-only: there is no study to report in {out!r} (no study.db); run the "
+            "search first, or give the --out or --storage of the study."
+        )
+    params = load_space(args.space) if args.space else None  # its form, before the slower checks
+    build = _ConfigBuilder(config_file, args.opts, args.coco_dataset, args.num_gpus)
     cfg = build()
-    check_inputs(build.args(BASELINE_OPTS))  # the datasets, once
+    check_inputs(build.args(BASELINE_OPTS))  # the datasets, once, as train_net checks them
+    # Every run is trained in its own process, in this working directory or not: absolute paths.
+    build.coco_datasets = [
+        [dataset, os.path.abspath(json_file), os.path.abspath(image_root)]
+        for dataset, json_file, image_root in build.coco_datasets
+    ]
     tests = list(cfg.DATASETS.TEST)
     if len(tests) != 1:
         raise _InputError(
             f"DATASETS.TEST = {tests}: the search scores each run on one validation set; name "
             "exactly one, e.g. DATASETS.TEST \"('dropblock_digits_val',)\"."
         )
-    source = args.space or "the default space"
-    params = params if params is not None else default_space(cfg)
-    params = check_space(params, cfg, lambda extra: build.checked([*SETTING_OPTS, *extra]), source)
+    try:
+        build.checked(SETTING_OPTS)
+    except InputError as error:
+        raise _InputError(
+            f"--config-file {args.config_file!r} with MODEL.DROPBLOCK.ENABLED True, as every "
+            f"trial trains it: {error}"
+        ) from error
 
-    name = args.study_name or f"dropblock-{os.path.splitext(os.path.basename(config_file))[0]}"
-    out = os.path.abspath(args.out or os.path.join("output", "tune", name))
-    storage_url = args.storage or f"sqlite:///{os.path.join(out, 'study.db')}"
+    def check(extra):
+        return build.checked([*SETTING_OPTS, *extra])
+
+    if args.space:
+        params = check_space(params, cfg, check, args.space)
+    else:
+        params = check_space(
+            default_space(cfg),
+            cfg,
+            check,
+            "the default space",
+            advice=f"The default space does not fit this config: copy {DEFAULT_SPACE_FILE}, "
+            "change or remove that key, and give the copy with --space.",
+        )
+
     comparable = cfg.clone()
     comparable.defrost()
     comparable.OUTPUT_DIR = ""
@@ -175,7 +304,11 @@ def _prepare(args):
         metric="bbox/AP",
         max_iter=int(cfg.SOLVER.MAX_ITER),
     )
-    return build, params, name, out, storage_url, setup, lambda opts: has_dropblock(build(opts))
+
+    def has_dropblock(opts):
+        return bool(requested_groups(build(opts)))
+
+    return build, params, name, out, storage_url, setup, has_dropblock
 
 
 def _sampler_and_pruner(args, setup):
@@ -229,41 +362,53 @@ def main(argv=None) -> int:
     import optuna
     import sqlalchemy
 
-    from .report import write_report
+    from .report import format_ap, hide_password, write_report
     from .runs import RunStore
     from .study import BaselineFailed, Search, StudyMismatch, TooManyFailures, open_storage
 
-    os.makedirs(out, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    shown_url = hide_password(storage_url)
     try:
-        storage = open_storage(storage_url, args.heartbeat, args.max_retry)
-        runs_storage = open_storage(storage_url, args.heartbeat, args.max_retry, retry=False)
-    except (sqlalchemy.exc.ArgumentError, ImportError, sqlalchemy.exc.OperationalError) as error:
-        print(
-            f"tune.py: error: --storage {storage_url!r} cannot be opened: {error}", file=sys.stderr
-        )
+        created = _make_out(out)
+    except OSError as error:
+        print(f"tune.py: error: --out {out!r} cannot be created: {error}", file=sys.stderr)
         return 2
-    sampler, pruner = _sampler_and_pruner(args, setup)
-    study = optuna.create_study(
-        study_name=name,
-        storage=storage,
-        load_if_exists=True,
-        direction="maximize",
-        sampler=sampler,
-        pruner=pruner,
-    )
     try:
+        try:
+            storage = open_storage(storage_url, args.heartbeat, args.max_retry)
+            runs_storage = open_storage(storage_url, args.heartbeat, args.max_retry, retry=False)
+        except (sqlalchemy.exc.SQLAlchemyError, ImportError, RuntimeError) as error:
+            reason = " ".join(str(getattr(error, "orig", None) or error).split())
+            raise _InputError(f"--storage {shown_url!r} cannot be opened: {reason}") from error
+        if args.report_only and name not in optuna.study.get_all_study_names(storage):
+            raise _InputError(
+                f"--report-only: the storage {shown_url!r} holds no study {name!r}; run the "
+                "search first, or give the --study-name of the study."
+            )
+        sampler, pruner = _sampler_and_pruner(args, setup)
+        study = optuna.create_study(
+            study_name=name,
+            storage=storage,
+            load_if_exists=True,
+            direction="maximize",
+            sampler=sampler,
+            pruner=pruner,
+        )
         Search.agree(study, setup)
-    except StudyMismatch as error:
+    except (_InputError, StudyMismatch) as error:
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)  # nothing of this command is left behind
         print(f"tune.py: error: {error}", file=sys.stderr)
         return 2
     store = RunStore(
-        runs_storage, name, out, build.config_file, build.base_opts, args.num_gpus,
+        runs_storage, name, out, build.config_file, build.flags(), build.base_opts,
         metric=setup.metric, poll_s=args.poll, log=_log,
     )  # fmt: skip
     search = Search(study, store, params, setup, has_dropblock, log=_log)
-    command = shlex.join(["python", "tools/tune.py", *(argv if argv is not None else sys.argv[1:])])
+    given = argv if argv is not None else sys.argv[1:]
+    # The study and its report keep the command, never a storage password.
+    command = shlex.join(["python", "tools/tune.py", *(hide_password(a) for a in given)])
     # SIGTERM ends the worker like Ctrl-C: the running training is stopped, and the trial, left
     # RUNNING, is re-queued by the next worker once its heartbeat is stale.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
@@ -272,7 +417,7 @@ def main(argv=None) -> int:
     start = time.time()
     if not args.report_only:
         _log(
-            f"[tune] study {name!r} in {storage_url}: {args.n_trials} trials, seeds {setup.seeds},"
+            f"[tune] study {name!r} in {shown_url}: {args.n_trials} trials, seeds {setup.seeds},"
             f" held-out seeds {setup.heldout_seeds}, {len(params)} searched keys; output in {out}"
         )
         try:
@@ -281,7 +426,7 @@ def main(argv=None) -> int:
                 search.verdict()
         except (BaselineFailed, TooManyFailures) as error:
             print(f"tune.py: error: {error}", file=sys.stderr)
-            write_report(search, out, lambda opts: build(opts), command, storage_url)
+            write_report(search, out, build, command, storage_url, build.dataset_flags())
             return 1
         except KeyboardInterrupt:
             print(
@@ -290,19 +435,20 @@ def main(argv=None) -> int:
                 file=sys.stderr,
             )
             return 130
-    report = write_report(search, out, lambda opts: build(opts), command, storage_url)
+    report = write_report(search, out, build, command, storage_url, build.dataset_flags())
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if complete:
         best = study.best_trial
         _log(
-            f"[tune] best: trial {best.number}, Δ {best.value:+.2f} AP on the search seeds: "
-            + search.describe(best.params)
+            f"[tune] best: trial {best.number}, Δ {format_ap(best.value, signed=True)} AP on the "
+            "search seeds: " + search.describe(best.params)
         )
         verdict = study.user_attrs.get(f"verdict/{best.number}")
         if verdict and verdict.get("p") is not None:
             _log(
-                f"[tune] held-out seeds {verdict['seeds']}: Δ {verdict['mean']:+.2f} ± "
-                f"{verdict['sd']:.2f} AP, paired t {verdict['t']:.2f}, p {verdict['p']:.3f}"
+                f"[tune] held-out seeds {verdict['seeds']}: Δ "
+                f"{format_ap(verdict['mean'], signed=True)} ± {format_ap(verdict['sd'])} AP, "
+                f"paired t {verdict['t']:.2f}, p {verdict['p']:.3f}"
             )
     minutes, seconds = divmod(int(time.time() - start), 60)
     _log(f"[tune] report: {report} ({minutes} min {seconds:02d} s in this worker)")

@@ -1,6 +1,8 @@
 """The study's report: ``report.md`` with the trial table and the verdict, ``best.yaml``, plots."""
 
+import math
 import os
+import shlex
 import statistics
 import warnings
 from collections.abc import Callable
@@ -10,7 +12,10 @@ from optuna.trial import TrialState
 
 from .space import Param
 
-__all__ = ["write_best_yaml", "write_plots", "write_report"]
+__all__ = ["format_ap", "hide_password", "write_best_yaml", "write_plots", "write_report"]
+
+# Below this, format_ap switches to scientific notation (4 decimals would be needed).
+_SMALLEST_DECIMAL_AP = 0.001
 
 _PLOTS = (
     ("optimization_history.png", "plot_optimization_history", {}),
@@ -20,7 +25,33 @@ _PLOTS = (
 _CONTOUR_KEYS = ("MODEL.DROPBLOCK.BLOCK_SIZE", "MODEL.DROPBLOCK.KEEP_PROB")
 
 
-def _fmt(value, digits=1, signed=False):
+def format_ap(value, signed=False) -> str:
+    """An AP (or a difference or spread of APs, on COCO's 0-100 scale) with enough digits.
+
+    One decimal from 1 AP up; below, two significant digits (0.70, 0.012, 0.0012), so that a small
+    AP never reads as 0.0 next to the same value elsewhere. The report and the console use it.
+
+    Args:
+        value (float or None): the value; None is shown as ``–``.
+        signed (bool): with a ``+`` on positive values (differences).
+
+    Returns:
+        str: the text.
+    """
+    if value is None:
+        return "–"
+    value = float(value)
+    size = abs(value)
+    if size >= 1 or size == 0:
+        decimals = 1
+    elif size >= _SMALLEST_DECIMAL_AP:
+        decimals = 1 - math.floor(math.log10(size))
+    else:
+        return f"{value:+.1e}" if signed else f"{value:.1e}"
+    return f"{value:+.{decimals}f}" if signed else f"{value:.{decimals}f}"
+
+
+def _fmt(value, digits, signed=False):
     if value is None:
         return "–"
     return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
@@ -30,8 +61,8 @@ def _mean_sd(values: list[float]) -> str:
     if not values:
         return "–"
     if len(values) == 1:
-        return _fmt(values[0])
-    return f"{statistics.fmean(values):.1f} ± {statistics.stdev(values):.1f}"
+        return format_ap(values[0])
+    return f"{format_ap(statistics.fmean(values))} ± {format_ap(statistics.stdev(values))}"
 
 
 def _param_cell(value) -> str:
@@ -51,7 +82,7 @@ def _state(trial, trials, seeds, max_iter) -> str:
         index, iteration = divmod(step, max_iter + 1)
         seed = seeds[index] if index < len(seeds) else "?"
         value = trial.intermediate_values[step]
-        return f"PRUNED at iteration {iteration} of seed {seed} (AP {value:.1f} then)"
+        return f"PRUNED at iteration {iteration} of seed {seed} (AP {format_ap(value)} then)"
     if trial.state == TrialState.FAIL:
         retried = [
             t.number
@@ -132,6 +163,7 @@ def write_report(
     build_cfg: Callable[[list[str]], object],
     command: str,
     storage_url: str,
+    dataset_flags=(),
 ) -> str:
     """Write ``report.md`` (and ``best.yaml`` and the plots) from what the storage holds.
 
@@ -141,6 +173,7 @@ def write_report(
         build_cfg (Callable): builds the config of extra options (base config and options first).
         command (str): the command line, quoted in the report.
         storage_url (str): where the study lives (shown without a password).
+        dataset_flags (Sequence[str]): the ``--coco-dataset`` flags the best setting trains with.
 
     Returns:
         str: the path of report.md.
@@ -152,7 +185,7 @@ def write_report(
     lines = [f"# DropBlock search: study `{study.study_name}`", ""]
     lines += [
         f"- Command: `{study.user_attrs.get('command', command)}`",
-        f"- Storage: `{_hide_password(storage_url)}`",
+        f"- Storage: `{hide_password(storage_url)}`",
         f"- Objective: mean over the search seeds {seeds} of AP(setting) − AP(baseline), "
         f"{setup.metric} on the validation set after {setup.max_iter} iterations.",
         f"- Held-out seeds for the verdict: {setup.heldout_seeds}",
@@ -175,7 +208,9 @@ def write_report(
     if baseline:
         lines.append(
             f"Baseline (DropBlock off) {setup.metric} per seed: "
-            + ", ".join(f"seed {s}: {ap:.1f}" for s, ap in zip(seeds, baseline, strict=False))
+            + ", ".join(
+                f"seed {s}: {format_ap(ap)}" for s, ap in zip(seeds, baseline, strict=False)
+            )
             + f" (mean ± sd {_mean_sd(baseline)})."
         )
         lines.append("")
@@ -195,13 +230,13 @@ def write_report(
         cells = [str(t.number)] + [_param_cell(t.params.get(k, "–")) for k in keys]
         # A pruned trial's value is Optuna's last intermediate value (an AP, not a difference).
         value = t.value if t.state == TrialState.COMPLETE else None
-        cells += [_mean_sd(aps), _fmt(value, 2, signed=True)]
+        cells += [_mean_sd(aps), format_ap(value, signed=True)]
         cells += [_fmt(delta.get("p"), 3), _state(t, trials, seeds, setup.max_iter)]
         lines.append("| " + " | ".join(cells) + " |")
 
     lines += ["", "## Held-out verdict", ""]
     lines += _verdict_lines(search)
-    _best_section(search, out_dir, build_cfg, lines)
+    _best_section(search, out_dir, build_cfg, lines, list(dataset_flags))
     plots = (
         write_plots(study, params, out_dir)
         if any(t.state == TrialState.COMPLETE for t in trials)
@@ -238,7 +273,7 @@ def _verdict_lines(search) -> list[str]:
             return ["The best trial puts DropBlock nowhere: no setting beat the baseline."]
         return [f"Not run yet for the best trial #{best.number} (it runs after the search)."]
     out = [
-        f"Trial #{best.number} gained {best.value:+.2f} AP over the baseline on the search seeds, "
+        f"Trial #{best.number} gained {format_ap(best.value, signed=True)} AP over the baseline on the search seeds, "
         "where it was selected as the best of all trials, which biases that figure upwards. "
         f"Retrained with the baseline on the held-out seeds {verdict['seeds']}:",
         "",
@@ -248,10 +283,13 @@ def _verdict_lines(search) -> list[str]:
     for seed, base, best_ap in zip(
         verdict["seeds"], verdict["baseline_ap"], verdict["best_ap"], strict=True
     ):
-        out.append(f"| {seed} | {base:.1f} | {best_ap:.1f} | {best_ap - base:+.1f} |")
+        out.append(
+            f"| {seed} | {format_ap(base)} | {format_ap(best_ap)} | "
+            f"{format_ap(best_ap - base, signed=True)} |"
+        )
     out.append(
         f"| mean ± sd | {_mean_sd(verdict['baseline_ap'])} | {_mean_sd(verdict['best_ap'])} | "
-        f"**{_fmt(verdict['mean'], 2, True)} ± {_fmt(verdict['sd'], 2)}** |"
+        f"**{format_ap(verdict['mean'], signed=True)} ± {format_ap(verdict['sd'])}** |"
     )
     out.append("")
     if verdict["p"] is None:
@@ -260,7 +298,8 @@ def _verdict_lines(search) -> list[str]:
         significant = verdict["p"] < 0.05
         out.append(
             f"Paired t-test on the held-out seeds: t = {verdict['t']:.2f}, p = {verdict['p']:.3f}, "
-            f"95% CI of the mean gain [{verdict['ci_low']:+.2f}, {verdict['ci_high']:+.2f}] AP. "
+            f"95% CI of the mean gain [{format_ap(verdict['ci_low'], signed=True)}, "
+            f"{format_ap(verdict['ci_high'], signed=True)}] AP. "
             + (
                 "The gain is larger than the seed noise at the 5% level."
                 if significant and verdict["mean"] > 0
@@ -275,7 +314,7 @@ def _verdict_lines(search) -> list[str]:
     return out
 
 
-def _best_section(search, out_dir, build_cfg, lines) -> str | None:
+def _best_section(search, out_dir, build_cfg, lines, dataset_flags) -> str | None:
     study = search.study
     if not any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
         return None
@@ -284,22 +323,25 @@ def _best_section(search, out_dir, build_cfg, lines) -> str | None:
     cfg.defrost()
     cfg.OUTPUT_DIR = os.path.join("output", f"{study.study_name}-best")
     path = os.path.join(out_dir, "best.yaml")
+    train = shlex.join(["python", "tools/train_net.py", "--config-file", path, *dataset_flags])
     header = [
         f"The best setting of DropBlock search {study.study_name!r}: trial #{best.number}, "
-        f"{best.value:+.2f} AP over the baseline on search seeds {search.setup.seeds}.",
+        f"{format_ap(best.value, signed=True)} AP over the baseline on search seeds "
+        f"{search.setup.seeds}.",
         "See report.md next to this file for the held-out verdict. Train it with",
-        f"  python tools/train_net.py --config-file {path}",
+        f"  {train}",
         "Searched: "
         + ", ".join(f"{k} = {best.params[k]}" for k in search.params if k in best.params),
     ]
     write_best_yaml(cfg, path, header)
     lines += ["", "## Best setting", ""]
-    lines += [f"`{path}` (a full config; `tools/train_net.py --config-file {path}` trains it):", ""]
+    lines += [f"`{path}` (a full config; `{train}` trains it):", ""]
     lines += [f"- `{k}`: {best.params[k]}" for k in search.params if k in best.params]
     return path
 
 
-def _hide_password(url: str) -> str:
+def hide_password(url: str) -> str:
+    """A storage URL with its password, if any, replaced by ``***``."""
     if "://" in url and "@" in url:
         scheme, rest = url.split("://", 1)
         credentials, host = rest.rsplit("@", 1)

@@ -28,6 +28,7 @@ import optuna
 from optuna.trial import TrialState
 
 from ..trainer import EVAL_RESULTS_FILE
+from .report import format_ap
 
 __all__ = ["Job", "RunFailed", "RunResult", "RunStore", "setting_key", "train_command"]
 
@@ -87,8 +88,17 @@ def setting_key(opts: Sequence[str]) -> str:
     return hashlib.sha1(json.dumps(list(opts)).encode()).hexdigest()[:12]
 
 
-def train_command(config_file: str, num_gpus: int, opts: Sequence[str]) -> list[str]:
-    """The command line of one training process: dropblock_det's train_net with its arguments."""
+def train_command(config_file: str, flags: Sequence[str], opts: Sequence[str]) -> list[str]:
+    """The command line of one training process: dropblock_det's train_net with its arguments.
+
+    Args:
+        config_file (str): ``--config-file``.
+        flags (Sequence[str]): train_net's other flags, e.g. ``--num-gpus``, ``--coco-dataset``.
+        opts (Sequence[str]): the ``KEY VALUE`` config options, after the flags.
+
+    Returns:
+        list[str]: the command.
+    """
     if find_spec("dropblock_det.tools.train_net") is not None:
         entry = ["-m", "dropblock_det.tools.train_net"]
     else:  # a checkout whose train_net is still only the script
@@ -99,8 +109,7 @@ def train_command(config_file: str, num_gpus: int, opts: Sequence[str]) -> list[
         *entry,
         "--config-file",
         config_file,
-        "--num-gpus",
-        str(num_gpus),
+        *flags,
         *opts,
     ]
 
@@ -152,8 +161,8 @@ class RunStore:
         study_name (str): the search study's name; the runs live in ``<study_name>.runs``.
         out_dir (str): this worker's folder; runs are trained in ``out_dir/runs/``.
         config_file (str): the base config file.
+        flags (Sequence[str]): train_net's flags of every run (``--num-gpus``, ``--coco-dataset``).
         base_opts (Sequence[str]): options every run gets before its own.
-        num_gpus (int): ``--num-gpus`` of each training.
         metric (str): the metric, as in metrics.json (``bbox/AP``).
         poll_s (float): seconds between looks at a running training or a rival's claim.
         log (Callable[[str], None]): progress lines.
@@ -165,8 +174,8 @@ class RunStore:
         study_name: str,
         out_dir: str,
         config_file: str,
+        flags: Sequence[str],
         base_opts: Sequence[str],
-        num_gpus: int,
         metric: str = "bbox/AP",
         poll_s: float = 1.0,
         log: Callable[[str], None] = print,
@@ -182,8 +191,8 @@ class RunStore:
         self._study_id = storage.get_study_id_from_name(self.study.study_name)
         self._out_dir = out_dir
         self._config_file = config_file
+        self._flags = list(flags)
         self._base_opts = list(base_opts)
-        self._num_gpus = num_gpus
         self._metric = metric
         self.poll_s = poll_s
         self._log = log
@@ -306,7 +315,7 @@ class RunStore:
         os.makedirs(out, exist_ok=True)
         trial.set_user_attr("output_dir", out)
         opts = [*self._base_opts, *job.opts, "SEED", str(job.seed), "OUTPUT_DIR", out]
-        cmd = train_command(self._config_file, self._num_gpus, opts)
+        cmd = train_command(self._config_file, self._flags, opts)
         log_path = os.path.join(out, LOG_FILE)
         self._log(f"[tune] {job.arm} seed {job.seed}: training run #{trial.number} in {out}")
         tail = _Evaluations(os.path.join(out, EVAL_RESULTS_FILE), self._metric)
@@ -330,7 +339,7 @@ class RunStore:
                         trial.set_user_attr("curve", curve)
                         self._log(
                             f"[tune] {job.arm} seed {job.seed}: iteration {iteration} "
-                            f"{self._metric} {value:.2f}"
+                            f"{self._metric} {format_ap(value)}"
                         )
                         if reporter is not None and reporter(job, iteration, value):
                             self._stop(child)
@@ -357,7 +366,7 @@ class RunStore:
         self.study.tell(trial, ap)
         self._log(
             f"[tune] {job.arm} seed {job.seed}: run #{trial.number} done, {self._metric} "
-            f"{ap:.2f} in {seconds / 60:.1f} min"
+            f"{format_ap(ap)} in {seconds / 60:.1f} min"
         )
         return RunResult(ap, curve, trial.number, out, seconds, reused=False)
 

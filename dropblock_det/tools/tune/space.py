@@ -19,8 +19,15 @@ from typing import Any
 
 import yaml
 from detectron2.config import CfgNode
+from detectron2.modeling import (
+    META_ARCH_REGISTRY,
+    ROI_BOX_HEAD_REGISTRY,
+    GeneralizedRCNN,
+    RetinaNet,
+)
 
-from ...config import RESNET_STAGES
+from ...config import FPN_LEVELS, RESNET_STAGES
+from ...modeling import DropBlockFastRCNNConvFCHead, DropBlockRetinaNet
 
 __all__ = [
     "RESERVED_KEYS",
@@ -28,7 +35,6 @@ __all__ = [
     "SpaceError",
     "check_space",
     "default_space",
-    "has_dropblock",
     "format_value",
     "load_space",
     "parse_space",
@@ -127,33 +133,67 @@ def format_value(value) -> str:
 
 
 def default_space(cfg: CfgNode) -> dict[str, Param]:
-    """The default DropBlock space for a config.
+    """The default DropBlock space for a config, with the keys its model takes.
 
     Block size in {1, 3, 5, 7} and keep_prob in [0.8, 0.95] (the paper's ranges), the stages as the
-    suffixes of res2..res5 (DropBlock on the deepest groups, as in the paper) or none, both
-    placements, the FPN levels the RetinaNet head reads as none or growing prefixes from the finest,
-    and the head on or off.
+    suffixes of the ResNet stages the backbone builds (DropBlock on the deepest groups, as in the
+    paper) or none, both placements, and the FPN levels the heads read (``MODEL.RETINANET`` or,
+    for R-CNN, ``MODEL.RPN`` and ``MODEL.ROI_HEADS`` in-features) as none or growing prefixes
+    from the finest. The RetinaNet head on or off where the meta-architecture is a
+    :class:`~dropblock_det.modeling.DropBlockRetinaNet`; the RoI heads on or off where the box
+    head is :class:`~dropblock_det.modeling.DropBlockFastRCNNConvFCHead`.
+    ``configs/search/default_space.yaml`` is this space for the tiny RetinaNet.
 
     Args:
-        cfg (CfgNode): the base config of the search.
+        cfg (CfgNode): the base config of the search (its model names registered).
 
     Returns:
         dict[str, Param]: by config key.
     """
-    stages = list(RESNET_STAGES)
-    levels = list(cfg.MODEL.RETINANET.IN_FEATURES)
+    stages = _built_stages(cfg)
+    levels = _head_levels(cfg)
     params = [
         Param("MODEL.DROPBLOCK.BLOCK_SIZE", choices=(1, 3, 5, 7)),
         Param("MODEL.DROPBLOCK.KEEP_PROB", low=0.8, high=0.95),
-        Param("MODEL.DROPBLOCK.STAGES", choices=tuple([[]] + [stages[i:] for i in (3, 2, 1, 0)])),
-        Param("MODEL.DROPBLOCK.PLACEMENT", choices=("block", "stage")),
         Param(
-            "MODEL.DROPBLOCK.FPN",
-            choices=tuple([[]] + [levels[:k] for k in range(1, len(levels) + 1)]),
+            "MODEL.DROPBLOCK.STAGES",
+            choices=tuple([[]] + [stages[i:] for i in reversed(range(len(stages)))]),
         ),
-        Param("MODEL.DROPBLOCK.HEAD", choices=(False, True)),
+        Param("MODEL.DROPBLOCK.PLACEMENT", choices=("block", "stage")),
     ]
+    if levels:
+        prefixes = [levels[:k] for k in range(1, len(levels) + 1)]
+        params.append(Param("MODEL.DROPBLOCK.FPN", choices=tuple([[]] + prefixes)))
+    arch = META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)
+    if issubclass(arch, DropBlockRetinaNet):
+        params.append(Param("MODEL.DROPBLOCK.HEAD", choices=(False, True)))
+    elif issubclass(arch, GeneralizedRCNN) and _box_head(cfg) is DropBlockFastRCNNConvFCHead:
+        params.append(Param("MODEL.DROPBLOCK.ROI_HEADS", choices=(False, True)))
     return {p.key: p for p in params}
+
+
+def _box_head(cfg: CfgNode):
+    # C4 models' Res5ROIHeads name no box head.
+    name = cfg.MODEL.ROI_BOX_HEAD.NAME
+    return ROI_BOX_HEAD_REGISTRY.get(name) if name in ROI_BOX_HEAD_REGISTRY else None
+
+
+def _built_stages(cfg: CfgNode) -> list[str]:
+    # Detectron2's ResNet builds the stages up to the deepest of its OUT_FEATURES.
+    deepest = max(
+        (RESNET_STAGES.index(f) for f in cfg.MODEL.RESNETS.OUT_FEATURES if f in RESNET_STAGES),
+        default=len(RESNET_STAGES) - 1,
+    )
+    return list(RESNET_STAGES[: deepest + 1])
+
+
+def _head_levels(cfg: CfgNode) -> list[str]:
+    arch = META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)
+    if issubclass(arch, RetinaNet):
+        features = list(cfg.MODEL.RETINANET.IN_FEATURES)
+    else:
+        features = [*cfg.MODEL.RPN.IN_FEATURES, *cfg.MODEL.ROI_HEADS.IN_FEATURES]
+    return [level for level in FPN_LEVELS if level in features]
 
 
 def load_space(path: str) -> dict[str, Param]:
@@ -275,7 +315,11 @@ def _all_keys(node: CfgNode, prefix="") -> list[str]:
 
 
 def check_space(
-    params: dict[str, Param], cfg: CfgNode, build, source: str = "the search space"
+    params: dict[str, Param],
+    cfg: CfgNode,
+    build,
+    source: str = "the search space",
+    advice: str = "Change it in the space.",
 ) -> dict[str, Param]:
     """Check every key of a space against a config and every candidate value in it.
 
@@ -286,6 +330,7 @@ def check_space(
             command-line options the way a trial's training would, raising ``ValueError`` (for
             instance ``InputError``) naming the key at fault.
         source (str): named in error messages.
+        advice (str): what a refused value's message says to do.
 
     Returns:
         dict[str, Param]: the space, with integer ranges marked where the config value is an int.
@@ -324,7 +369,7 @@ def check_space(
                 # The config's own message, without its advice on editing the config file.
                 reason = str(error).split(" Fix it in the config file")[0]
                 raise SpaceError(
-                    f"{where}: the value {value!r} is refused: {reason} Change it in the space."
+                    f"{where}: the value {value!r} is refused: {reason} {advice}"
                 ) from error
         checked[key] = param
     return checked
@@ -360,9 +405,3 @@ def setting_opts(params: dict[str, Param], stored: dict[str, Any]) -> list[str]:
         if key in stored:
             opts += [key, format_value(param.value_of(stored[key]))]
     return opts
-
-
-def has_dropblock(cfg: CfgNode) -> bool:
-    """Whether a config with ``MODEL.DROPBLOCK.ENABLED`` on puts DropBlock anywhere."""
-    d = cfg.MODEL.DROPBLOCK
-    return bool(list(d.STAGES) or list(d.FPN) or d.HEAD)

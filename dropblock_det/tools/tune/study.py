@@ -24,13 +24,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import optuna
+import sqlalchemy
 from optuna.trial import TrialState
 from scipy import stats
 
+from .report import format_ap
 from .runs import Job, RunFailed, RunStore, setting_key
 from .space import Param, setting_opts
 
-__all__ = ["Search", "SearchSetup", "open_storage", "paired_stats"]
+__all__ = ["Search", "SearchSetup", "check_storage_url", "open_storage", "paired_stats"]
 
 BASELINE_OPTS = ("MODEL.DROPBLOCK.ENABLED", "False")
 SETTING_OPTS = ("MODEL.DROPBLOCK.ENABLED", "True")
@@ -78,6 +80,39 @@ class SearchSetup:
     max_iter: int
 
 
+def check_storage_url(url: str) -> None:
+    """Refuse a storage URL that no RDB storage can open, without connecting to it.
+
+    Args:
+        url (str): the URL.
+
+    Raises:
+        ValueError: the URL does not parse, names no SQLAlchemy dialect, or its driver is not
+            installed; the message says which.
+    """
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    example = "e.g. sqlite:///study.db or postgresql+psycopg://user:password@host:5432/db"
+    try:
+        parsed = make_url(url)
+    except ArgumentError as error:
+        raise ValueError(f"not an SQLAlchemy URL ({example}).") from error
+    try:
+        dialect = parsed.get_dialect()
+    except NoSuchModuleError as error:
+        raise ValueError(
+            f"SQLAlchemy has no database {parsed.drivername!r} ({example}; 'postgres://' is "
+            "spelled 'postgresql://')."
+        ) from error
+    try:
+        dialect.import_dbapi()
+    except ImportError as error:
+        raise ValueError(
+            f"the driver of {parsed.drivername!r} is not installed here ({error})."
+        ) from error
+
+
 def open_storage(url: str, heartbeat_s: float, max_retry: int, retry: bool = True):
     """An RDB storage with heartbeats, created with retries.
 
@@ -107,9 +142,9 @@ def open_storage(url: str, heartbeat_s: float, max_retry: int, retry: bool = Tru
                 grace_period=3 * heartbeat_s,
                 heartbeat_stale_trial_callback=callback,
             )
+        except (sqlalchemy.exc.ArgumentError, ImportError):
+            raise  # a bad URL or a missing driver: no retry mends it
         except Exception as error:  # noqa: BLE001  (the schema race raises driver-specific errors)
-            if "ArgumentError" in type(error).__name__ or "NoSuchModule" in type(error).__name__:
-                raise
             last_error = error
             time.sleep(0.5 * (attempt + 1))
     raise last_error
@@ -227,7 +262,7 @@ class Search:
             return trial.should_prune()
 
         if jobs is None:
-            # Nothing to drop anywhere: the setting is stock RetinaNet, i.e. the baseline.
+            # Nothing to drop anywhere: the setting is the stock model, i.e. the baseline.
             self._log(f"[tune] trial {trial.number}: no DropBlock anywhere, the baseline itself")
             base = self._baseline(seeds)
             own = {j.id: base[j.id] for j in self.baseline_jobs(seeds)}
@@ -316,7 +351,7 @@ class Search:
         finished = [t for t in trials if t.state in _FINISHED]
         running = sum(t.state == TrialState.RUNNING for t in trials)
         if trial.state == TrialState.COMPLETE:
-            what = f"COMPLETE, Δ {trial.value:+.2f} AP"
+            what = f"COMPLETE, Δ {format_ap(trial.value, signed=True)} AP"
         elif trial.user_attrs.get("surplus"):
             return
         else:
@@ -325,7 +360,7 @@ class Search:
         complete = [t for t in finished if t.state == TrialState.COMPLETE]
         if complete:
             top = max(complete, key=lambda t: t.value)
-            best = f" | best #{top.number} Δ {top.value:+.2f}"
+            best = f" | best #{top.number} Δ {format_ap(top.value, signed=True)}"
         eta = ""
         durations = [
             (t.datetime_complete - t.datetime_start).total_seconds()
@@ -369,7 +404,8 @@ class Search:
         best_jobs = [Job("best", setting_key(opts), opts, s) for s in seeds]
         base_jobs = self.baseline_jobs(seeds)
         self._log(
-            f"[tune] verdict: trial {best.number} (Δ {best.value:+.2f} in the search) and the "
+            f"[tune] verdict: trial {best.number} (Δ {format_ap(best.value, signed=True)} in the "
+            "search) and the "
             f"baseline on held-out seeds {seeds}"
         )
         interleaved = [job for pair in zip(base_jobs, best_jobs, strict=True) for job in pair]
