@@ -19,6 +19,7 @@ import time
 import optuna
 import pytest
 import yaml
+from conftest import load_config
 from optuna.trial import TrialState
 
 from dropblock_det.tools.tune import main as tune_main
@@ -376,15 +377,34 @@ def test_default_space_of_a_c4_backbone_leaves_out_fpn_and_res5():
     ]  # fmt: skip
 
 
-def test_default_space_a_config_refuses_names_the_file_to_copy(tmp_path, capsys):
+def test_a_config_whose_model_cannot_be_built_is_refused_before_the_space(tmp_path, capsys):
     out = tmp_path / "out"
     argv = ["--config-file", RCNN_CONFIG, "--out", str(out), *CPU]
     argv += ["MODEL.RPN.IN_FEATURES", "['p2', 'p3', 'p4', 'p5', 'p7']"]
     assert tune_main(argv) == 2
     error = one_error(capsys.readouterr().err)
-    assert "the default space: MODEL.DROPBLOCK.FPN" in error and "'p7'" in error
-    assert "copy configs/search/default_space.yaml" in error and "--space" in error
+    assert "the model cannot be built from this config" in error and "'p7'" in error
     assert not out.exists()
+
+
+def test_default_space_a_config_refuses_names_the_file_to_copy():
+    from dropblock_det.tools.tune.cli import DEFAULT_SPACE_ADVICE, DEFAULT_SPACE_FILE
+    from dropblock_det.tools.tune.space import SpaceError, check_space, default_space
+    from dropblock_det.tools.validation import InputError
+
+    cfg = load_config(RCNN_CONFIG, ())
+
+    def refuse_p7(opts):
+        if "p7" in str(opts):
+            raise InputError("cfg.MODEL.DROPBLOCK.FPN = ['p7'] is invalid: the FPN builds no p7.")
+        return cfg
+
+    cfg.MODEL.RPN.IN_FEATURES = ["p2", "p3", "p4", "p5", "p7"]
+    with pytest.raises(SpaceError) as refused:
+        check_space(default_space(cfg), cfg, refuse_p7, "the default space", DEFAULT_SPACE_ADVICE)
+    error = str(refused.value)
+    assert "the default space: MODEL.DROPBLOCK.FPN" in error and "'p7'" in error
+    assert f"copy {DEFAULT_SPACE_FILE}" in error and "--space" in error
 
 
 def test_stock_backbone_is_refused_as_the_config_not_the_space(tmp_path, capsys):

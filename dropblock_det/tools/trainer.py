@@ -231,9 +231,15 @@ def check_model_builds(build):
     except InputError:
         raise
     except MODEL_BUILD_ERRORS as error:
+        # A bare KeyError holds only the missing name (a feature, a registry entry): say so.
+        message = f"no {error.args[0]!r} (KeyError)" if _is_bare_key_error(error) else None
         raise InputError(
-            f"the model cannot be built from this config: {_yacs_message(error)}"
+            f"the model cannot be built from this config: {message or _yacs_message(error)}"
         ) from error
+
+
+def _is_bare_key_error(error):
+    return isinstance(error, KeyError) and len(error.args) == 1 and " " not in str(error.args[0])
 
 
 def create_ddp_model_on_device(model, **kwargs):

@@ -20,6 +20,11 @@ __all__ = ["main", "parse_args"]
 
 # The default space written out, named where the default space does not fit a config.
 DEFAULT_SPACE_FILE = "configs/search/default_space.yaml"
+# What a refused value of the default space tells the user to do.
+DEFAULT_SPACE_ADVICE = (
+    f"The default space does not fit this config: copy {DEFAULT_SPACE_FILE}, change or remove "
+    "that key, and give the copy with --space."
+)
 # numpy's seed range, which Optuna's TPE sampler takes.
 _MAX_SAMPLER_SEED = 2**32 - 1
 
@@ -289,8 +294,7 @@ def _prepare(args):
             cfg,
             check,
             "the default space",
-            advice=f"The default space does not fit this config: copy {DEFAULT_SPACE_FILE}, "
-            "change or remove that key, and give the copy with --space.",
+            advice=DEFAULT_SPACE_ADVICE,
         )
 
     comparable = cfg.clone()
