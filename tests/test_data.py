@@ -44,16 +44,12 @@ def _load_json(dataset_dir, split):
 
 
 @pytest.fixture
-def unique_prefix(request):
+def unique_prefix(request, catalog):
     """A dataset-name prefix of this test; its registrations are removed afterwards."""
     prefix = f"test_digits_{request.node.name}"
     yield prefix
     for split in ("train", "val"):
-        name = f"{prefix}_{split}"
-        if name in DatasetCatalog.list():
-            DatasetCatalog.remove(name)
-            MetadataCatalog.remove(name)
-        datasets_module._REGISTERED.pop(name, None)
+        datasets_module._REGISTERED.pop(f"{prefix}_{split}", None)
 
 
 # --- parameters ------------------------------------------------------------------------------

@@ -2,14 +2,13 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 from conftest import REPO_ROOT, load_config
 from detectron2.config import LazyConfig, instantiate
 from detectron2.modeling import build_model
+from helpers import LAZYCONFIG_TRAIN_NET, run_tool, seeded_generator
 from omegaconf import DictConfig, ListConfig
 from torch import nn
 
@@ -117,7 +116,7 @@ def test_tiny_lazyconfig_detects_exactly_as_its_yaml_twin_with_the_same_weights(
     lazy.model.test_score_thresh = 0.0
     from_lazy = instantiate(lazy.model)
     from_lazy.load_state_dict(from_yaml.state_dict(), strict=True)
-    generator = torch.Generator().manual_seed(0)
+    generator = seeded_generator(0)
     images = [{"image": torch.randint(0, 256, (3, 96, 80), generator=generator).float()}]
     with torch.no_grad():
         expected, actual = from_yaml.eval()(images), from_lazy.eval()(images)
@@ -136,7 +135,7 @@ def test_tiny_rcnn_lazyconfig_detects_exactly_as_its_yaml_twin_with_the_same_wei
     lazy.model.roi_heads.box_predictor.test_score_thresh = 0.0
     from_lazy = instantiate(lazy.model)
     from_lazy.load_state_dict(from_yaml.state_dict(), strict=True)
-    generator = torch.Generator().manual_seed(0)
+    generator = seeded_generator(0)
     images = [{"image": torch.randint(0, 256, (3, 96, 80), generator=generator).float()}]
     with torch.no_grad():
         expected, actual = from_yaml.eval()(images), from_lazy.eval()(images)
@@ -157,16 +156,14 @@ def test_settings_node_rejects_unknown_keys_and_bad_values_naming_them():
 def test_schedule_hook_drives_keep_prob_under_lazyconfig_training(tmp_path):
     out = tmp_path / "lazy"
     cmd = [
-        sys.executable, os.path.join(REPO_ROOT, "tools", "lazyconfig_train_net.py"),
+        LAZYCONFIG_TRAIN_NET,
         "--config-file", _config(TWINS[1][1]),
         f"train.output_dir={out}", "train.device=cpu", "train.max_iter=4", "train.log_period=1",
         "train.eval_period=0", "train.checkpointer.period=4",
         "dataloader.train.total_batch_size=2", "dataloader.evaluator=null",
         "dropblock.KEEP_PROB=0.5",
     ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_tool(cmd)
     records = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
     keep_probs = {
         r["iteration"]: r["dropblock/keep_prob"] for r in records if "dropblock/keep_prob" in r

@@ -42,10 +42,7 @@ def test_resumed_run_follows_the_uninterrupted_keep_prob_and_lr(
     # Resume a copy: the session's interrupted run stays as it was for the determinism test.
     resumed_run = str(tmp_path / "resumed")
     shutil.copytree(interrupted_run, resumed_run)
-    proc = run_recorded_train_net(
-        ["--resume", *recorded_run_argv(resumed_run, *SCHEDULED_RUN_OPTS)]
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_recorded_train_net(["--resume", *recorded_run_argv(resumed_run, *SCHEDULED_RUN_OPTS)])
 
     reference, _ = read_recording(uninterrupted_run)
     # The resumed process's steps overwrite the killed process's steps 4 and 5 in this dict.

@@ -12,20 +12,27 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 
 import optuna
 import pytest
 import yaml
+from helpers import (
+    REPO_ROOT,
+    TOOL_TIMEOUT_S,
+    TRAIN_NET,
+    TUNE,
+    read_log,
+    run_tool,
+    start_tool,
+    wait_tool,
+    write_coco,
+)
 from optuna.trial import TrialState
 
 from dropblock_det.tools.tune import main as tune_main
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TUNE = os.path.join(REPO_ROOT, "tools", "tune.py")
-TRAIN_NET = os.path.join(REPO_ROOT, "tools", "train_net.py")
 SEARCH_CONFIG = os.path.join(REPO_ROOT, "configs", "search", "tiny_search.yaml")
 SMALL_VAL = "tune_test_val"
 QUICK_OPTS = (
@@ -54,7 +61,6 @@ def setup_environment():
         "{name}", {{}}, os.environ["TUNE_TEST_VAL_JSON"], os.environ["TUNE_TEST_VAL_IMAGES"]
     )
 """
-TIMEOUT_S = 300
 CPU = ("MODEL.DEVICE", "cpu")
 
 
@@ -76,15 +82,13 @@ def small_val_env(tmp_path_factory):
     coco["annotations"] = [a for a in coco["annotations"] if a["image_id"] in ids]
     folder = tmp_path_factory.mktemp("small_val")
     json_path = folder / "val8.json"
-    json_path.write_text(json.dumps(coco))
+    write_coco(json_path, coco)
     module = folder / "tune_test_env.py"
     module.write_text(ENV_MODULE.format(name=SMALL_VAL))
     return {
         "DETECTRON2_ENV_MODULE": str(module),
         "TUNE_TEST_VAL_JSON": str(json_path),
         "TUNE_TEST_VAL_IMAGES": metadata.image_root,
-        "OMP_NUM_THREADS": "1",
-        "CUDA_VISIBLE_DEVICES": "",
     }
 
 
@@ -104,46 +108,22 @@ def tune_argv(out, *, space, n_trials, storage=None, extra=(), opts=QUICK_OPTS):
     return [*argv, "--", *opts]  # "--": a list flag in extra must not swallow the options
 
 
-def start_worker(argv, env, log_path):
-    log = open(log_path, "w")
-    proc = subprocess.Popen(
-        [sys.executable, TUNE, *argv],
-        cwd=REPO_ROOT,
-        env={**os.environ, **env},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    proc.log_path = log_path
-    return proc
-
-
-def wait_worker(proc, timeout=TIMEOUT_S):
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        pytest.fail(f"tune.py hung for {timeout} s:\n{read(proc.log_path)[-3000:]}")
-    return proc.returncode
-
-
 def read(path):
     with open(path) as f:
         return f.read()
 
 
-def kill_during_a_trial_run(proc, out, timeout=TIMEOUT_S):
+def kill_during_a_trial_run(proc, out, timeout=TOOL_TIMEOUT_S):
     """SIGKILL a worker once it trains a trial's run; return that run's folder."""
     deadline = time.time() + timeout
     while time.time() < deadline:
-        for line in read(proc.log_path).splitlines():
+        for line in read_log(proc).splitlines():
             if line.startswith("[tune] trial") and "training run #" in line:
                 os.kill(proc.pid, signal.SIGKILL)
                 proc.wait()
                 return line.rsplit(" in ", 1)[1]
         if proc.poll() is not None:
-            pytest.fail(f"the worker ended before training a trial:\n{read(proc.log_path)}")
+            pytest.fail(f"the worker ended before training a trial:\n{read_log(proc)}")
         time.sleep(0.1)
     pytest.fail("the worker never started a trial's training")
 
@@ -273,9 +253,12 @@ def two_worker_study(small_val_env, tmp_path_factory):
     folder = tmp_path_factory.mktemp("two_workers")
     out = folder / "out"
     argv = tune_argv(out, space=write_space(str(folder)), n_trials=2)
-    workers = [start_worker(argv, small_val_env, folder / f"w{i}.log") for i in range(2)]
-    codes = [wait_worker(w) for w in workers]
-    assert codes == [0, 0], [read(w.log_path)[-3000:] for w in workers]
+    workers = [
+        start_tool([TUNE, *argv], env=small_val_env, log_path=folder / f"w{i}.log")
+        for i in range(2)
+    ]
+    codes = [wait_tool(w, returncode=None) for w in workers]
+    assert codes == [0, 0], [read_log(w)[-3000:] for w in workers]
     return out, f"sqlite:///{out / 'study.db'}"
 
 
@@ -313,15 +296,7 @@ def test_best_yaml_trains_with_train_net_as_it_is(two_worker_study, small_val_en
     run = tmp_path / "best_run"
     argv = ["--config-file", str(out / "best.yaml"), "SOLVER.MAX_ITER", "1"]
     argv += ["DATASETS.TEST", "()", "OUTPUT_DIR", str(run)]
-    proc = subprocess.run(
-        [sys.executable, TRAIN_NET, *argv],
-        cwd=REPO_ROOT,
-        env={**os.environ, **small_val_env},
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT_S,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_tool([TRAIN_NET, *argv], env=small_val_env)
     trained = yaml.safe_load(read(run / "config.yaml"))["MODEL"]["DROPBLOCK"]
     assert trained["ENABLED"] is True
     assert trained["BLOCK_SIZE"] == best.params["MODEL.DROPBLOCK.BLOCK_SIZE"]
@@ -331,12 +306,12 @@ def test_best_yaml_trains_with_train_net_as_it_is(two_worker_study, small_val_en
 def test_killed_worker_leaves_a_study_the_next_run_resumes(small_val_env, tmp_path):
     out = tmp_path / "out"
     argv = tune_argv(out, space=write_space(str(tmp_path)), n_trials=1, extra=["--no-verdict"])
-    first = start_worker(argv, small_val_env, tmp_path / "first.log")
+    first = start_tool([TUNE, *argv], env=small_val_env, log_path=tmp_path / "first.log")
     run_dir = kill_during_a_trial_run(first, out)
     time.sleep(1)
     assert training_processes_of(run_dir) == []  # the training died with its worker
-    second = start_worker(argv, small_val_env, tmp_path / "second.log")
-    assert wait_worker(second) == 0, read(second.log_path)[-3000:]
+    second = start_tool([TUNE, *argv], env=small_val_env, log_path=tmp_path / "second.log")
+    wait_tool(second)
     study, runs = load(f"sqlite:///{out / 'study.db'}")
     trials = assert_complete_without_loss_or_duplicates(study, runs, n_trials=1)
     killed = [t for t in trials if t.state == TrialState.FAIL]
@@ -372,8 +347,8 @@ def test_median_pruner_stops_a_worse_trial_and_its_training(small_val_env, tmp_p
         ],
         opts=opts,
     )
-    worker = start_worker(argv, small_val_env, tmp_path / "worker.log")
-    assert wait_worker(worker) == 0, read(worker.log_path)[-3000:]
+    worker = start_tool([TUNE, *argv], env=small_val_env, log_path=tmp_path / "worker.log")
+    wait_tool(worker)
     study, runs = load(f"sqlite:///{tmp_path / 'out' / 'study.db'}")
     first, second = study.get_trials()
     key = "MODEL.RETINANET.SCORE_THRESH_TEST"
@@ -445,9 +420,12 @@ def test_two_workers_on_postgres_one_killed_complete_the_study(
     argv = [tune_argv(tmp_path / f"worker{i}", space=space, n_trials=2, storage=postgres_url,
                       extra=["--no-verdict"]) for i in range(2)]  # fmt: skip
     # Started at the same instant against an empty database: the schema is created once.
-    workers = [start_worker(a, small_val_env, tmp_path / f"w{i}.log") for i, a in enumerate(argv)]
+    workers = [
+        start_tool([TUNE, *a], env=small_val_env, log_path=tmp_path / f"w{i}.log")
+        for i, a in enumerate(argv)
+    ]
     kill_during_a_trial_run(workers[0], tmp_path / "worker0")
-    assert wait_worker(workers[1]) == 0, read(workers[1].log_path)[-3000:]
+    wait_tool(workers[1])
     study, runs = load(postgres_url)
     trials = assert_complete_without_loss_or_duplicates(study, runs, n_trials=2)
     killed = [t for t in trials if t.state == TrialState.FAIL and not t.user_attrs.get("surplus")]
