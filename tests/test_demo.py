@@ -28,6 +28,9 @@ from dropblock_det.tools.reporting import BBOX_METRICS, PAPER_RESULTS, write_rep
 from dropblock_det.tools.reporting.plots import LOSS_KEYS, run_colors
 from dropblock_det.tools.reporting.report import FIGURE_NAMES, REPORT_NAME
 
+# Every test here reads the one run of tools/demo.py (a subprocess that trains twice).
+pytestmark = pytest.mark.slow
+
 NAMES = [name for name, _ in RUNS]
 HEADER = ["Run", "DropBlock", *BBOX_METRICS, "Status"]
 # The digits after the point the demo's report uses (write_report's default).

@@ -9,6 +9,7 @@ TrainingRecorder). The run is a subprocess with a timeout that kills every rank:
 import math
 import os
 
+import pytest
 import torch
 from conftest import read_recording, recorded_run_argv, run_recorded_train_net
 from detectron2.checkpoint import DetectionCheckpointer
@@ -17,6 +18,9 @@ from detectron2.modeling import build_model
 
 from dropblock_det import add_dropblock_config
 from dropblock_det.tools.config import add_training_config
+
+# Every test here trains through tools/train_net.py in a subprocess.
+pytestmark = pytest.mark.slow
 
 MAX_ITER = 4
 WORLD_SIZE = 2

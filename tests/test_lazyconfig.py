@@ -153,6 +153,7 @@ def test_settings_node_rejects_unknown_keys_and_bad_values_naming_them():
         dropblock_settings(BLOCK_SIZE=0)
 
 
+@pytest.mark.slow
 def test_schedule_hook_drives_keep_prob_under_lazyconfig_training(tmp_path):
     out = tmp_path / "lazy"
     cmd = [

@@ -157,6 +157,7 @@ def _nan_loss_cfg(output_dir):
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_training_and_keeps_the_last_checkpoint_usable(tmp_path):
     nan_at = 4  # checkpoints are written after steps 1 and 3
     cfg = _nan_loss_cfg(tmp_path)

@@ -69,6 +69,7 @@ def read_eval_results(output_dir):
         return json.load(f)
 
 
+@pytest.mark.slow
 def test_train_eval_only_and_resume_on_coco_files_given_on_the_command_line(tmp_path):
     train_json, train_root = write_coco_dataset(str(tmp_path / "own"), 4)
     val_json, val_root = write_coco_dataset(str(tmp_path / "own"), 2, first_id=10)

@@ -195,6 +195,7 @@ def test_box_head_registered_in_detectron2s_registry():
     assert ROI_BOX_HEAD_REGISTRY.get("DropBlockFastRCNNConvFCHead") is DropBlockFastRCNNConvFCHead
 
 
+@pytest.mark.slow
 def test_two_processes_train_faster_rcnn_with_one_schedule(tmp_path):
     out = str(tmp_path / "rcnn_ddp")
     argv = [

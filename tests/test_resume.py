@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 
+import pytest
 import torch
 from conftest import (
     SCHEDULED_RUN_KILLED_AT,
@@ -18,6 +19,9 @@ from conftest import (
     recorded_run_argv,
     run_recorded_train_net,
 )
+
+# Every test here runs a tool in a subprocess (or reads the runs of conftest.py that do).
+pytestmark = pytest.mark.slow
 
 MAX_ITER = int(SCHEDULED_RUN_OPTS[SCHEDULED_RUN_OPTS.index("SOLVER.MAX_ITER") + 1])
 CHECKPOINT_ITER = 3  # CHECKPOINT_PERIOD 4: saved after step 3 as model_0000003.pth

@@ -34,6 +34,7 @@ def _read_metrics(path):
         return [json.loads(line) for line in f if line.strip()]
 
 
+@pytest.mark.slow
 def test_train_net_trains_and_evaluates_the_tiny_dropblock_config(tmp_path):
     """The README's command, shortened: a few iterations, then the COCO evaluation."""
     out = tmp_path / "run"

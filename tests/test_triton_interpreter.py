@@ -19,6 +19,7 @@ from helpers import run_tool, seeded_generator
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(INTERPRETED, reason="this is the subprocess itself")
 def test_triton_backend_cases_pass_under_the_interpreter():
     command = ["-m", "pytest", "-q", "-p", "no:cacheprovider", __file__]

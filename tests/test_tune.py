@@ -262,6 +262,7 @@ def two_worker_study(small_val_env, tmp_path_factory):
     return out, f"sqlite:///{out / 'study.db'}"
 
 
+@pytest.mark.slow
 def test_two_workers_on_one_sqlite_file_complete_the_trials_once_each(two_worker_study):
     out, storage = two_worker_study
     study, runs = load(storage)
@@ -271,6 +272,7 @@ def test_two_workers_on_one_sqlite_file_complete_the_trials_once_each(two_worker
     assert [r.state for r in baseline if not r.user_attrs.get("yielded")] == [TrialState.COMPLETE]
 
 
+@pytest.mark.slow
 def test_report_table_lists_every_finished_trial_best_first(two_worker_study):
     out, storage = two_worker_study
     study, _ = load(storage)
@@ -289,6 +291,7 @@ def test_report_table_lists_every_finished_trial_best_first(two_worker_study):
     assert (out / "optimization_history.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_best_yaml_trains_with_train_net_as_it_is(two_worker_study, small_val_env, tmp_path):
     out, storage = two_worker_study
     study, _ = load(storage)
@@ -303,6 +306,7 @@ def test_best_yaml_trains_with_train_net_as_it_is(two_worker_study, small_val_en
     assert trained["KEEP_PROB"] == pytest.approx(best.params["MODEL.DROPBLOCK.KEEP_PROB"])
 
 
+@pytest.mark.slow
 def test_killed_worker_leaves_a_study_the_next_run_resumes(small_val_env, tmp_path):
     out = tmp_path / "out"
     argv = tune_argv(out, space=write_space(str(tmp_path)), n_trials=1, extra=["--no-verdict"])
@@ -327,6 +331,7 @@ def test_killed_worker_leaves_a_study_the_next_run_resumes(small_val_env, tmp_pa
 # --------------------------------------------------------------------------------------- pruning
 
 
+@pytest.mark.slow
 def test_median_pruner_stops_a_worse_trial_and_its_training(small_val_env, tmp_path):
     # A score threshold of 1.0 keeps no detection (AP 0); 0.0 keeps them all (AP > 0). Sampler
     # seed 10 draws 0.0 first, then 1.0, which the median of the first trial must prune.
@@ -410,6 +415,7 @@ def postgres_url():
         shutil.rmtree(folder, ignore_errors=True)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     not HAVE_PG, reason="PostgreSQL server binaries (initdb, pg_ctl in `pg_config --bindir`) absent"
 )

@@ -413,6 +413,7 @@ def test_annotation_problems_of_detectron2_builtin_datasets_are_only_logged(
     assert "annotation id 1 (image id 1)" in caplog.text and "builtin" in caplog.text
 
 
+@pytest.mark.slow
 def test_bad_annotations_stop_the_command_line_before_anything_is_written(tmp_path):
     image_root = tmp_path / "images"
     content = _coco_content(num_images=4)
