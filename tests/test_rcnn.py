@@ -67,7 +67,10 @@ def test_mask_rcnn_drops_after_every_mask_head_conv():
     ]
 
 
-@pytest.mark.parametrize("opts", [(), MASK_OPTS], ids=["faster", "mask"])
+@pytest.mark.parametrize(
+    "opts",
+    [pytest.param((), id="faster"), pytest.param(MASK_OPTS, id="mask", marks=pytest.mark.slow)],
+)
 def test_state_dict_and_eval_detections_equal_stock_rcnn(opts):
     cfg = _cfg("MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0, *opts)
     torch.manual_seed(0)
