@@ -1,4 +1,8 @@
-"""Shared fixtures: small CPU configs built from the repository's own yaml files."""
+"""Shared fixtures: small CPU configs built from the repository's own yaml files, the catalog
+clean-up, and training runs of tools/train_net.py recorded step by step.
+
+Plain helpers (the tool runner, the COCO writer, seeded generators) are in helpers.py.
+"""
 
 import hashlib
 import json
