@@ -113,7 +113,6 @@ def test_missing_config_file_exits_with_status_2(tmp_path, capsys):
     assert "--config-file" in capsys.readouterr().err
 
 
-@pytest.mark.slow
 def test_trainer_registers_the_schedule_before_the_lr_scheduler_only_with_dropblock(
     tiny_cfg, tmp_path
 ):
