@@ -4,13 +4,18 @@ PY := .venv/bin/python
 # Two threads per run; the demo runs its two trainings side by side with one thread each.
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: venv test demo bench format lint clean
+.PHONY: venv test test-fast demo bench format lint clean
 
 venv:
 	@bash tools/bootstrap_venv.sh
 
+# Every test, the slow ones (trainings, subprocesses, see pytest.ini) included.
 test: venv
 	$(PY) -m pytest -q tests
+
+# The unit tests only: everything not marked slow.
+test-fast: venv
+	$(PY) -m pytest -q -m "not slow" tests
 
 demo: venv
 	$(PY) tools/demo.py

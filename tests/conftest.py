@@ -1,18 +1,22 @@
-"""Shared fixtures: small CPU configs built from the repository's own yaml files."""
+"""Shared fixtures: small CPU configs built from the repository's own yaml files, the catalog
+clean-up, and training runs of tools/train_net.py recorded step by step.
+
+Plain helpers (the tool runner, the COCO writer, seeded generators) are in helpers.py.
+"""
 
 import hashlib
 import json
 import os
 import signal
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 from detectron2.config import get_cfg
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.engine import HookBase
 from detectron2.utils import comm
+from helpers import REPO_ROOT, TRAIN_NET, run_tool  # noqa: F401  (TRAIN_NET: imported from here)
 
 import dropblock_det  # noqa: F401  (registers the backbone and meta-architecture)
 from dropblock_det import DropBlock2d, add_dropblock_config
@@ -22,7 +26,6 @@ from dropblock_det.tools.data import register_dropblock_digits
 # The embedded datasets, as the training tools register them.
 register_dropblock_digits()
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_BASE_CONFIG = os.path.join(REPO_ROOT, "configs", "tiny", "Base-Tiny.yaml")
 
 # A ResNet-50 layout (BottleneckBlock, 3-4-6-3 blocks) at 1/8 of the width, for fast CPU tests of
@@ -69,6 +72,45 @@ def tiny_cfg():
 
 
 @pytest.fixture
+def catalog():
+    """Removes the DatasetCatalog and MetadataCatalog entries a test adds, once it is done.
+
+    Whatever the test registers (itself, through a fixture or through the code under test) is
+    found by comparing both catalogs with their content when the fixture started.
+
+    Yields:
+        CatalogEntries: ``catalog.unique_name(prefix)`` gives names no other test uses.
+    """
+    entries = CatalogEntries()
+    yield entries
+    entries.remove_added()
+
+
+class CatalogEntries:
+    """The catalogs' names at creation, to remove what was added since (see :func:`catalog`)."""
+
+    def __init__(self):
+        self._datasets = set(DatasetCatalog.list())
+        self._metadata = set(MetadataCatalog.list())
+        self._count = 0
+
+    def unique_name(self, prefix="test_dataset"):
+        """A dataset name not in either catalog, starting with ``prefix``."""
+        while True:
+            self._count += 1
+            name = f"{prefix}_{os.getpid()}_{self._count}"
+            if name not in DatasetCatalog.list() and name not in MetadataCatalog.list():
+                return name
+
+    def remove_added(self):
+        """Remove every entry of either catalog that was not there at creation."""
+        for name in set(DatasetCatalog.list()) - self._datasets:
+            DatasetCatalog.remove(name)
+        for name in set(MetadataCatalog.list()) - self._metadata:
+            MetadataCatalog.remove(name)
+
+
+@pytest.fixture
 def narrow_r50_cfg(tiny_cfg):
     """Factory like ``tiny_cfg`` with a narrow ResNet-50 (BottleneckBlock) backbone."""
 
@@ -82,7 +124,6 @@ def narrow_r50_cfg(tiny_cfg):
 # Training runs through tools/train_net.py, recorded step by step (reliability tests: resume,
 # distributed, determinism, non-finite losses).
 
-TRAIN_NET = os.path.join(REPO_ROOT, "tools", "train_net.py")
 TINY_DROPBLOCK_CONFIG = os.path.join(
     REPO_ROOT, "configs", "tiny", "tiny_retinanet_R18_FPN_dropblock.yaml"
 )
@@ -225,45 +266,23 @@ def recording_main(args):
     return engine.main(args, trainer_class=RecordingTrainer)
 
 
-def run_recorded_train_net(argv, *, timeout=300, env=None):
-    """Run tools/train_net.py's cli in a subprocess, recording every step (see recording_main).
+def run_recorded_train_net(argv, *, timeout=300, env=None, returncode=0):
+    """Run tools/train_net.py's cli with :func:`helpers.run_tool`, recording every step.
 
-    The subprocess gets its own session so that a timeout kills it with every rank it spawned:
-    a hang fails the test instead of blocking it.
+    See recording_main; a hang kills every rank and fails the test.
 
     Args:
         argv (Sequence[str]): train_net.py's arguments.
         timeout (float): seconds before the whole process group is killed and the test fails.
         env (dict or None): extra environment variables.
+        returncode (int or None): the exit status to assert; None asserts nothing.
 
     Returns:
         subprocess.CompletedProcess: with ``returncode``, ``stdout`` and ``stderr`` (text).
     """
-    # CPU runs even where GPUs are visible: launch would otherwise pick NCCL and check GPU counts.
-    run_env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", **(env or {})}
-    tests_dir = os.path.dirname(os.path.abspath(__file__))
-    run_env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (tests_dir, REPO_ROOT, run_env.get("PYTHONPATH")) if p
+    return run_tool(
+        ["-c", _RECORDING_RUNNER, *argv], env=env, timeout=timeout, returncode=returncode
     )
-    cmd = [sys.executable, "-c", _RECORDING_RUNNER, *map(str, argv)]
-    proc = subprocess.Popen(
-        cmd,
-        cwd=REPO_ROOT,
-        env=run_env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        stdout, stderr = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        stdout, stderr = proc.communicate()
-        pytest.fail(
-            f"train_net.py {' '.join(map(str, argv))} hung for {timeout} s:\n{stderr[-3000:]}"
-        )
-    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
 
 
 def read_recording(output_dir, rank=0):
@@ -311,8 +330,7 @@ SCHEDULED_RUN_KILLED_AT = 6
 def uninterrupted_run(tmp_path_factory):
     """OUTPUT_DIR of the tiny DropBlock run of SCHEDULED_RUN_OPTS, trained to the end."""
     out = str(tmp_path_factory.mktemp("uninterrupted"))
-    proc = run_recorded_train_net(recorded_run_argv(out, *SCHEDULED_RUN_OPTS))
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_recorded_train_net(recorded_run_argv(out, *SCHEDULED_RUN_OPTS))
     return out
 
 
@@ -320,9 +338,9 @@ def uninterrupted_run(tmp_path_factory):
 def interrupted_run(tmp_path_factory):
     """OUTPUT_DIR of the same run, SIGKILLed before step SCHEDULED_RUN_KILLED_AT."""
     out = str(tmp_path_factory.mktemp("interrupted"))
-    proc = run_recorded_train_net(
+    run_recorded_train_net(
         recorded_run_argv(out, *SCHEDULED_RUN_OPTS),
         env={KILL_AT_ITER_ENV: str(SCHEDULED_RUN_KILLED_AT)},
+        returncode=-signal.SIGKILL,
     )
-    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     return out

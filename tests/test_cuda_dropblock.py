@@ -10,6 +10,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import seeded_generator
 from torch import nn
 
 from dropblock_det.layers import DropBlock2d, drop_block_2d, seed_rate, share_keep_prob
@@ -18,10 +19,6 @@ from dropblock_det.layers._backend import resolve_backend
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 GPU_BACKENDS = ["dense", "triton"]
-
-
-def _generator(seed):
-    return torch.Generator(device="cuda").manual_seed(seed)
 
 
 class _DropBlockNet(nn.Module):
@@ -176,9 +173,9 @@ def test_half_dtypes_are_the_float32_product_rounded_once(dtype, backend):
     x32 = torch.rand(2, 16, 40, 52, device="cuda") * 3e4
     x = x32.to(dtype).requires_grad_()
     kwargs = dict(normalize="sample", backend=backend)
-    out = drop_block_2d(x, 0.6, 5, generator=_generator(3), **kwargs)
+    out = drop_block_2d(x, 0.6, 5, generator=seeded_generator(3, "cuda"), **kwargs)
     ones = torch.ones(x.shape, device="cuda")
-    factor = drop_block_2d(ones, 0.6, 5, generator=_generator(3), **kwargs)
+    factor = drop_block_2d(ones, 0.6, 5, generator=seeded_generator(3, "cuda"), **kwargs)
     assert out.dtype == dtype and (factor == 0).any()
     assert torch.equal(out, (x.detach().float() * factor).to(dtype))
     grad = torch.randn(x.shape, device="cuda").to(dtype)

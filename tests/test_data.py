@@ -12,13 +12,12 @@ import numpy as np
 import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
+from helpers import REPO_ROOT
 from PIL import Image
 
 import dropblock_det.tools.data as data
 from dropblock_det.tools.data import datasets as datasets_module
 from dropblock_det.tools.data import synthetic
-
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Small specs keep every generation well under a second.
 SMALL = data.DatasetSpec(seed=3, num_train=6, num_val=4)
@@ -44,16 +43,12 @@ def _load_json(dataset_dir, split):
 
 
 @pytest.fixture
-def unique_prefix(request):
+def unique_prefix(request, catalog):
     """A dataset-name prefix of this test; its registrations are removed afterwards."""
     prefix = f"test_digits_{request.node.name}"
     yield prefix
     for split in ("train", "val"):
-        name = f"{prefix}_{split}"
-        if name in DatasetCatalog.list():
-            DatasetCatalog.remove(name)
-            MetadataCatalog.remove(name)
-        datasets_module._REGISTERED.pop(name, None)
+        datasets_module._REGISTERED.pop(f"{prefix}_{split}", None)
 
 
 # --- parameters ------------------------------------------------------------------------------

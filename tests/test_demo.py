@@ -9,10 +9,7 @@ config.yaml, and the figures against the metrics.json series they were drawn fro
 import inspect
 import json
 import math
-import os
 import re
-import subprocess
-import sys
 from itertools import pairwise
 from pathlib import Path
 
@@ -20,7 +17,7 @@ import matplotlib
 import numpy as np
 import pytest
 import yaml
-from conftest import REPO_ROOT
+from helpers import DEMO, run_tool
 from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 from PIL import Image
@@ -31,7 +28,9 @@ from dropblock_det.tools.reporting import BBOX_METRICS, PAPER_RESULTS, write_rep
 from dropblock_det.tools.reporting.plots import LOSS_KEYS, run_colors
 from dropblock_det.tools.reporting.report import FIGURE_NAMES, REPORT_NAME
 
-DEMO = os.path.join(REPO_ROOT, "tools", "demo.py")
+# Every test here reads the one run of tools/demo.py (a subprocess that trains twice).
+pytestmark = pytest.mark.slow
+
 NAMES = [name for name, _ in RUNS]
 HEADER = ["Run", "DropBlock", *BBOX_METRICS, "Status"]
 # The digits after the point the demo's report uses (write_report's default).
@@ -48,13 +47,12 @@ def demo(tmp_path_factory):
     """One run of tools/demo.py; its output folder and the captured console output."""
     out = tmp_path_factory.mktemp("demo") / "demo"
     cmd = [
-        sys.executable, DEMO, "--out", str(out), "--max-iter", "4",
+        DEMO, "--out", str(out), "--max-iter", "4",
         # Few-iteration models: keep every candidate so that there are detections to score, and a
         # small batch to keep the test short.
         "MODEL.RETINANET.SCORE_THRESH_TEST", "0.0", "SOLVER.IMS_PER_BATCH", "2",
     ]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    proc = run_tool(cmd, timeout=900)
     return out, proc.stdout
 
 

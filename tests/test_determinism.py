@@ -8,7 +8,11 @@ before step 6; their first six steps must draw the same DropBlock masks and give
 
 import math
 
+import pytest
 from conftest import SCHEDULED_RUN_KILLED_AT, read_recording
+
+# Every test here runs a tool in a subprocess (or reads the runs of conftest.py that do).
+pytestmark = pytest.mark.slow
 
 
 def test_same_seed_gives_identical_masks_and_losses(uninterrupted_run, interrupted_run):

@@ -13,6 +13,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import seeded_generator
 from torch import nn
 
 from dropblock_det import DropBlock2d, drop_block_2d
@@ -80,15 +81,11 @@ def _mean_and_sd(height, width, block, gamma):
     return prob.mean(), math.sqrt(cov.sum()) / (height * width)
 
 
-def _generator(device, seed):
-    return torch.Generator(device=device).manual_seed(seed)
-
-
 def _dropped_fraction(
     height, width, block, keep_prob, gamma_mode, num_maps, seed, device="cpu", **kwargs
 ):
     """Measured fraction of zeros over num_maps independent maps (chunks of <= 2**22 units)."""
-    generator = _generator(device, seed)
+    generator = seeded_generator(seed, device)
     maps_per_call = max(1, (1 << 22) // (height * width))
     zeros, done = 0, 0
     while done < num_maps:
@@ -171,7 +168,7 @@ def test_channel_shared_masks_rate_and_sharing(device):
     height, width, block, keep_prob = 25, 42, 7, 0.9
     gamma = seed_rate(height, width, block, keep_prob, "exact")
     expected, sd_map = _mean_and_sd(height, width, block, gamma)
-    generator = _generator(device, 3)
+    generator = seeded_generator(3, device)
     num_samples = 4000
     ones = torch.ones(num_samples, 3, height, width, device=device)
     out = drop_block_2d(
@@ -205,7 +202,7 @@ def test_channel_shared_masks_rate_and_sharing(device):
 @pytest.mark.parametrize("share_channels", [False, True])
 @pytest.mark.parametrize("device", DEVICES)
 def test_dropped_units_form_whole_blocks_inside_the_map(shape, block, share_channels, device):
-    generator = _generator(device, 0)
+    generator = seeded_generator(0, device)
     x = torch.rand(shape, generator=generator, device=device) + 0.5  # no zeros of its own
     out = drop_block_2d(x, 0.7, block, share_channels=share_channels, generator=generator)
     dropped = out == 0
@@ -220,7 +217,7 @@ def test_even_block_anchoring_is_tf_same():
     # Seen from the seed, an even block spans bs // 2 units before and (bs - 1) // 2 after: on a
     # 1 x 4 map with block 4 (one corner) every unit is dropped; on 1 x 5 with block 2 the
     # blocks cover columns (c, c + 1) for corners c in 0..3, never the mirror image.
-    generator = torch.Generator().manual_seed(0)
+    generator = seeded_generator(0)
     out = drop_block_2d(torch.ones(64, 1, 1, 4), 0.5, 4, generator=generator)
     per_map = (out == 0).reshape(64, 4)
     assert torch.equal(per_map.all(1), per_map.any(1))  # all-or-nothing per map
@@ -235,7 +232,7 @@ def test_border_density_follows_valid_corner_seeding(height, width, block, devic
     gamma = seed_rate(height, width, block, keep_prob, "paper")
     prob, cov = _dropped_stats(height, width, block, gamma)
     ones = torch.ones(num_maps, 1, height, width, device=device)
-    out = drop_block_2d(ones, keep_prob, block, generator=_generator(device, 5))
+    out = drop_block_2d(ones, keep_prob, block, generator=seeded_generator(5, device))
     dropped = (out == 0).double().mean(0)[0].cpu().numpy()
     for axis, size in ((0, height), (1, width)):  # per-row, then per-column densities
         measured = dropped.mean(axis=1 - axis)
@@ -266,7 +263,9 @@ def test_border_density_follows_valid_corner_seeding(height, width, block, devic
 @pytest.mark.parametrize("device", DEVICES)
 def test_batch_normalisation_preserves_the_total(share_channels, device):
     x = torch.ones(3, 5, 13, 21, device=device)
-    out = drop_block_2d(x, 0.8, 7, share_channels=share_channels, generator=_generator(device, 0))
+    out = drop_block_2d(
+        x, 0.8, 7, share_channels=share_channels, generator=seeded_generator(0, device)
+    )
     kept = int((out != 0).sum())
     assert 0 < kept < x.numel()
     assert torch.allclose(out[out != 0], torch.tensor(x.numel() / kept, device=device))
@@ -282,7 +281,7 @@ def test_sample_normalisation_preserves_each_sample_total(share_channels, device
         5,
         normalize="sample",
         share_channels=share_channels,
-        generator=_generator(device, 0),
+        generator=seeded_generator(0, device),
     )
     for sample in out:
         kept = int((sample != 0).sum())
@@ -303,7 +302,7 @@ def test_expected_normalisation_is_one_over_keep_prob(share_channels, device):
         3,
         normalize="expected",
         share_channels=share_channels,
-        generator=_generator(device, 0),
+        generator=seeded_generator(0, device),
     )
     assert (out == 0).any()
     assert torch.allclose(out[out != 0], torch.tensor(1 / 0.8, device=device))
@@ -318,7 +317,7 @@ def test_everything_dropped_gives_zeros_not_nan(normalize, device):
         1e-6,
         7,
         normalize=normalize,
-        generator=_generator(device, 0),
+        generator=seeded_generator(0, device),
     )
     assert torch.equal(out, torch.zeros_like(out))
 
@@ -335,7 +334,7 @@ def test_everything_dropped_gives_zeros_not_nan(normalize, device):
 )
 @pytest.mark.parametrize("device", DEVICES)
 def test_gradient_is_mask_times_scale(kwargs, device):
-    generator = _generator(device, 0)
+    generator = seeded_generator(0, device)
     x = (torch.rand(3, 4, 11, 17, generator=generator, device=device) + 0.5).requires_grad_()
     grad = torch.randn(3, 4, 11, 17, generator=generator, device=device)
     out = drop_block_2d(x, 0.7, 5, generator=generator, **kwargs)
@@ -356,8 +355,8 @@ def test_cache_blocked_cpu_pass_equals_the_plain_one(monkeypatch, normalize):
         previous = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:
-            x = (torch.rand(3, 4, 13, 21, generator=_generator("cpu", 1)) + 0.5).requires_grad_()
-            out = drop_block_2d(x, 0.7, 5, normalize=normalize, generator=_generator("cpu", 2))
+            x = (torch.rand(3, 4, 13, 21, generator=seeded_generator(1)) + 0.5).requires_grad_()
+            out = drop_block_2d(x, 0.7, 5, normalize=normalize, generator=seeded_generator(2))
             out.backward(torch.arange(out.numel(), dtype=torch.float32).view_as(out))
             return out.detach(), x.grad
         finally:
@@ -381,7 +380,7 @@ def test_accelerator_bookkeeping_equals_host_bookkeeping(
     from dropblock_det.layers import _sparse as module
 
     def run():
-        x = torch.rand(3, 4, 13, 21, generator=_generator("cpu", 1)).add_(0.5).to(dtype)
+        x = torch.rand(3, 4, 13, 21, generator=seeded_generator(1)).add_(0.5).to(dtype)
         x.requires_grad_()
         out = drop_block_2d(
             x,
@@ -389,7 +388,7 @@ def test_accelerator_bookkeeping_equals_host_bookkeeping(
             5,
             normalize=normalize,
             share_channels=share_channels,
-            generator=_generator("cpu", 2),
+            generator=seeded_generator(2),
         )
         out.backward(torch.ones_like(out))
         return out.detach(), x.grad
@@ -411,11 +410,17 @@ def test_accelerator_bookkeeping_equals_host_bookkeeping(
 @pytest.mark.parametrize("share_channels", [False, True])
 @pytest.mark.parametrize("device", DEVICES)
 def test_half_dtypes_match_float32_on_the_same_mask(dtype, share_channels, device):
-    x32 = torch.rand(2, 6, 19, 23, generator=_generator(device, 0), device=device) + 0.5
+    x32 = torch.rand(2, 6, 19, 23, generator=seeded_generator(0, device), device=device) + 0.5
     x = x32.to(dtype).requires_grad_()
-    out = drop_block_2d(x, 0.8, 5, share_channels=share_channels, generator=_generator(device, 7))
+    out = drop_block_2d(
+        x, 0.8, 5, share_channels=share_channels, generator=seeded_generator(7, device)
+    )
     ref = drop_block_2d(
-        x.detach().float(), 0.8, 5, share_channels=share_channels, generator=_generator(device, 7)
+        x.detach().float(),
+        0.8,
+        5,
+        share_channels=share_channels,
+        generator=seeded_generator(7, device),
     )
     assert out.dtype == dtype
     assert torch.equal(out == 0, ref == 0)  # sampling does not depend on the dtype
@@ -432,7 +437,7 @@ def test_half_dtypes_match_float32_on_the_same_mask(dtype, share_channels, devic
 def test_float16_large_map_does_not_overflow_to_zeros(device):
     # torchvision counts kept units in float16: the count overflows and the output is all zeros.
     x = torch.ones(2, 256, 100, 136, dtype=torch.float16, device=device)
-    out = drop_block_2d(x, 0.9, 7, generator=_generator(device, 0))
+    out = drop_block_2d(x, 0.9, 7, generator=seeded_generator(0, device))
     assert out.dtype == torch.float16
     kept = int((out != 0).sum())
     assert 0.85 * x.numel() < kept < 0.95 * x.numel()
@@ -452,7 +457,7 @@ def test_float16_huge_factor_is_exact_where_representable(share_channels, device
         1,
         normalize="expected",
         share_channels=share_channels,
-        generator=_generator(device, 0),
+        generator=seeded_generator(0, device),
     )
     kept = out != 0
     assert kept.any()
@@ -467,7 +472,7 @@ def test_float16_huge_factor_is_exact_where_representable(share_channels, device
         3,
         normalize="expected",
         share_channels=share_channels,
-        generator=_generator(device, 0),
+        generator=seeded_generator(0, device),
     )
     assert not torch.isnan(out).any()
     assert torch.isinf(out).any() and (out == 0).any()
@@ -476,7 +481,7 @@ def test_float16_huge_factor_is_exact_where_representable(share_channels, device
 @pytest.mark.parametrize("device", DEVICES)
 def test_float64_is_supported(device):
     x = torch.ones(2, 3, 13, 21, dtype=torch.float64, device=device)
-    out = drop_block_2d(x, 0.8, 5, generator=_generator(device, 0))
+    out = drop_block_2d(x, 0.8, 5, generator=seeded_generator(0, device))
     assert out.dtype == torch.float64 and (out == 0).any()
 
 
@@ -503,7 +508,7 @@ def test_no_seed_drawn_keeps_every_value(share_channels, device):
     # keep_prob 1 - 1e-9 on 4 small maps: P(any seed) < 1e-6. Nothing dropped, factor exactly 1.
     x = torch.rand(2, 2, 9, 9, device=device)
     out = drop_block_2d(
-        x, 1 - 1e-9, 3, share_channels=share_channels, generator=_generator(device, 0)
+        x, 1 - 1e-9, 3, share_channels=share_channels, generator=seeded_generator(0, device)
     )
     assert out is not x and torch.equal(out, x)
 
@@ -513,7 +518,7 @@ def test_seeded_determinism(device):
     x = torch.ones(2, 8, 25, 42, device=device)
 
     def draw(seed, **kwargs):
-        return drop_block_2d(x, 0.9, 7, generator=_generator(device, seed), **kwargs)
+        return drop_block_2d(x, 0.9, 7, generator=seeded_generator(seed, device), **kwargs)
 
     assert torch.equal(draw(0), draw(0))
     assert not torch.equal(draw(0), draw(1))
@@ -532,7 +537,7 @@ def test_seeded_determinism(device):
 @pytest.mark.parametrize("device", DEVICES)
 def test_odd_shapes_run_forward_and_backward(shape, block, device):
     x = (torch.rand(shape, device=device) + 0.5).requires_grad_()
-    out = drop_block_2d(x, 0.6, block, generator=_generator(device, 0))
+    out = drop_block_2d(x, 0.6, block, generator=seeded_generator(0, device))
     out.sum().backward()
     assert out.shape == x.shape and torch.isfinite(out).all() and torch.isfinite(x.grad).all()
     _assert_block_geometry(out == 0, block)
@@ -542,7 +547,7 @@ def test_odd_shapes_run_forward_and_backward(shape, block, device):
 def test_non_contiguous_input_and_gradient(device):
     x = torch.rand(2, 5, 9, 11, device=device).add_(0.5).to(memory_format=torch.channels_last)
     x.requires_grad_()
-    out = drop_block_2d(x, 0.7, 3, generator=_generator(device, 0))
+    out = drop_block_2d(x, 0.7, 3, generator=seeded_generator(0, device))
     grad = torch.ones(1, 1, 1, 1, device=device).expand_as(out)  # stride-0 gradient
     out.backward(grad)
     assert torch.allclose(x.grad, (out / x).detach())

@@ -11,6 +11,7 @@ import pickle
 
 import pytest
 import torch
+from helpers import seeded_generator
 from test_drop_block import _assert_block_geometry, _mean_and_sd
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -29,11 +30,6 @@ from dropblock_det.layers import (
     share_keep_prob,
 )
 from dropblock_det.layers._backend import resolve_backend
-
-
-def _generator(seed):
-    return torch.Generator().manual_seed(seed)
-
 
 # ----------------------------------------------------------------------------------------------
 # Backends: the constants, "auto", the fallbacks.
@@ -56,8 +52,8 @@ def test_auto_is_sparse_on_cpu_and_dense_on_cuda():
 def test_triton_outside_cuda_and_the_interpreter_falls_back_to_dense():
     x = torch.ones(2, 3, 9, 9)
     assert resolve_backend("triton", x, 3, False) == "dense"
-    out = drop_block_2d(x, 0.7, 3, backend="triton", generator=_generator(0))
-    dense = drop_block_2d(x, 0.7, 3, backend="dense", generator=_generator(0))
+    out = drop_block_2d(x, 0.7, 3, backend="triton", generator=seeded_generator(0))
+    dense = drop_block_2d(x, 0.7, 3, backend="dense", generator=seeded_generator(0))
     assert torch.equal(out, dense)
 
 
@@ -113,14 +109,14 @@ def test_dense_blocks_are_whole_and_inside_the_map(shape, block, share_channels)
 @pytest.mark.parametrize("normalize", ["batch", "sample", "expected"])
 @pytest.mark.parametrize("share_channels", [False, True])
 def test_dense_factors_are_exact_and_gradient_is_mask_times_factor(normalize, share_channels):
-    x = (torch.rand(3, 4, 11, 17, generator=_generator(1)) + 0.5).requires_grad_()
+    x = (torch.rand(3, 4, 11, 17, generator=seeded_generator(1)) + 0.5).requires_grad_()
     out = drop_block_2d(
         x,
         0.7,
         5,
         normalize=normalize,
         share_channels=share_channels,
-        generator=_generator(2),
+        generator=seeded_generator(2),
         backend="dense",
     )
     mask = torch.ones_like(x)
@@ -130,7 +126,7 @@ def test_dense_factors_are_exact_and_gradient_is_mask_times_factor(normalize, sh
         5,
         normalize=normalize,
         share_channels=share_channels,
-        generator=_generator(2),
+        generator=seeded_generator(2),
         backend="dense",
     )
     kept = mask != 0
@@ -142,17 +138,17 @@ def test_dense_factors_are_exact_and_gradient_is_mask_times_factor(normalize, sh
         expected = torch.full((3,), kept.numel() / kept.sum().double())
     factors = torch.stack([mask[n][kept[n]].unique() for n in range(3)]).flatten()
     assert torch.equal(factors, expected.float())
-    grad = torch.randn(x.shape, generator=_generator(3))
+    grad = torch.randn(x.shape, generator=seeded_generator(3))
     out.backward(grad)
     assert torch.equal(x.grad, grad * mask) and torch.equal(out.detach(), x.detach() * mask)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
 def test_dense_keeps_the_dtype_and_rounds_the_float32_product_once(dtype):
-    x = (torch.rand(2, 3, 9, 10, generator=_generator(0)) * 3e4).to(dtype)
-    out = drop_block_2d(x, 0.6, 3, generator=_generator(5), backend="dense")
+    x = (torch.rand(2, 3, 9, 10, generator=seeded_generator(0)) * 3e4).to(dtype)
+    out = drop_block_2d(x, 0.6, 3, generator=seeded_generator(5), backend="dense")
     ones = torch.ones(x.shape)
-    factor = drop_block_2d(ones, 0.6, 3, generator=_generator(5), backend="dense")
+    factor = drop_block_2d(ones, 0.6, 3, generator=seeded_generator(5), backend="dense")
     assert out.dtype == dtype
     if dtype != torch.float64:
         assert torch.equal(out, (x.float() * factor).to(dtype))

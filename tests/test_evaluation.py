@@ -23,6 +23,7 @@ from detectron2.evaluation import COCOEvaluator
 from detectron2.evaluation import coco_evaluation as d2_coco_evaluation
 from detectron2.structures import Boxes, Instances
 from detectron2.utils import comm
+from helpers import write_coco
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
@@ -75,7 +76,7 @@ def _polygon(box):
 
 
 @pytest.fixture
-def tiny_dataset(tmp_path):
+def tiny_dataset(tmp_path, catalog):
     """4 images, boxes and polygons, non-contiguous category ids, one category without objects."""
     boxes_per_image = {
         1: [(7, [10, 10, 20, 15]), (3, [50, 40, 120, 90])],
@@ -102,16 +103,14 @@ def tiny_dataset(tmp_path):
                 }
             )
     categories = [{"id": 3, "name": "three"}, {"id": 7, "name": "seven"}, {"id": 9, "name": "nine"}]
-    json_file = tmp_path / "tiny.json"
-    json_file.write_text(
-        json.dumps({"images": images, "annotations": annotations, "categories": categories})
+    json_file = write_coco(
+        tmp_path / "tiny.json",
+        {"images": images, "annotations": annotations, "categories": categories},
     )
-    name = f"test_evaluation_{tmp_path.name}"
-    register_coco_instances(name, {}, str(json_file), str(tmp_path))
+    name = catalog.unique_name("test_evaluation")
+    register_coco_instances(name, {}, json_file, str(tmp_path))
     DatasetCatalog.get(name)  # loading fills thing_dataset_id_to_contiguous_id, as training does
-    yield name, annotations
-    DatasetCatalog.remove(name)
-    MetadataCatalog.remove(name)
+    return name, annotations
 
 
 def _cfg(fast, mask_on=False):
@@ -388,25 +387,21 @@ def test_writes_detectron2s_prediction_files(tiny_dataset, tmp_path):
     assert ours_pth == torch.load(stock_dir / "instances_predictions.pth", weights_only=False)
 
 
-def test_dataset_without_json_file_is_converted_into_output_dir(tiny_dataset, tmp_path):
+def test_dataset_without_json_file_is_converted_into_output_dir(tiny_dataset, tmp_path, catalog):
     name, annotations = tiny_dataset
     dicts = DatasetCatalog.get(name)
     plain = f"{name}_no_json"
     DatasetCatalog.register(plain, lambda: copy.deepcopy(dicts))
     MetadataCatalog.get(plain).set(thing_classes=["three", "seven", "nine"])
-    try:
-        with pytest.raises(ValueError, match=f"{plain}.*no json_file.*output_dir"):
-            FasterCOCOEvaluator(plain)
-        inputs, outputs = _model_outputs(name, annotations)
-        ours = _run(FasterCOCOEvaluator(plain, output_dir=str(tmp_path / "ours")), inputs, outputs)
-        assert (tmp_path / "ours" / f"{plain}_coco_format.json").is_file()
-        assert not MetadataCatalog.get(plain).get("json_file")  # no global state changed
-        stock = COCOEvaluator(plain, ("bbox",), output_dir=str(tmp_path / "stock"))
-        _assert_close_dicts(ours["bbox"], _run(stock, inputs, outputs)["bbox"])
-        assert 0.0 < ours["bbox"]["AP"] < 100.0
-    finally:
-        DatasetCatalog.remove(plain)
-        MetadataCatalog.remove(plain)
+    with pytest.raises(ValueError, match=f"{plain}.*no json_file.*output_dir"):
+        FasterCOCOEvaluator(plain)
+    inputs, outputs = _model_outputs(name, annotations)
+    ours = _run(FasterCOCOEvaluator(plain, output_dir=str(tmp_path / "ours")), inputs, outputs)
+    assert (tmp_path / "ours" / f"{plain}_coco_format.json").is_file()
+    assert not MetadataCatalog.get(plain).get("json_file")  # no global state changed
+    stock = COCOEvaluator(plain, ("bbox",), output_dir=str(tmp_path / "stock"))
+    _assert_close_dicts(ours["bbox"], _run(stock, inputs, outputs)["bbox"])
+    assert 0.0 < ours["bbox"]["AP"] < 100.0
 
 
 def test_predictions_of_all_processes_are_evaluated_on_the_main_one(tiny_dataset, monkeypatch):
@@ -520,17 +515,13 @@ def test_end_to_end_gives_pycocotools_numbers(tiny_dataset, monkeypatch, mask_on
 
 
 @pytest.mark.parametrize("evaluator_type", ["lvis", None])
-def test_build_evaluator_rejects_datasets_that_are_not_coco(tiny_dataset, evaluator_type):
+def test_build_evaluator_rejects_datasets_that_are_not_coco(tiny_dataset, evaluator_type, catalog):
     name = f"{tiny_dataset[0]}_other"
     DatasetCatalog.register(name, lambda: [])
     if evaluator_type is not None:
         MetadataCatalog.get(name).evaluator_type = evaluator_type
-    try:
-        with pytest.raises(ValueError) as error:
-            build_evaluator(_cfg(True), name)
-    finally:
-        DatasetCatalog.remove(name)
-        MetadataCatalog.remove(name)
+    with pytest.raises(ValueError) as error:
+        build_evaluator(_cfg(True), name)
     message = str(error.value)
     assert repr(name) in message and repr(evaluator_type) in message
     assert "'coco'" in message and "register_coco_instances" in message

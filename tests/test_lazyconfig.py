@@ -3,8 +3,6 @@
 import json
 import os
 import re
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -12,6 +10,7 @@ from conftest import REPO_ROOT, load_config
 from detectron2 import model_zoo
 from detectron2.config import LazyConfig, instantiate
 from detectron2.modeling import build_model
+from helpers import LAZYCONFIG_TRAIN_NET, run_tool, seeded_generator
 from omegaconf import DictConfig, ListConfig
 from test_own_data import write_coco_dataset
 from torch import nn
@@ -123,7 +122,7 @@ def test_tiny_lazyconfig_detects_exactly_as_its_yaml_twin_with_the_same_weights(
     lazy.model.test_score_thresh = 0.0
     from_lazy = instantiate(lazy.model)
     from_lazy.load_state_dict(from_yaml.state_dict(), strict=True)
-    generator = torch.Generator().manual_seed(0)
+    generator = seeded_generator(0)
     images = [{"image": torch.randint(0, 256, (3, 96, 80), generator=generator).float()}]
     with torch.no_grad():
         expected, actual = from_yaml.eval()(images), from_lazy.eval()(images)
@@ -142,7 +141,7 @@ def test_tiny_rcnn_lazyconfig_detects_exactly_as_its_yaml_twin_with_the_same_wei
     lazy.model.roi_heads.box_predictor.test_score_thresh = 0.0
     from_lazy = instantiate(lazy.model)
     from_lazy.load_state_dict(from_yaml.state_dict(), strict=True)
-    generator = torch.Generator().manual_seed(0)
+    generator = seeded_generator(0)
     images = [{"image": torch.randint(0, 256, (3, 96, 80), generator=generator).float()}]
     with torch.no_grad():
         expected, actual = from_yaml.eval()(images), from_lazy.eval()(images)
@@ -240,12 +239,13 @@ def test_add_dropblock_refuses_bad_settings_and_backbones_it_cannot_place_in():
         add_dropblock(regnet)
 
 
+@pytest.mark.slow
 def test_lazyconfig_run_on_own_coco_files_logs_groups_and_keep_prob_and_evaluates(tmp_path):
     train_json, train_root = write_coco_dataset(str(tmp_path / "own"), 4)
     val_json, val_root = write_coco_dataset(str(tmp_path / "own"), 2, first_id=10)
     out = tmp_path / "lazy"
     cmd = [
-        sys.executable, os.path.join(REPO_ROOT, "tools", "lazyconfig_train_net.py"),
+        LAZYCONFIG_TRAIN_NET,
         "--config-file", _config(TWINS[1][1]),
         "--coco-dataset", "own_train", train_json, train_root,
         "--coco-dataset", "own_val", val_json, val_root,
@@ -255,9 +255,7 @@ def test_lazyconfig_run_on_own_coco_files_logs_groups_and_keep_prob_and_evaluate
         "dataloader.test.dataset.names=own_val", "model.num_classes=2",
         "dropblock.KEEP_PROB=0.5",
     ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_tool(cmd)
     records = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
     keep_probs = {
         r["iteration"]: r["dropblock/keep_prob"] for r in records if "dropblock/keep_prob" in r

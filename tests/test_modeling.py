@@ -14,6 +14,7 @@ from detectron2.modeling.backbone.fpn import FPN
 from detectron2.modeling.backbone.resnet import BasicBlock, BottleneckBlock, ResNet
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
+from helpers import seeded_generator
 from torch import nn
 
 from dropblock_det import DropBlock2d
@@ -42,7 +43,7 @@ def _stock_twin(cfg):
 
 def _images(seed=0):
     """Two images of different, non-square sizes (Detectron2 pads them into one batch)."""
-    generator = torch.Generator().manual_seed(seed)
+    generator = seeded_generator(seed)
     return [
         {"image": torch.randint(0, 256, (3, 128, 96), generator=generator).float()},
         {"image": torch.randint(0, 256, (3, 100, 128), generator=generator).float()},

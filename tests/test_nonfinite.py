@@ -18,6 +18,7 @@ import torch
 from conftest import TINY_DROPBLOCK_CONFIG, TrainingRecorder, load_config
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
+from helpers import seeded_generator
 
 from dropblock_det import drop_block_2d
 from dropblock_det.tools.trainer import Trainer
@@ -33,10 +34,6 @@ DEVICES = [
 ]
 
 
-def _generator(device):
-    return torch.Generator(device=device).manual_seed(0)
-
-
 def _every_finite_value(dtype):
     """Every finite value of a 16-bit float dtype (both signs, zeros and subnormals)."""
     values = torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16).view(dtype)
@@ -50,11 +47,13 @@ def _drop_with_float32_reference(x, keep_prob, block_size, grad, **kwargs):
         tuple(Tensor, Tensor, Tensor): the output, x's gradient, and the float32 mask times factor.
     """
     x = x.clone().requires_grad_()
-    out = drop_block_2d(x, keep_prob, block_size, generator=_generator(x.device), **kwargs)
+    out = drop_block_2d(x, keep_prob, block_size, generator=seeded_generator(0, x.device), **kwargs)
     out.backward(grad)
     # The draw depends on the shape and the generator only, not on the values or the dtype.
     ones = torch.ones(x.shape, device=x.device)
-    factor = drop_block_2d(ones, keep_prob, block_size, generator=_generator(x.device), **kwargs)
+    factor = drop_block_2d(
+        ones, keep_prob, block_size, generator=seeded_generator(0, x.device), **kwargs
+    )
     return out.detach(), x.grad, factor
 
 
@@ -134,7 +133,7 @@ def test_overflow_edge_is_max_over_the_factor(dtype, share_channels, device):
     x = torch.stack([below, above, -below, -above]).repeat(64).view(256, 1, 1, 1).to(device)
     out = drop_block_2d(
         x, 0.5, 1, normalize="expected", share_channels=share_channels,
-        generator=_generator(device),
+        generator=seeded_generator(0, device),
     )  # fmt: skip
     kept = out != 0
     assert kept.any() and (~kept).any()
@@ -158,6 +157,7 @@ def _nan_loss_cfg(output_dir):
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_training_and_keeps_the_last_checkpoint_usable(tmp_path):
     nan_at = 4  # checkpoints are written after steps 1 and 3
     cfg = _nan_loss_cfg(tmp_path)

@@ -10,6 +10,7 @@ from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool
 from detectron2.modeling.backbone.resnet import ResNet
 from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
+from helpers import seeded_generator
 
 from dropblock_det.modeling import DropBlockFastRCNNConvFCHead, dropblock_modules
 from dropblock_det.tools.trainer import Trainer
@@ -40,7 +41,7 @@ def _groups(model):
 
 
 def _images(seed=0):
-    generator = torch.Generator().manual_seed(seed)
+    generator = seeded_generator(seed)
     return [
         {"image": torch.randint(0, 256, (3, 96, 80), generator=generator).float()},
         {"image": torch.randint(0, 256, (3, 72, 96), generator=generator).float()},
@@ -66,7 +67,10 @@ def test_mask_rcnn_drops_after_every_mask_head_conv():
     ]
 
 
-@pytest.mark.parametrize("opts", [(), MASK_OPTS], ids=["faster", "mask"])
+@pytest.mark.parametrize(
+    "opts",
+    [pytest.param((), id="faster"), pytest.param(MASK_OPTS, id="mask", marks=pytest.mark.slow)],
+)
 def test_state_dict_and_eval_detections_equal_stock_rcnn(opts):
     cfg = _cfg("MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0, *opts)
     torch.manual_seed(0)
@@ -194,6 +198,7 @@ def test_box_head_registered_in_detectron2s_registry():
     assert ROI_BOX_HEAD_REGISTRY.get("DropBlockFastRCNNConvFCHead") is DropBlockFastRCNNConvFCHead
 
 
+@pytest.mark.slow
 def test_two_processes_train_faster_rcnn_with_one_schedule(tmp_path):
     out = str(tmp_path / "rcnn_ddp")
     argv = [
@@ -202,8 +207,7 @@ def test_two_processes_train_faster_rcnn_with_one_schedule(tmp_path):
         "MODEL.DEVICE", "cpu", "OUTPUT_DIR", out, "DATASETS.TEST", "()",
         "SOLVER.MAX_ITER", "3", "SOLVER.IMS_PER_BATCH", "4", "SOLVER.CHECKPOINT_PERIOD", "1000",
     ]  # fmt: skip
-    proc = run_recorded_train_net(argv, timeout=420)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_recorded_train_net(argv, timeout=420)
     steps = [read_recording(out, rank)[0] for rank in (0, 1)]
     for it in range(3):
         first, second = steps[0][it], steps[1][it]

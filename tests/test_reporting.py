@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from helpers import REPO_ROOT
 from PIL import Image
 
 from dropblock_det.tools.reporting import (
@@ -30,14 +31,12 @@ from dropblock_det.tools.reporting import (
 )
 from dropblock_det.tools.reporting.plots import smooth
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
 BASELINE_EVAL = {"AP": 31.25, "AP50": 55.1, "AP75": 30.2, "APs": 12.3, "APm": 35.0, "APl": 45.7}
 DROPBLOCK_EVAL = {"AP": 33.0, "AP50": 56.0, "AP75": 32.9, "APs": math.nan, "APm": 36.1, "APl": 47.0}
 
 
 def _load_tool(name):
-    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "tools" / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, Path(REPO_ROOT, "tools", f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -5,8 +5,6 @@ import json
 import math
 import os
 import re
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -14,11 +12,11 @@ from conftest import NARROW_R50_OPTS, REPO_ROOT
 from detectron2.config import CfgNode as CN
 from detectron2.engine import hooks
 from detectron2.modeling import build_model
+from helpers import TRAIN_NET, run_tool
 
 from dropblock_det import DropBlockSchedule
 from dropblock_det.tools.trainer import EVAL_RESULTS_FILE, Trainer, write_eval_results
 
-TRAIN_NET = os.path.join(REPO_ROOT, "tools", "train_net.py")
 TINY = os.path.join(REPO_ROOT, "configs", "tiny")
 TINY_DROPBLOCK = os.path.join(TINY, "tiny_retinanet_R18_FPN_dropblock.yaml")
 TINY_BASELINE = os.path.join(TINY, "tiny_retinanet_R18_FPN_baseline.yaml")
@@ -37,12 +35,13 @@ def _read_metrics(path):
         return [json.loads(line) for line in f if line.strip()]
 
 
+@pytest.mark.slow
 def test_train_net_trains_and_evaluates_the_tiny_dropblock_config(tmp_path):
     """The README's command, shortened: a few iterations, then the COCO evaluation."""
     out = tmp_path / "run"
     max_iter = 4
     cmd = [
-        sys.executable, TRAIN_NET, "--config-file", TINY_DROPBLOCK,
+        TRAIN_NET, "--config-file", TINY_DROPBLOCK,
         "MODEL.DEVICE", "cpu",
         "OUTPUT_DIR", str(out),
         "SOLVER.MAX_ITER", str(max_iter),
@@ -50,9 +49,7 @@ def test_train_net_trains_and_evaluates_the_tiny_dropblock_config(tmp_path):
         # Keep every candidate so that the few-iteration model has detections to score.
         "MODEL.RETINANET.SCORE_THRESH_TEST", "0.0",
     ]  # fmt: skip
-    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = run_tool(cmd, timeout=900)
 
     assert (out / "config.yaml").is_file()
     assert (out / "model_final.pth").is_file()

@@ -10,23 +10,21 @@ the fallbacks. The interpreter runs a kernel's scans element by element: shapes 
 
 import math
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
+from helpers import run_tool, seeded_generator
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(INTERPRETED, reason="this is the subprocess itself")
 def test_triton_backend_cases_pass_under_the_interpreter():
-    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1")
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__]
+    command = ["-m", "pytest", "-q", "-p", "no:cacheprovider", __file__]
     command += ["-k", "not cases_pass_under_the_interpreter"]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
+    done = run_tool(command, env={"TRITON_INTERPRET": "1"}, timeout=600)
     summary = done.stdout.strip().splitlines()[-1]
     assert " passed" in summary and "skipped" not in summary, summary
 
@@ -141,7 +139,7 @@ def test_mask_does_not_depend_on_the_row_tiling(monkeypatch):
 
 def _seed_of(generator_seed):
     """The Philox seed drop_block_2d draws from a generator seeded with ``generator_seed``."""
-    generator = torch.Generator().manual_seed(generator_seed)
+    generator = seeded_generator(generator_seed)
     return int(torch.randint(2**62, (1,), dtype=torch.int64, generator=generator))
 
 
@@ -151,7 +149,7 @@ def _seed_of(generator_seed):
 @pytest.mark.parametrize("gamma", ["paper", "exact"])
 def test_output_is_input_times_replayed_mask_times_exact_factor(normalize, share_channels, gamma):
     batch, channels, height, width = 3, 2, 11, 14
-    x = torch.rand(batch, channels, height, width, generator=torch.Generator().manual_seed(1))
+    x = torch.rand(batch, channels, height, width, generator=seeded_generator(1))
     x = (x + 0.5).requires_grad_()
     keep_prob, block = 0.7, 5
     out = drop_block_2d(
@@ -161,7 +159,7 @@ def test_output_is_input_times_replayed_mask_times_exact_factor(normalize, share
         share_channels=share_channels,
         gamma=gamma,
         normalize=normalize,
-        generator=torch.Generator().manual_seed(4),
+        generator=seeded_generator(4),
         backend="triton",
     )
     mask_channels = 1 if share_channels else channels
@@ -181,7 +179,7 @@ def test_output_is_input_times_replayed_mask_times_exact_factor(normalize, share
     expected = torch.from_numpy(np.ascontiguousarray(expected))
     assert 0 < kept.mean() < 1
     assert torch.equal(out.detach(), x.detach() * expected)
-    grad = torch.randn(x.shape, generator=torch.Generator().manual_seed(2))
+    grad = torch.randn(x.shape, generator=seeded_generator(2))
     out.backward(grad)
     assert torch.equal(x.grad, grad * expected)
 
@@ -215,7 +213,7 @@ def test_kept_fraction_is_within_the_variance_of_the_target(gamma):
     size, keep_prob, block = 12, 0.8, 3
     rate = seed_rate(size, size, block, keep_prob, gamma)
     mean, sd = _mean_and_sd(size, size, block, rate)
-    generator = torch.Generator().manual_seed(0)
+    generator = seeded_generator(0)
     out = drop_block_2d(
         torch.ones(1, 16, size, size),
         keep_prob,
@@ -234,12 +232,12 @@ def test_kept_fraction_is_within_the_variance_of_the_target(gamma):
 @cases
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_dtypes_are_the_float32_product_rounded_once(dtype):
-    x32 = torch.rand(2, 3, 9, 10, generator=torch.Generator().manual_seed(0)) * 1000
+    x32 = torch.rand(2, 3, 9, 10, generator=seeded_generator(0)) * 1000
     x = x32.to(dtype)
     kwargs = dict(normalize="sample", backend="triton")
-    out = drop_block_2d(x, 0.6, 3, generator=torch.Generator().manual_seed(5), **kwargs)
+    out = drop_block_2d(x, 0.6, 3, generator=seeded_generator(5), **kwargs)
     ones = torch.ones(x.shape)
-    factor = drop_block_2d(ones, 0.6, 3, generator=torch.Generator().manual_seed(5), **kwargs)
+    factor = drop_block_2d(ones, 0.6, 3, generator=seeded_generator(5), **kwargs)
     assert out.dtype == dtype and (factor == 0).any()
     reference = (x.float() * factor).to(dtype)
     if dtype == torch.float16:
@@ -256,7 +254,7 @@ def test_float16_products_past_the_range_overflow_and_the_rest_stay_exact():
     x = torch.full((1, 2, 16, 16), 30000.0, dtype=torch.float16)
     x[:, :, :, ::2] = 60000.0
     kwargs = dict(normalize="expected", backend="triton")
-    out = drop_block_2d(x, 0.5, 3, generator=torch.Generator().manual_seed(0), **kwargs)
+    out = drop_block_2d(x, 0.5, 3, generator=seeded_generator(0), **kwargs)
     kept = out != 0
     assert kept.any() and not torch.isnan(out).any()
     assert torch.isinf(out[kept & (x == 60000)]).all()
@@ -266,7 +264,7 @@ def test_float16_products_past_the_range_overflow_and_the_rest_stay_exact():
 @cases
 def test_everything_dropped_gives_zeros_and_empty_batches_pass_through():
     x = torch.ones(2, 2, 4, 4)
-    out = drop_block_2d(x, 1e-6, 4, backend="triton", generator=torch.Generator().manual_seed(0))
+    out = drop_block_2d(x, 1e-6, 4, backend="triton", generator=seeded_generator(0))
     assert torch.equal(out, torch.zeros_like(x))
     empty = torch.ones(0, 3, 5, 5)
     assert drop_block_2d(empty, 0.5, 3, backend="triton") is empty
@@ -286,8 +284,8 @@ def test_float64_and_too_wide_maps_fall_back_to_the_dense_path():
 @cases
 def test_same_generator_state_gives_the_same_result():
     x = torch.rand(2, 2, 10, 12)
-    first = drop_block_2d(x, 0.7, 3, backend="triton", generator=torch.Generator().manual_seed(3))
-    again = drop_block_2d(x, 0.7, 3, backend="triton", generator=torch.Generator().manual_seed(3))
+    first = drop_block_2d(x, 0.7, 3, backend="triton", generator=seeded_generator(3))
+    again = drop_block_2d(x, 0.7, 3, backend="triton", generator=seeded_generator(3))
     torch.manual_seed(8)
     default = drop_block_2d(x, 0.7, 3, backend="triton")
     torch.manual_seed(8)

@@ -12,7 +12,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 
@@ -20,13 +19,21 @@ import optuna
 import pytest
 import yaml
 from conftest import load_config
+from helpers import (
+    REPO_ROOT,
+    TOOL_TIMEOUT_S,
+    TRAIN_NET,
+    TUNE,
+    read_log,
+    run_tool,
+    start_tool,
+    wait_tool,
+    write_coco,
+)
 from optuna.trial import TrialState
 
 from dropblock_det.tools.tune import main as tune_main
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TUNE = os.path.join(REPO_ROOT, "tools", "tune.py")
-TRAIN_NET = os.path.join(REPO_ROOT, "tools", "train_net.py")
 SEARCH_CONFIG = os.path.join(REPO_ROOT, "configs", "search", "tiny_search.yaml")
 RCNN_CONFIG = os.path.join(REPO_ROOT, "configs", "tiny", "tiny_faster_rcnn_R18_FPN_dropblock.yaml")
 SMALL_VAL = "tune_test_val"
@@ -56,7 +63,6 @@ def setup_environment():
         "{name}", {{}}, os.environ["TUNE_TEST_VAL_JSON"], os.environ["TUNE_TEST_VAL_IMAGES"]
     )
 """
-TIMEOUT_S = 300
 CPU = ("MODEL.DEVICE", "cpu")
 
 
@@ -79,8 +85,7 @@ def write_digits_subset(folder, dataset, num_images, file_name):
     ids = {image["id"] for image in coco["images"]}
     coco["annotations"] = [a for a in coco["annotations"] if a["image_id"] in ids]
     json_path = os.path.join(folder, file_name)
-    with open(json_path, "w") as f:
-        json.dump(coco, f)
+    write_coco(json_path, coco)
     return json_path, metadata.image_root
 
 
@@ -97,8 +102,6 @@ def small_val_env(tmp_path_factory):
         "DETECTRON2_ENV_MODULE": str(module),
         "TUNE_TEST_VAL_JSON": json_path,
         "TUNE_TEST_VAL_IMAGES": image_root,
-        "OMP_NUM_THREADS": "1",
-        "CUDA_VISIBLE_DEVICES": "",
     }
 
 
@@ -118,46 +121,22 @@ def tune_argv(out, *, space, n_trials, storage=None, extra=(), opts=QUICK_OPTS):
     return [*argv, "--", *opts]  # "--": a list flag in extra must not swallow the options
 
 
-def start_worker(argv, env, log_path):
-    log = open(log_path, "w")
-    proc = subprocess.Popen(
-        [sys.executable, TUNE, *argv],
-        cwd=REPO_ROOT,
-        env={**os.environ, **env},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    proc.log_path = log_path
-    return proc
-
-
-def wait_worker(proc, timeout=TIMEOUT_S):
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        pytest.fail(f"tune.py hung for {timeout} s:\n{read(proc.log_path)[-3000:]}")
-    return proc.returncode
-
-
 def read(path):
     with open(path) as f:
         return f.read()
 
 
-def kill_during_a_trial_run(proc, out, timeout=TIMEOUT_S):
+def kill_during_a_trial_run(proc, out, timeout=TOOL_TIMEOUT_S):
     """SIGKILL a worker once it trains a trial's run; return that run's folder."""
     deadline = time.time() + timeout
     while time.time() < deadline:
-        for line in read(proc.log_path).splitlines():
+        for line in read_log(proc).splitlines():
             if line.startswith("[tune] trial") and "training run #" in line:
                 os.kill(proc.pid, signal.SIGKILL)
                 proc.wait()
                 return line.rsplit(" in ", 1)[1]
         if proc.poll() is not None:
-            pytest.fail(f"the worker ended before training a trial:\n{read(proc.log_path)}")
+            pytest.fail(f"the worker ended before training a trial:\n{read_log(proc)}")
         time.sleep(0.1)
     pytest.fail("the worker never started a trial's training")
 
@@ -445,12 +424,16 @@ def two_worker_study(small_val_env, tmp_path_factory):
     folder = tmp_path_factory.mktemp("two_workers")
     out = folder / "out"
     argv = tune_argv(out, space=write_space(str(folder)), n_trials=2)
-    workers = [start_worker(argv, small_val_env, folder / f"w{i}.log") for i in range(2)]
-    codes = [wait_worker(w) for w in workers]
-    assert codes == [0, 0], [read(w.log_path)[-3000:] for w in workers]
+    workers = [
+        start_tool([TUNE, *argv], env=small_val_env, log_path=folder / f"w{i}.log")
+        for i in range(2)
+    ]
+    codes = [wait_tool(w, returncode=None) for w in workers]
+    assert codes == [0, 0], [read_log(w)[-3000:] for w in workers]
     return out, f"sqlite:///{out / 'study.db'}"
 
 
+@pytest.mark.slow
 def test_two_workers_on_one_sqlite_file_complete_the_trials_once_each(two_worker_study):
     out, storage = two_worker_study
     study, runs = load(storage)
@@ -460,6 +443,7 @@ def test_two_workers_on_one_sqlite_file_complete_the_trials_once_each(two_worker
     assert [r.state for r in baseline if not r.user_attrs.get("yielded")] == [TrialState.COMPLETE]
 
 
+@pytest.mark.slow
 def test_report_table_lists_every_finished_trial_best_first(two_worker_study):
     from dropblock_det.tools.tune.report import format_ap
 
@@ -480,6 +464,7 @@ def test_report_table_lists_every_finished_trial_best_first(two_worker_study):
     assert (out / "optimization_history.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_best_yaml_trains_with_train_net_as_it_is(two_worker_study, small_val_env, tmp_path):
     out, storage = two_worker_study
     study, _ = load(storage)
@@ -487,30 +472,23 @@ def test_best_yaml_trains_with_train_net_as_it_is(two_worker_study, small_val_en
     run = tmp_path / "best_run"
     argv = ["--config-file", str(out / "best.yaml"), "SOLVER.MAX_ITER", "1"]
     argv += ["DATASETS.TEST", "()", "OUTPUT_DIR", str(run)]
-    proc = subprocess.run(
-        [sys.executable, TRAIN_NET, *argv],
-        cwd=REPO_ROOT,
-        env={**os.environ, **small_val_env},
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT_S,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_tool([TRAIN_NET, *argv], env=small_val_env)
     trained = yaml.safe_load(read(run / "config.yaml"))["MODEL"]["DROPBLOCK"]
     assert trained["ENABLED"] is True
     assert trained["BLOCK_SIZE"] == best.params["MODEL.DROPBLOCK.BLOCK_SIZE"]
     assert trained["KEEP_PROB"] == pytest.approx(best.params["MODEL.DROPBLOCK.KEEP_PROB"])
 
 
+@pytest.mark.slow
 def test_killed_worker_leaves_a_study_the_next_run_resumes(small_val_env, tmp_path):
     out = tmp_path / "out"
     argv = tune_argv(out, space=write_space(str(tmp_path)), n_trials=1, extra=["--no-verdict"])
-    first = start_worker(argv, small_val_env, tmp_path / "first.log")
+    first = start_tool([TUNE, *argv], env=small_val_env, log_path=tmp_path / "first.log")
     run_dir = kill_during_a_trial_run(first, out)
     time.sleep(1)
     assert training_processes_of(run_dir) == []  # the training died with its worker
-    second = start_worker(argv, small_val_env, tmp_path / "second.log")
-    assert wait_worker(second) == 0, read(second.log_path)[-3000:]
+    second = start_tool([TUNE, *argv], env=small_val_env, log_path=tmp_path / "second.log")
+    wait_tool(second)
     study, runs = load(f"sqlite:///{out / 'study.db'}")
     trials = assert_complete_without_loss_or_duplicates(study, runs, n_trials=1)
     killed = [t for t in trials if t.state == TrialState.FAIL]
@@ -539,12 +517,12 @@ def own_data_study(tmp_path_factory):
     opts += ["DATASETS.TRAIN", "('tune_own_train',)"]
     extra = ["--coco-dataset", "tune_own_train", *train, "--coco-dataset", "tune_own_val", *val]
     argv = tune_argv(out, space=write_space(str(folder)), n_trials=1, extra=extra, opts=opts)
-    env = {"OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    worker = start_worker(argv, env, folder / "worker.log")
-    assert wait_worker(worker) == 0, read(worker.log_path)[-3000:]
-    return out, train, val, read(worker.log_path)
+    worker = start_tool([TUNE, *argv], log_path=folder / "worker.log")
+    wait_tool(worker)
+    return out, train, val, read_log(worker)
 
 
+@pytest.mark.slow
 def test_search_on_coco_dataset_files_trains_every_run_on_them(own_data_study):
     out, (train_json, _), (val_json, _), _ = own_data_study
     study, runs = load(f"sqlite:///{out / 'study.db'}")
@@ -569,6 +547,7 @@ def test_search_on_coco_dataset_files_trains_every_run_on_them(own_data_study):
     assert f"--coco-dataset tune_own_train {train_json}" in read(out / "best.yaml")
 
 
+@pytest.mark.slow
 def test_report_and_console_show_the_same_digits_of_small_aps(own_data_study):
     from dropblock_det.tools.tune.report import format_ap
 
@@ -585,6 +564,7 @@ def test_report_and_console_show_the_same_digits_of_small_aps(own_data_study):
 # --------------------------------------------------------------------------------------- pruning
 
 
+@pytest.mark.slow
 def test_median_pruner_stops_a_worse_trial_and_its_training(small_val_env, tmp_path):
     # A score threshold of 1.0 keeps no detection (AP 0); 0.0 keeps them all (AP > 0). Sampler
     # seed 10 draws 0.0 first, then 1.0, which the median of the first trial must prune.
@@ -605,8 +585,8 @@ def test_median_pruner_stops_a_worse_trial_and_its_training(small_val_env, tmp_p
         ],
         opts=opts,
     )
-    worker = start_worker(argv, small_val_env, tmp_path / "worker.log")
-    assert wait_worker(worker) == 0, read(worker.log_path)[-3000:]
+    worker = start_tool([TUNE, *argv], env=small_val_env, log_path=tmp_path / "worker.log")
+    wait_tool(worker)
     study, runs = load(f"sqlite:///{tmp_path / 'out' / 'study.db'}")
     first, second = study.get_trials()
     key = "MODEL.RETINANET.SCORE_THRESH_TEST"
@@ -668,6 +648,7 @@ def postgres_url():
         shutil.rmtree(folder, ignore_errors=True)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     not HAVE_PG, reason="PostgreSQL server binaries (initdb, pg_ctl in `pg_config --bindir`) absent"
 )
@@ -678,9 +659,12 @@ def test_two_workers_on_postgres_one_killed_complete_the_study(
     argv = [tune_argv(tmp_path / f"worker{i}", space=space, n_trials=2, storage=postgres_url,
                       extra=["--no-verdict"]) for i in range(2)]  # fmt: skip
     # Started at the same instant against an empty database: the schema is created once.
-    workers = [start_worker(a, small_val_env, tmp_path / f"w{i}.log") for i, a in enumerate(argv)]
+    workers = [
+        start_tool([TUNE, *a], env=small_val_env, log_path=tmp_path / f"w{i}.log")
+        for i, a in enumerate(argv)
+    ]
     kill_during_a_trial_run(workers[0], tmp_path / "worker0")
-    assert wait_worker(workers[1]) == 0, read(workers[1].log_path)[-3000:]
+    wait_tool(workers[1])
     study, runs = load(postgres_url)
     trials = assert_complete_without_loss_or_duplicates(study, runs, n_trials=2)
     killed = [t for t in trials if t.state == TrialState.FAIL and not t.user_attrs.get("surplus")]

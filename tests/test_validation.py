@@ -3,19 +3,17 @@
 import json
 import os
 import re
-import subprocess
-import sys
-import uuid
 
 import pytest
 import torch
-from conftest import REPO_ROOT, TINY_DROPBLOCK_CONFIG, TRAIN_NET
+from conftest import TINY_DROPBLOCK_CONFIG
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
 from detectron2.modeling import BACKBONE_REGISTRY, build_model
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
+from helpers import TRAIN_NET, run_tool, write_coco
 from PIL import Image
 
 import dropblock_det
@@ -45,13 +43,11 @@ def _coco_content(num_images=2):
 
 
 @pytest.fixture
-def registry():
-    """Registers datasets under unique names and removes them from both catalogs afterwards."""
-    names = []
+def registry(catalog):
+    """Registers datasets under unique names (removed from both catalogs by ``catalog``)."""
 
     def register(name_prefix="validation_test", **kwargs):
-        name = f"{name_prefix}_{uuid.uuid4().hex[:8]}"
-        names.append(name)
+        name = catalog.unique_name(name_prefix)
         if "loader" in kwargs:
             DatasetCatalog.register(name, kwargs["loader"])
             MetadataCatalog.get(name).set(**kwargs.get("metadata", {}))
@@ -59,10 +55,7 @@ def registry():
             register_coco_instances(name, {}, kwargs["json_file"], kwargs["image_root"])
         return name
 
-    yield register
-    for name in names:
-        DatasetCatalog.pop(name, None)
-        MetadataCatalog.pop(name, None)
+    return register
 
 
 @pytest.fixture
@@ -71,12 +64,11 @@ def coco_dataset(tmp_path, registry):
 
     def make(content=None, *, json_text=None):
         image_root = tmp_path / "images"
-        image_root.mkdir(exist_ok=True)
         content = _coco_content() if content is None else content
-        for image in content.get("images", []):
-            Image.new("RGB", (8, 8)).save(image_root / image["file_name"])
         json_path = tmp_path / "instances.json"
-        json_path.write_text(json.dumps(content) if json_text is None else json_text)
+        write_coco(json_path, content, image_root=image_root)
+        if json_text is not None:
+            json_path.write_text(json_text)
         name = registry(json_file=str(json_path), image_root=str(image_root))
         return name, json_path, image_root
 
@@ -277,7 +269,7 @@ def test_test_set_without_annotations_is_accepted(coco_dataset, registry, tmp_pa
     content = _coco_content()
     del content["annotations"]
     test_json = tmp_path / "test.json"
-    test_json.write_text(json.dumps(content))
+    write_coco(test_json, content)
     test_name = registry(json_file=str(test_json), image_root=str(tmp_path / "images"))
     check_training_inputs(_cfg(train=[train_name], test=[test_name]))
 
@@ -421,21 +413,19 @@ def test_annotation_problems_of_detectron2_builtin_datasets_are_only_logged(
     assert "annotation id 1 (image id 1)" in caplog.text and "builtin" in caplog.text
 
 
+@pytest.mark.slow
 def test_bad_annotations_stop_the_command_line_before_anything_is_written(tmp_path):
     image_root = tmp_path / "images"
-    image_root.mkdir()
     content = _coco_content(num_images=4)
-    for image in content["images"]:
-        Image.new("RGB", (8, 8)).save(image_root / image["file_name"])
     content["annotations"][2]["bbox"] = [53, 5, -15, 48]
     content["annotations"][3]["bbox"] = [1, 1, -1, 4]
     json_path = tmp_path / "instances.json"
-    json_path.write_text(json.dumps(content))
+    write_coco(json_path, content, image_root=image_root)
     before = json_path.read_bytes()
     output_dir = tmp_path / "output"
-    proc = subprocess.run(
+    proc = run_tool(
         [
-            sys.executable, TRAIN_NET,
+            TRAIN_NET,
             "--config-file", TINY_DROPBLOCK_CONFIG,
             "--coco-dataset", "mine", str(json_path), str(image_root),
             "MODEL.DEVICE", "cpu",
@@ -444,13 +434,9 @@ def test_bad_annotations_stop_the_command_line_before_anything_is_written(tmp_pa
             "DATASETS.TEST", "()",
             "OUTPUT_DIR", str(output_dir),
         ],  # fmt: skip
-        cwd=REPO_ROOT,
-        env={**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""},
-        capture_output=True,
-        text=True,
         timeout=120,
+        returncode=2,
     )
-    assert proc.returncode == 2, proc.stderr[-3000:]
     assert f"annotation file {str(json_path)!r}" in proc.stderr
     problem = _problem(proc.stderr, "has a width or height <= 0")
     assert problem == {"annotation_id": "2", "image_id": "2", "more": 1}
@@ -530,11 +516,7 @@ def test_generated_dataset_is_generated_before_its_files_are_checked(
 
     def ensure_dataset(dataset_name):
         generated.append(dataset_name)
-        image_root.mkdir(parents=True)
-        content = _coco_content()
-        for image in content["images"]:
-            Image.new("RGB", (8, 8)).save(image_root / image["file_name"])
-        json_path.write_text(json.dumps(content))
+        write_coco(json_path, _coco_content(), image_root=image_root)
 
     monkeypatch.setattr(dropblock_det.tools.data, "ensure_dataset", ensure_dataset, raising=False)
     check_training_inputs(_cfg(train=[name]))
