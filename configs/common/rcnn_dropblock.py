@@ -7,7 +7,7 @@
 from detectron2 import model_zoo
 from detectron2.config import LazyCall as L
 
-from dropblock_det.config import dropblock_settings
+from dropblock_det.config import ROI_BOX_GROUP, ROI_MASK_GROUP, dropblock_settings
 from dropblock_det.modeling import (
     DropBlockFastRCNNConvFCHead,
     DropBlockMaskRCNNConvUpsampleHead,
@@ -15,7 +15,6 @@ from dropblock_det.modeling import (
     make_dropblock_stages,
     roi_dropblock_factory,
 )
-from dropblock_det.modeling.placements import ROI_BOX_GROUP, ROI_MASK_GROUP
 
 dropblock = L(dropblock_settings)(ENABLED=False)
 

@@ -1,0 +1,125 @@
+"""Detectron2's R-CNN RoI heads with DropBlock, registered in its head registries.
+
+:class:`DropBlockFastRCNNConvFCHead` drops the pooled RoI features its box head receives,
+:class:`DropBlockMaskRCNNConvUpsampleHead` the output of each mask-head conv
+(MODEL.DROPBLOCK.ROI_HEADS). Both take their DropBlock through ``from_config`` (yaml) or the
+``make_dropblock`` argument (LazyConfig); without it they are the stock heads.
+"""
+
+from collections.abc import Callable
+
+from detectron2.config import configurable
+from detectron2.modeling import ROI_BOX_HEAD_REGISTRY, ROI_MASK_HEAD_REGISTRY
+from detectron2.modeling.roi_heads import FastRCNNConvFCHead, MaskRCNNConvUpsampleHead
+from torch import nn
+
+from ..config import ROI_BOX_GROUP, ROI_MASK_GROUP
+from ..layers import DropBlock2d
+from .groups import make_dropblock_factory
+
+__all__ = [
+    "DropBlockFastRCNNConvFCHead",
+    "DropBlockMaskRCNNConvUpsampleHead",
+    "roi_dropblock_factory",
+]
+
+
+def roi_dropblock_factory(dropblock, group: str) -> Callable[[], DropBlock2d] | None:
+    """The ``make_dropblock`` argument of the DropBlock RoI heads, or None for no DropBlock.
+
+    The one rule for both construction paths: the yaml heads' ``from_config`` calls it, and a
+    LazyConfig passes ``make_dropblock=L(roi_dropblock_factory)(dropblock=..., group=...)``.
+
+    Args:
+        dropblock (CfgNode): the DropBlock settings; ENABLED and ROI_HEADS on give a factory.
+        group (str): ROI_BOX_GROUP or ROI_MASK_GROUP.
+
+    Returns:
+        callable or None: ``() -> DropBlock2d`` (see :func:`make_dropblock_factory`), or None.
+    """
+    if dropblock.ENABLED and dropblock.ROI_HEADS:
+        return make_dropblock_factory(dropblock, group)
+    return None
+
+
+def _roi_dropblock_from_config(cfg, group):
+    return roi_dropblock_factory(cfg.MODEL.DROPBLOCK, group)
+
+
+def _children_but_dropblock(module: nn.Module):
+    return (layer for name, layer in module.named_children() if name != "dropblock")
+
+
+@ROI_BOX_HEAD_REGISTRY.register()
+class DropBlockFastRCNNConvFCHead(FastRCNNConvFCHead):
+    """Detectron2's ``FastRCNNConvFCHead`` that drops blocks of the pooled RoI features it receives.
+
+    MODEL.ROI_BOX_HEAD.NAME "DropBlockFastRCNNConvFCHead" selects it. With MODEL.DROPBLOCK.ENABLED
+    or ROI_HEADS off it holds no DropBlock and computes exactly the stock head.
+    """
+
+    @configurable
+    def __init__(self, *args, make_dropblock: Callable[[], nn.Module] | None = None, **kwargs):
+        """
+        Args:
+            args, kwargs: arguments of :class:`FastRCNNConvFCHead` (or ``cfg, input_shape``).
+            make_dropblock (callable or None): returns a new parameter-free DropBlock module;
+                None for no DropBlock.
+        """
+        super().__init__(*args, **kwargs)
+        if make_dropblock is not None:
+            self.dropblock = make_dropblock()
+
+    @classmethod
+    def from_config(cls, cfg, input_shape):
+        ret = super().from_config(cfg, input_shape)
+        ret["make_dropblock"] = _roi_dropblock_from_config(cfg, ROI_BOX_GROUP)
+        return ret
+
+    def forward(self, x):
+        if hasattr(self, "dropblock"):
+            x = self.dropblock(x)
+        # The stock forward, over every layer but the DropBlock (a child of this Sequential).
+        for layer in _children_but_dropblock(self):
+            x = layer(x)
+        return x
+
+
+@ROI_MASK_HEAD_REGISTRY.register()
+class DropBlockMaskRCNNConvUpsampleHead(MaskRCNNConvUpsampleHead):
+    """Detectron2's ``MaskRCNNConvUpsampleHead`` with a DropBlock after each of its convs.
+
+    MODEL.ROI_MASK_HEAD.NAME "DropBlockMaskRCNNConvUpsampleHead" selects it. Each ``mask_fcn<k>``
+    (conv, norm, ReLU) is followed by a DropBlock; the deconvolution and the predictor are not.
+    With MODEL.DROPBLOCK.ENABLED or ROI_HEADS off it computes exactly the stock head.
+    """
+
+    @configurable
+    def __init__(self, *args, make_dropblock: Callable[[], nn.Module] | None = None, **kwargs):
+        """
+        Args:
+            args, kwargs: arguments of :class:`MaskRCNNConvUpsampleHead` (or ``cfg, input_shape``).
+            make_dropblock (callable or None): returns a new parameter-free DropBlock module;
+                None for no DropBlock.
+        """
+        super().__init__(*args, **kwargs)
+        if make_dropblock is not None:
+            self.dropblock = nn.ModuleDict(
+                {name: make_dropblock() for name, _ in self.named_children() if "mask_fcn" in name}
+            )
+
+    @classmethod
+    def from_config(cls, cfg, input_shape):
+        ret = super().from_config(cfg, input_shape)
+        ret["make_dropblock"] = _roi_dropblock_from_config(cfg, ROI_MASK_GROUP)
+        return ret
+
+    def layers(self, x):
+        dropblocks = getattr(self, "dropblock", {})
+        for name, layer in self.named_children():
+            if name == "dropblock":
+                continue
+            x = layer(x)
+            if name in dropblocks:
+                x = dropblocks[name](x)
+        return x
