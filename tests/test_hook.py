@@ -235,7 +235,9 @@ def test_a_model_without_the_requested_dropblock_is_refused_by_the_model_check(t
             self.conv = nn.Conv2d(1, 1, 1)
 
     cfg = tiny_cfg("MODEL.DROPBLOCK.ENABLED", True, "MODEL.DROPBLOCK.STAGES", ["res5"])
-    with pytest.raises(ValueError, match=r"MODEL\.DROPBLOCK\.STAGES asks for DropBlock in \['res5'\]"):
+    with pytest.raises(
+        ValueError, match=r"MODEL\.DROPBLOCK\.STAGES asks for DropBlock in \['res5'\]"
+    ):
         check_placements(NoDropBlock(), cfg)
     check_placements(_Net(), cfg)  # res5 is there
 

@@ -16,7 +16,7 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 from torch import nn
 
-from dropblock_det import DropBlock2d
+from dropblock_det import DropBlock2d, check_placements, validate_dropblock_config
 from dropblock_det.modeling import DropBlockBasicBlock, DropBlockBottleneckBlock, DropBlockFPN
 
 # Every Detectron2 config of the repository (search spaces, *_space.yaml, are not configs).
@@ -231,7 +231,7 @@ def test_keep_prob_at_build_is_the_group_scaled_target(tiny_cfg):
         values = {}
         for m in model.modules():
             if isinstance(m, DropBlock2d):
-                values.setdefault(m.dropblock_group, set()).add(round(m.keep_prob, 6))
+                values.setdefault(m.group, set()).add(round(m.keep_prob, 6))
         return values
 
     # res3 is two stages below res5: 1 - 0.2 / 4**2.
@@ -410,7 +410,8 @@ def test_training_step_runs_through_every_dropblock_and_drops(tiny_cfg):
 
 
 # ---------------------------------------------------------------------------------------------
-# Invalid values fail when the model is built, naming the key
+# Invalid values fail in the value check, a model without a requested group in the model check,
+# each naming the key
 
 
 @pytest.mark.parametrize(
@@ -420,26 +421,47 @@ def test_training_step_runs_through_every_dropblock_and_drops(tiny_cfg):
         (("MODEL.DROPBLOCK.KEEP_PROB", 1.5), "MODEL.DROPBLOCK.KEEP_PROB"),
         (("MODEL.DROPBLOCK.BLOCK_SIZE", 0), "MODEL.DROPBLOCK.BLOCK_SIZE"),
         (("MODEL.DROPBLOCK.STAGES", ["res6"]), "MODEL.DROPBLOCK.STAGES"),
-        (("MODEL.DROPBLOCK.FPN", ["p2"]), "MODEL.DROPBLOCK.FPN"),  # RetinaNet's FPN has p3-p7
         (("MODEL.DROPBLOCK.PLACEMENT", "everywhere"), "MODEL.DROPBLOCK.PLACEMENT"),
         (("MODEL.DROPBLOCK.SCHEDULE.RAMP", 1.5), "MODEL.DROPBLOCK.SCHEDULE.RAMP"),
+    ],
+)
+def test_invalid_values_fail_the_value_check_naming_the_key(tiny_cfg, opts, key):
+    cfg = tiny_cfg("MODEL.DROPBLOCK.ENABLED", True, *opts)
+    with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+        validate_dropblock_config(cfg)
+
+
+@pytest.mark.parametrize(
+    "opts, pattern",
+    [
+        # RetinaNet's FPN produces p3-p7: p2 does not exist.
+        (
+            ("MODEL.DROPBLOCK.FPN", ["p2"]),
+            r"MODEL\.DROPBLOCK\.FPN asks for DropBlock in \['p2'\].*'p3', 'p4', 'p5', 'p6', 'p7'",
+        ),
         (
             ("MODEL.DROPBLOCK.HEAD", True, "MODEL.META_ARCHITECTURE", "RetinaNet"),
-            "MODEL.META_ARCHITECTURE",
+            r"MODEL\.DROPBLOCK\.HEAD.*MODEL\.META_ARCHITECTURE = 'RetinaNet'.*'DropBlockRetinaNet'",
         ),
         (
             ("MODEL.BACKBONE.NAME", "build_retinanet_resnet_fpn_backbone"),
-            "MODEL.BACKBONE.NAME",
+            r"MODEL\.DROPBLOCK\.STAGES.*MODEL\.BACKBONE\.NAME to "
+            r"'build_retinanet_resnet_fpn_dropblock_backbone'.*ignores MODEL\.DROPBLOCK",
         ),
     ],
 )
-def test_invalid_values_fail_at_model_build_naming_the_key(tiny_cfg, opts, key):
+def test_a_model_without_a_requested_group_fails_the_model_check_naming_the_key(
+    tiny_cfg, opts, pattern
+):
     cfg = tiny_cfg("MODEL.DROPBLOCK.ENABLED", True, *opts)
-    with pytest.raises(ValueError, match=key.replace(".", r"\.")):
-        build_model(cfg)
+    validate_dropblock_config(cfg)  # the values themselves are valid
+    with pytest.raises(ValueError, match=pattern):
+        check_placements(build_model(cfg), cfg)
 
 
 def test_invalid_values_fail_even_with_dropblock_disabled(tiny_cfg):
-    cfg = tiny_cfg("MODEL.DROPBLOCK.ENABLED", False, "MODEL.DROPBLOCK.FPN", ["p2"])
+    cfg = tiny_cfg("MODEL.DROPBLOCK.ENABLED", False, "MODEL.DROPBLOCK.FPN", ["p9"])
     with pytest.raises(ValueError, match=r"MODEL\.DROPBLOCK\.FPN"):
-        build_model(cfg)
+        validate_dropblock_config(cfg)
+    with pytest.raises(ValueError, match=r"MODEL\.DROPBLOCK\.FPN"):
+        check_placements(build_model(cfg), cfg)

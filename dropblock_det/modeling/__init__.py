@@ -11,13 +11,13 @@ in ``projects/TridentNet``: :mod:`.resnet`, :mod:`.fpn`, :mod:`.retinanet`, :mod
 
 from ..config import HEAD_GROUP, ROI_BOX_GROUP, ROI_MASK_GROUP
 from .fpn import (
-    DROPBLOCK_BACKBONES,
     DropBlockFPN,
     build_resnet_fpn_dropblock_backbone,
     build_retinanet_resnet_fpn_dropblock_backbone,
     dropblock_fpn,
 )
 from .groups import (
+    DROPBLOCK_BACKBONES,
     build_dropblock,
     check_placements,
     dropblock_modules,

@@ -12,11 +12,10 @@ from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool, LastLevelP6P
 from detectron2.modeling.meta_arch import GeneralizedRCNN, ProposalNetwork, RetinaNet
 from torch import nn
 
-from .groups import build_dropblock
+from .groups import DROPBLOCK_BACKBONES, build_dropblock
 from .resnet import build_dropblock_resnet
 
 __all__ = [
-    "DROPBLOCK_BACKBONES",
     "DropBlockFPN",
     "build_dropblock_resnet_fpn",
     "build_resnet_fpn_dropblock_backbone",
@@ -24,12 +23,6 @@ __all__ = [
     "dropblock_fpn",
 ]
 
-# Each stock Detectron2 ResNet backbone builder and its DropBlock twin (same modules when off).
-DROPBLOCK_BACKBONES = {
-    "build_retinanet_resnet_fpn_backbone": "build_retinanet_resnet_fpn_dropblock_backbone",
-    "build_resnet_fpn_backbone": "build_resnet_fpn_dropblock_backbone",
-    "build_resnet_backbone": "build_resnet_dropblock_backbone",
-}
 # The FPN backbone each meta-architecture family is built with in Detectron2's configs:
 # RetinaNet's heads read p3-p7 (LastLevelP6P7), R-CNN's RPN p2-p6 (LastLevelMaxPool).
 _FPN_BACKBONE_OF = (
@@ -175,5 +168,3 @@ def build_resnet_fpn_dropblock_backbone(cfg, input_shape: ShapeSpec):
     """
     _check_top_block(cfg, "build_resnet_fpn_backbone")
     return build_dropblock_resnet_fpn(cfg, input_shape, lambda bottom_up: LastLevelMaxPool())
-
-

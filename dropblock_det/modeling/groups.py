@@ -16,12 +16,21 @@ from ..config import dropblock_settings_of, requested_groups, validate_dropblock
 from ..layers import DropBlock2d
 
 __all__ = [
+    "DROPBLOCK_BACKBONES",
     "build_dropblock",
     "check_placements",
     "dropblock_modules",
     "group_keep_prob",
     "make_dropblock_factory",
 ]
+
+
+# Each stock Detectron2 ResNet backbone builder and its DropBlock twin (same modules when off).
+DROPBLOCK_BACKBONES = {
+    "build_retinanet_resnet_fpn_backbone": "build_retinanet_resnet_fpn_dropblock_backbone",
+    "build_resnet_fpn_backbone": "build_resnet_fpn_dropblock_backbone",
+    "build_resnet_backbone": "build_resnet_dropblock_backbone",
+}
 
 
 def _stage_index(stage: str) -> int:
@@ -169,6 +178,12 @@ def check_placements(model: nn.Module, cfg):
             f"{cfg.MODEL.BACKBONE.NAME!r}"
         )
         hint = yaml_hint
+        twin = DROPBLOCK_BACKBONES.get(cfg.MODEL.BACKBONE.NAME)
+        if twin is not None and key in ("MODEL.DROPBLOCK.STAGES", "MODEL.DROPBLOCK.FPN"):
+            hint = (
+                f"MODEL.BACKBONE.NAME to {twin!r}: {cfg.MODEL.BACKBONE.NAME!r} is a stock "
+                "Detectron2 backbone that ignores MODEL.DROPBLOCK"
+            )
     else:
         built_from, hint = "the LazyConfig's model", lazy_hint
     raise ValueError(
