@@ -76,7 +76,8 @@ class DropBlockSchedule(HookBase):
         group_scaling: bool = True,
         model: nn.Module | None = None,
     ):
-        """
+        """Set up the schedule; the model's DropBlocks are found in ``before_train``.
+
         Args:
             keep_prob (float): final keep probability (MODEL.DROPBLOCK.KEEP_PROB).
             start (float): keep probability at iteration 0 (MODEL.DROPBLOCK.SCHEDULE.START).
@@ -95,7 +96,8 @@ class DropBlockSchedule(HookBase):
 
     @classmethod
     def from_config(cls, cfg, model=None):
-        """
+        """The ``__init__`` arguments from the DropBlock settings.
+
         Args:
             cfg (CfgNode): a config with the ``MODEL.DROPBLOCK`` keys, or that node itself (a
                 LazyConfig's ``dropblock``, see :func:`dropblock_det.config.dropblock_settings`).
@@ -184,12 +186,14 @@ class DropBlockSchedule(HookBase):
         return record
 
     def before_step(self):
+        """Set every group's keep_prob for the step about to run and log the unscaled value."""
         keep_prob = self.keep_prob_at(self.trainer.iter, self.trainer.max_iter)
         for shared, drop_scale in self._groups:
             shared.fill(1.0 - (1.0 - keep_prob) * drop_scale)
         self.trainer.storage.put_scalar(KEEP_PROB_METRIC, keep_prob, smoothing_hint=False)
 
     def after_step(self):
+        """Switch DropBlock off until the next step; after the first, warn on clipped blocks."""
         for shared, _ in self._groups:
             shared.fill(1.0)
         if self._size_hooks:

@@ -184,6 +184,7 @@ class DropBlock2d(nn.Module):
         backend: str = "auto",
         group: str | None = None,
     ):
+        """Check the settings and store keep_prob (see the class docstring for the arguments)."""
         super().__init__()
         keep_prob = check_keep_prob(keep_prob)
         self.group = group

@@ -40,9 +40,11 @@ class DropBlockFPN(FPN):
     """
 
     def __init__(self, *args, dropblocks: dict[str, nn.Module], **kwargs):
-        """
+        """Build the FPN, then keep the DropBlocks of the levels it produces.
+
         Args:
-            args, kwargs: arguments of :class:`FPN`.
+            *args: positional arguments of :class:`FPN`.
+            **kwargs: its keyword arguments.
             dropblocks (dict[str, nn.Module]): output level name ("p3" …) to the parameter-free
                 DropBlock module applied to it. A level this FPN does not produce gets none, which
                 :func:`~dropblock_det.modeling.check_placements` reports.
@@ -52,7 +54,8 @@ class DropBlockFPN(FPN):
         self.dropblock = nn.ModuleDict({k: m for k, m in dropblocks.items() if k in levels})
 
     def forward(self, x):
-        """
+        """Run the FPN and drop blocks of the chosen levels.
+
         Args:
             x (Tensor): the image batch, as for :meth:`FPN.forward`.
 

@@ -54,9 +54,11 @@ class _DropBlockPoints:
         dropblock_points: Sequence[str] | None = None,
         **kwargs,
     ):
-        """
+        """Build the Detectron2 block, then one child per DropBlock point.
+
         Args:
-            args, kwargs: arguments of the Detectron2 block.
+            *args: positional arguments of the Detectron2 block.
+            **kwargs: its keyword arguments.
             make_dropblock (callable): returns a new parameter-free DropBlock module.
             dropblock_points (Sequence[str] or None): the points that drop; None for every point
                 but "output" (PLACEMENT "block"). The others hold an ``nn.Identity``.
@@ -86,6 +88,7 @@ class DropBlockBottleneckBlock(_DropBlockPoints, BottleneckBlock):
     points = ("conv1", "conv2", "conv3", "shortcut", "output")
 
     def forward(self, x):
+        """The stock bottleneck computation, with the DropBlock points in it."""
         out = self.dropblock_conv1(F.relu_(self.conv1(x)))
         out = self.dropblock_conv2(F.relu_(self.conv2(out)))
         # Detectron2's Conv2d applies its norm inside, so this is conv3's BN output.
@@ -106,6 +109,7 @@ class DropBlockBasicBlock(_DropBlockPoints, BasicBlock):
     points = ("conv1", "conv2", "shortcut", "output")
 
     def forward(self, x):
+        """The stock basic-block computation, with the DropBlock points in it."""
         out = self.dropblock_conv1(F.relu_(self.conv1(x)))
         out = self.dropblock_conv2(self.conv2(out))
         shortcut = self.shortcut(x) if self.shortcut is not None else x
@@ -184,9 +188,16 @@ def make_dropblock_stages(
         depth (int): 18, 34, 50, 101 or 152.
         dropblock (CfgNode): the DropBlock settings (``cfg.MODEL.DROPBLOCK``); ENABLED off builds
             stock stages.
-        norm, stem_out_channels, res2_out_channels, num_groups, width_per_group, stride_in_1x1,
-        res5_dilation, deform_on_per_stage, deform_modulated, deform_num_groups: as the
-            ``MODEL.RESNETS`` keys of the same names.
+        norm (str): MODEL.RESNETS.NORM.
+        stem_out_channels (int): MODEL.RESNETS.STEM_OUT_CHANNELS.
+        res2_out_channels (int): MODEL.RESNETS.RES2_OUT_CHANNELS.
+        num_groups (int): MODEL.RESNETS.NUM_GROUPS.
+        width_per_group (int): MODEL.RESNETS.WIDTH_PER_GROUP.
+        stride_in_1x1 (bool): MODEL.RESNETS.STRIDE_IN_1X1.
+        res5_dilation (int): MODEL.RESNETS.RES5_DILATION.
+        deform_on_per_stage (Sequence[bool]): MODEL.RESNETS.DEFORM_ON_PER_STAGE.
+        deform_modulated (bool): MODEL.RESNETS.DEFORM_MODULATED.
+        deform_num_groups (int): MODEL.RESNETS.DEFORM_NUM_GROUPS.
 
     Returns:
         list[list[CNNBlockBase]]: the blocks of res2..res5.

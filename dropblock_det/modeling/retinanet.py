@@ -23,9 +23,11 @@ class DropBlockRetinaNetHead(RetinaNetHead):
     """
 
     def __init__(self, *args, make_dropblock: Callable[[], nn.Module], **kwargs):
-        """
+        """Build the stock head, with a DropBlock after each subnet activation.
+
         Args:
-            args, kwargs: arguments of :class:`RetinaNetHead` (or ``cfg, input_shape``).
+            *args: positional arguments of :class:`RetinaNetHead` (or ``cfg, input_shape``).
+            **kwargs: its keyword arguments.
             make_dropblock (callable): returns a new parameter-free DropBlock module.
         """
         super().__init__(*args, **kwargs)
@@ -57,8 +59,7 @@ def retinanet_head(dropblock, **head_kwargs) -> RetinaNetHead:
 
 @META_ARCH_REGISTRY.register()
 class DropBlockRetinaNet(RetinaNet):
-    """Detectron2's :class:`RetinaNet`, with a :class:`DropBlockRetinaNetHead` when
-    MODEL.DROPBLOCK.HEAD is on.
+    """Detectron2's :class:`RetinaNet`, with a :class:`DropBlockRetinaNetHead` when HEAD is on.
 
     Pair it with the ``build_retinanet_resnet_fpn_dropblock_backbone`` backbone for DropBlock in
     the ResNet and FPN. With ENABLED or HEAD off it is stock RetinaNet; in eval mode it is

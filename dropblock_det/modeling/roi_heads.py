@@ -60,9 +60,11 @@ class DropBlockFastRCNNConvFCHead(FastRCNNConvFCHead):
 
     @configurable
     def __init__(self, *args, make_dropblock: Callable[[], nn.Module] | None = None, **kwargs):
-        """
+        """Build the stock head, then its DropBlock when ``make_dropblock`` is given.
+
         Args:
-            args, kwargs: arguments of :class:`FastRCNNConvFCHead` (or ``cfg, input_shape``).
+            *args: positional arguments of :class:`FastRCNNConvFCHead` (or ``cfg, input_shape``).
+            **kwargs: its keyword arguments.
             make_dropblock (callable or None): returns a new parameter-free DropBlock module;
                 None for no DropBlock.
         """
@@ -72,11 +74,13 @@ class DropBlockFastRCNNConvFCHead(FastRCNNConvFCHead):
 
     @classmethod
     def from_config(cls, cfg, input_shape):
+        """The stock head's arguments, with the DropBlock factory of MODEL.DROPBLOCK.ROI_HEADS."""
         ret = super().from_config(cfg, input_shape)
         ret["make_dropblock"] = _roi_dropblock_from_config(cfg, ROI_BOX_GROUP)
         return ret
 
     def forward(self, x):
+        """Drop blocks of the pooled RoI features, then run the stock layers."""
         if hasattr(self, "dropblock"):
             x = self.dropblock(x)
         # The stock forward, over every layer but the DropBlock (a child of this Sequential).
@@ -96,9 +100,11 @@ class DropBlockMaskRCNNConvUpsampleHead(MaskRCNNConvUpsampleHead):
 
     @configurable
     def __init__(self, *args, make_dropblock: Callable[[], nn.Module] | None = None, **kwargs):
-        """
+        """Build the stock head, then one DropBlock per ``mask_fcn`` when asked.
+
         Args:
-            args, kwargs: arguments of :class:`MaskRCNNConvUpsampleHead` (or ``cfg, input_shape``).
+            *args: positional arguments of :class:`MaskRCNNConvUpsampleHead` (or ``cfg, input_shape``).
+            **kwargs: its keyword arguments.
             make_dropblock (callable or None): returns a new parameter-free DropBlock module;
                 None for no DropBlock.
         """
@@ -110,11 +116,13 @@ class DropBlockMaskRCNNConvUpsampleHead(MaskRCNNConvUpsampleHead):
 
     @classmethod
     def from_config(cls, cfg, input_shape):
+        """The stock head's arguments, with the DropBlock factory of MODEL.DROPBLOCK.ROI_HEADS."""
         ret = super().from_config(cfg, input_shape)
         ret["make_dropblock"] = _roi_dropblock_from_config(cfg, ROI_MASK_GROUP)
         return ret
 
     def layers(self, x):
+        """The stock mask-head layers, each ``mask_fcn`` followed by its DropBlock."""
         dropblocks = getattr(self, "dropblock", {})
         for name, layer in self.named_children():
             if name == "dropblock":
