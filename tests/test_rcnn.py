@@ -61,7 +61,7 @@ def test_mask_rcnn_drops_after_every_mask_head_conv():
     model = build_model(_cfg(*MASK_OPTS))
     groups = _groups(model)
     assert groups["roi_mask"] == [
-        f"roi_heads.mask_head.dropblock.mask_fcn{k}" for k in (1, 2, 3, 4)
+        f"roi_heads.mask_head.mask_fcn{k}_dropblock" for k in (1, 2, 3, 4)
     ]
 
 

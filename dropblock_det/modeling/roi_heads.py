@@ -3,7 +3,8 @@
 :class:`DropBlockFastRCNNConvFCHead` drops the pooled RoI features its box head receives,
 :class:`DropBlockMaskRCNNConvUpsampleHead` the output of each mask-head conv
 (MODEL.DROPBLOCK.ROI_HEADS). Both take their DropBlock through ``from_config`` (yaml) or the
-``make_dropblock`` argument (LazyConfig); without it they are the stock heads.
+``make_dropblock`` argument (LazyConfig) and keep the stock forward: each DropBlock is a child of
+the head's ``nn.Sequential`` at the place it drops. Without it they are the stock heads.
 """
 
 from collections.abc import Callable
@@ -46,8 +47,16 @@ def _roi_dropblock_from_config(cfg, group):
     return roi_dropblock_factory(cfg.MODEL.DROPBLOCK, group)
 
 
-def _children_but_dropblock(module: nn.Module):
-    return (layer for name, layer in module.named_children() if name != "dropblock")
+def _reorder_children(module: nn.Module, children: list[tuple[str, nn.Module]]):
+    """Register ``children`` as ``module``'s children, in this order.
+
+    Both heads are ``nn.Sequential`` whose stock forward runs the children in order, so a DropBlock
+    registered at its place runs there; it holds no state, so the state_dict is the stock one.
+    """
+    for name, _ in list(module.named_children()):
+        delattr(module, name)
+    for name, child in children:
+        module.add_module(name, child)
 
 
 @ROI_BOX_HEAD_REGISTRY.register()
@@ -70,7 +79,8 @@ class DropBlockFastRCNNConvFCHead(FastRCNNConvFCHead):
         """
         super().__init__(*args, **kwargs)
         if make_dropblock is not None:
-            self.dropblock = make_dropblock()
+            # First: the pooled RoI features, before the first conv or fc.
+            _reorder_children(self, [("dropblock", make_dropblock()), *self.named_children()])
 
     @classmethod
     def from_config(cls, cfg, input_shape):
@@ -78,15 +88,6 @@ class DropBlockFastRCNNConvFCHead(FastRCNNConvFCHead):
         ret = super().from_config(cfg, input_shape)
         ret["make_dropblock"] = _roi_dropblock_from_config(cfg, ROI_BOX_GROUP)
         return ret
-
-    def forward(self, x):
-        """Drop blocks of the pooled RoI features, then run the stock layers."""
-        if hasattr(self, "dropblock"):
-            x = self.dropblock(x)
-        # The stock forward, over every layer but the DropBlock (a child of this Sequential).
-        for layer in _children_but_dropblock(self):
-            x = layer(x)
-        return x
 
 
 @ROI_MASK_HEAD_REGISTRY.register()
@@ -110,9 +111,12 @@ class DropBlockMaskRCNNConvUpsampleHead(MaskRCNNConvUpsampleHead):
         """
         super().__init__(*args, **kwargs)
         if make_dropblock is not None:
-            self.dropblock = nn.ModuleDict(
-                {name: make_dropblock() for name, _ in self.named_children() if "mask_fcn" in name}
-            )
+            children = []
+            for name, child in self.named_children():
+                children.append((name, child))
+                if name.startswith("mask_fcn"):
+                    children.append((f"{name}_dropblock", make_dropblock()))
+            _reorder_children(self, children)
 
     @classmethod
     def from_config(cls, cfg, input_shape):
@@ -120,14 +124,3 @@ class DropBlockMaskRCNNConvUpsampleHead(MaskRCNNConvUpsampleHead):
         ret = super().from_config(cfg, input_shape)
         ret["make_dropblock"] = _roi_dropblock_from_config(cfg, ROI_MASK_GROUP)
         return ret
-
-    def layers(self, x):
-        """The stock mask-head layers, each ``mask_fcn`` followed by its DropBlock."""
-        dropblocks = getattr(self, "dropblock", {})
-        for name, layer in self.named_children():
-            if name == "dropblock":
-                continue
-            x = layer(x)
-            if name in dropblocks:
-                x = dropblocks[name](x)
-        return x
