@@ -190,14 +190,14 @@ def test_head_dropblock_after_every_subnet_activation(tiny_cfg, head_norm, relu_
     )  # fmt: skip
     model = build_model(cfg)
     expected = [
-        f"head.{subnet}.{index}.dropblock"
+        f"head.{subnet}.{index}_dropblock"
         for subnet in ("cls_subnet", "bbox_subnet")
         for index in relu_indices
     ]
     assert _dropblock_names(model) == sorted(expected)
     for subnet in (model.head.cls_subnet, model.head.bbox_subnet):
         for index in relu_indices:
-            assert isinstance(subnet[index].relu, nn.ReLU)
+            assert isinstance(getattr(subnet, str(index)), nn.ReLU)
 
 
 def test_disabled_builds_stock_modules_even_with_everything_requested(tiny_cfg):

@@ -23,6 +23,7 @@ from .groups import (
     dropblock_modules,
     group_keep_prob,
     make_dropblock_factory,
+    set_children,
 )
 from .resnet import (
     DropBlockBasicBlock,
@@ -31,7 +32,12 @@ from .resnet import (
     build_resnet_dropblock_backbone,
     make_dropblock_stages,
 )
-from .retinanet import DropBlockRetinaNet, DropBlockRetinaNetHead, retinanet_head
+from .retinanet import (
+    DropBlockRetinaNet,
+    DropBlockRetinaNetHead,
+    add_head_dropblocks,
+    retinanet_head,
+)
 from .roi_heads import (
     DropBlockFastRCNNConvFCHead,
     DropBlockMaskRCNNConvUpsampleHead,
@@ -50,6 +56,7 @@ __all__ = [
     "DropBlockMaskRCNNConvUpsampleHead",
     "DropBlockRetinaNet",
     "DropBlockRetinaNetHead",
+    "add_head_dropblocks",
     "build_dropblock",
     "build_dropblock_resnet",
     "build_resnet_dropblock_backbone",
@@ -63,4 +70,5 @@ __all__ = [
     "make_dropblock_stages",
     "retinanet_head",
     "roi_dropblock_factory",
+    "set_children",
 ]

@@ -22,6 +22,7 @@ __all__ = [
     "dropblock_modules",
     "group_keep_prob",
     "make_dropblock_factory",
+    "set_children",
 ]
 
 
@@ -100,6 +101,23 @@ def make_dropblock_factory(settings, group: str) -> Callable[[], DropBlock2d]:
         callable: ``() -> DropBlock2d``.
     """
     return functools.partial(build_dropblock, settings, group)
+
+
+def set_children(module: nn.Module, children: list[tuple[str, nn.Module]]):
+    """Make ``children`` the children of ``module``, in this order.
+
+    How the head placements insert DropBlock into Detectron2's ``nn.Sequential`` heads and subnets:
+    their stock forward runs the children in order, so a DropBlock registered at its place runs
+    there, and with no state of its own it leaves every state_dict key as it was.
+
+    Args:
+        module (nn.Module): the container (an ``nn.Sequential``).
+        children (list[tuple[str, nn.Module]]): (name, module) pairs, its old children among them.
+    """
+    for name, _ in list(module.named_children()):
+        delattr(module, name)
+    for name, child in children:
+        module.add_module(name, child)
 
 
 def dropblock_modules(model: nn.Module) -> list[tuple[str, DropBlock2d, str | None]]:

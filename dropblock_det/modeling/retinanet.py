@@ -1,6 +1,5 @@
 """Detectron2's RetinaNet with DropBlock in its head: the head and the registered meta-architecture."""
 
-from collections import OrderedDict
 from collections.abc import Callable
 
 from detectron2.modeling import META_ARCH_REGISTRY, RetinaNet
@@ -8,18 +7,36 @@ from detectron2.modeling.meta_arch.retinanet import RetinaNetHead
 from torch import nn
 
 from ..config import HEAD_GROUP
-from .groups import make_dropblock_factory
+from .groups import make_dropblock_factory, set_children
 
-__all__ = ["DropBlockRetinaNet", "DropBlockRetinaNetHead", "retinanet_head"]
+__all__ = ["DropBlockRetinaNet", "DropBlockRetinaNetHead", "add_head_dropblocks", "retinanet_head"]
+
+
+def add_head_dropblocks(head: RetinaNetHead, make_dropblock: Callable[[], nn.Module]):
+    """Put a DropBlock after every activation of a RetinaNet head's class and box subnets.
+
+    Each ``nn.ReLU`` child ``"<k>"`` of ``cls_subnet`` / ``bbox_subnet`` is followed by a child
+    ``"<k>_dropblock"``; the convs, norms and ReLUs keep their names, so every state_dict key and
+    the random initialisation stay the stock head's. The head's BN (a per-level
+    ``CycleBatchNormList``) is untouched.
+
+    Args:
+        head (RetinaNetHead): the head, changed in place.
+        make_dropblock (callable): returns a new parameter-free DropBlock module.
+    """
+    for subnet in (head.cls_subnet, head.bbox_subnet):
+        children = []
+        for name, layer in subnet.named_children():
+            children.append((name, layer))
+            if isinstance(layer, nn.ReLU):
+                children.append((f"{name}_dropblock", make_dropblock()))
+        set_children(subnet, children)
 
 
 class DropBlockRetinaNetHead(RetinaNetHead):
     """Detectron2's ``RetinaNetHead`` with a DropBlock after every subnet activation.
 
-    Each ``nn.ReLU`` of ``cls_subnet`` / ``bbox_subnet`` becomes, at the same index,
-    ``Sequential(relu=ReLU, dropblock=DropBlock2d)``: neither holds parameters or persistent
-    buffers, so every state_dict key stays as in the stock head (new Sequential entries would
-    renumber them). The head's BN (a per-level ``CycleBatchNormList``) is untouched.
+    The stock head with :func:`add_head_dropblocks` applied, for code that builds heads itself.
     """
 
     def __init__(self, *args, make_dropblock: Callable[[], nn.Module], **kwargs):
@@ -31,35 +48,31 @@ class DropBlockRetinaNetHead(RetinaNetHead):
             make_dropblock (callable): returns a new parameter-free DropBlock module.
         """
         super().__init__(*args, **kwargs)
-        for subnet in (self.cls_subnet, self.bbox_subnet):
-            for index, layer in enumerate(subnet):
-                if isinstance(layer, nn.ReLU):
-                    subnet[index] = nn.Sequential(
-                        OrderedDict(relu=layer, dropblock=make_dropblock())
-                    )
+        add_head_dropblocks(self, make_dropblock)
 
 
 def retinanet_head(dropblock, **head_kwargs) -> RetinaNetHead:
-    """Detectron2's RetinaNetHead, or a :class:`DropBlockRetinaNetHead` when ``dropblock`` asks.
+    """Detectron2's RetinaNetHead, with DropBlock in its subnets when ``dropblock`` asks.
 
-    The LazyConfig form of the head placement: ``head=L(retinanet_head)(dropblock=..., ...)``.
+    The LazyConfig form of the head placement: ``head=L(retinanet_head)(dropblock=..., ...)``; the
+    same head as the yaml ``DropBlockRetinaNet`` builds.
 
     Args:
-        dropblock (CfgNode): the DropBlock settings; ENABLED and HEAD on give the DropBlock head.
+        dropblock (CfgNode): the DropBlock settings; ENABLED and HEAD on add the DropBlocks.
         **head_kwargs: the arguments of :class:`RetinaNetHead`.
 
     Returns:
         RetinaNetHead: the head.
     """
-    if not (dropblock.ENABLED and dropblock.HEAD):
-        return RetinaNetHead(**head_kwargs)
-    factory = make_dropblock_factory(dropblock, HEAD_GROUP)
-    return DropBlockRetinaNetHead(make_dropblock=factory, **head_kwargs)
+    head = RetinaNetHead(**head_kwargs)
+    if dropblock.ENABLED and dropblock.HEAD:
+        add_head_dropblocks(head, make_dropblock_factory(dropblock, HEAD_GROUP))
+    return head
 
 
 @META_ARCH_REGISTRY.register()
 class DropBlockRetinaNet(RetinaNet):
-    """Detectron2's :class:`RetinaNet`, with a :class:`DropBlockRetinaNetHead` when HEAD is on.
+    """Detectron2's :class:`RetinaNet`, with DropBlock in its head's subnets when HEAD is on.
 
     Pair it with the ``build_retinanet_resnet_fpn_dropblock_backbone`` backbone for DropBlock in
     the ResNet and FPN. With ENABLED or HEAD off it is stock RetinaNet; in eval mode it is
@@ -79,14 +92,5 @@ class DropBlockRetinaNet(RetinaNet):
         ret = super().from_config(cfg)
         d = cfg.MODEL.DROPBLOCK
         if d.ENABLED and d.HEAD:
-            stock_head = ret["head"]
-            shapes = ret["backbone"].output_shape()
-            ret["head"] = DropBlockRetinaNetHead(
-                cfg,
-                [shapes[f] for f in cfg.MODEL.RETINANET.IN_FEATURES],
-                make_dropblock=make_dropblock_factory(d, HEAD_GROUP),
-            )
-            # The stock head's initial weights, so that one seed starts the same model with and
-            # without head DropBlock (building a second head drew other random numbers).
-            ret["head"].load_state_dict(stock_head.state_dict())
+            add_head_dropblocks(ret["head"], make_dropblock_factory(d, HEAD_GROUP))
         return ret

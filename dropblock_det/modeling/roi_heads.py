@@ -16,7 +16,7 @@ from torch import nn
 
 from ..config import ROI_BOX_GROUP, ROI_MASK_GROUP
 from ..layers import DropBlock2d
-from .groups import make_dropblock_factory
+from .groups import make_dropblock_factory, set_children
 
 __all__ = [
     "DropBlockFastRCNNConvFCHead",
@@ -47,18 +47,6 @@ def _roi_dropblock_from_config(cfg, group):
     return roi_dropblock_factory(cfg.MODEL.DROPBLOCK, group)
 
 
-def _reorder_children(module: nn.Module, children: list[tuple[str, nn.Module]]):
-    """Register ``children`` as ``module``'s children, in this order.
-
-    Both heads are ``nn.Sequential`` whose stock forward runs the children in order, so a DropBlock
-    registered at its place runs there; it holds no state, so the state_dict is the stock one.
-    """
-    for name, _ in list(module.named_children()):
-        delattr(module, name)
-    for name, child in children:
-        module.add_module(name, child)
-
-
 @ROI_BOX_HEAD_REGISTRY.register()
 class DropBlockFastRCNNConvFCHead(FastRCNNConvFCHead):
     """Detectron2's ``FastRCNNConvFCHead`` that drops blocks of the pooled RoI features it receives.
@@ -80,7 +68,7 @@ class DropBlockFastRCNNConvFCHead(FastRCNNConvFCHead):
         super().__init__(*args, **kwargs)
         if make_dropblock is not None:
             # First: the pooled RoI features, before the first conv or fc.
-            _reorder_children(self, [("dropblock", make_dropblock()), *self.named_children()])
+            set_children(self, [("dropblock", make_dropblock()), *self.named_children()])
 
     @classmethod
     def from_config(cls, cfg, input_shape):
@@ -116,7 +104,7 @@ class DropBlockMaskRCNNConvUpsampleHead(MaskRCNNConvUpsampleHead):
                 children.append((name, child))
                 if name.startswith("mask_fcn"):
                     children.append((f"{name}_dropblock", make_dropblock()))
-            _reorder_children(self, children)
+            set_children(self, children)
 
     @classmethod
     def from_config(cls, cfg, input_shape):
