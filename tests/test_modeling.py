@@ -465,3 +465,28 @@ def test_invalid_values_fail_even_with_dropblock_disabled(tiny_cfg):
         validate_dropblock_config(cfg)
     with pytest.raises(ValueError, match=r"MODEL\.DROPBLOCK\.FPN"):
         check_placements(build_model(cfg), cfg)
+
+
+def test_model_check_takes_a_lazyconfig_root_with_or_without_a_dropblock_node():
+    from detectron2.config import LazyConfig, instantiate
+
+    cfg = LazyConfig.load(
+        os.path.join(REPO_ROOT, "configs", "tiny", "tiny_retinanet_R18_FPN_dropblock.py")
+    )
+    cfg.dropblock.HEAD = True
+    model = instantiate(cfg.model)
+    check_placements(model, cfg)  # every group it asks for is there
+    assert {m.group for m in model.modules() if isinstance(m, DropBlock2d)} >= {"head", "res5"}
+
+    # The same model config with the head built stock: the head group is missing.
+    cfg.model.head._target_ = "detectron2.modeling.meta_arch.retinanet.RetinaNetHead"
+    del cfg.model.head.dropblock
+    with pytest.raises(
+        ValueError, match=r"MODEL\.DROPBLOCK\.HEAD asks for DropBlock in \['head'\].*retinanet_head"
+    ):
+        check_placements(instantiate(cfg.model), cfg)
+
+    # A baseline LazyConfig (a stock model-zoo one) has no dropblock node: nothing is asked for.
+    stock = instantiate(cfg.model)
+    del cfg.dropblock
+    check_placements(stock, cfg)
