@@ -12,6 +12,7 @@ from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool, LastLevelP6P
 from detectron2.modeling.meta_arch import GeneralizedRCNN, ProposalNetwork, RetinaNet
 from torch import nn
 
+from ..config import requested_groups
 from .groups import DROPBLOCK_BACKBONES, build_dropblock
 from .resnet import build_dropblock_resnet
 
@@ -79,9 +80,10 @@ def dropblock_fpn(dropblock, **fpn_kwargs) -> FPN:
     Returns:
         FPN: the network.
     """
-    if not (dropblock.ENABLED and dropblock.FPN):
+    levels = [g for g, key in requested_groups(dropblock).items() if key == "MODEL.DROPBLOCK.FPN"]
+    if not levels:
         return FPN(**fpn_kwargs)
-    dropblocks = {level: build_dropblock(dropblock, level) for level in dropblock.FPN}
+    dropblocks = {level: build_dropblock(dropblock, level) for level in levels}
     return DropBlockFPN(dropblocks=dropblocks, **fpn_kwargs)
 
 

@@ -22,6 +22,7 @@ from detectron2.modeling.backbone.resnet import (
 )
 from torch import nn
 
+from ..config import requested_groups
 from .groups import make_dropblock_factory
 
 __all__ = [
@@ -209,7 +210,7 @@ def make_dropblock_stages(
         raise ValueError(
             "R18/R34 need MODEL.RESNETS.RES2_OUT_CHANNELS 64, RES5_DILATION 1 and NUM_GROUPS 1."
         )
-    chosen = set(dropblock.STAGES) if dropblock.ENABLED else set()
+    chosen = requested_groups(dropblock, backbone_only=True)
     bottleneck_channels = num_groups * width_per_group
     in_channels, out_channels = stem_out_channels, res2_out_channels
     stages = []

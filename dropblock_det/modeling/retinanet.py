@@ -6,7 +6,7 @@ from detectron2.modeling import META_ARCH_REGISTRY, RetinaNet
 from detectron2.modeling.meta_arch.retinanet import RetinaNetHead
 from torch import nn
 
-from ..config import HEAD_GROUP
+from ..config import HEAD_GROUP, requested_groups
 from .groups import make_dropblock_factory, set_children
 
 __all__ = ["DropBlockRetinaNet", "DropBlockRetinaNetHead", "add_head_dropblocks", "retinanet_head"]
@@ -65,7 +65,7 @@ def retinanet_head(dropblock, **head_kwargs) -> RetinaNetHead:
         RetinaNetHead: the head.
     """
     head = RetinaNetHead(**head_kwargs)
-    if dropblock.ENABLED and dropblock.HEAD:
+    if HEAD_GROUP in requested_groups(dropblock):
         add_head_dropblocks(head, make_dropblock_factory(dropblock, HEAD_GROUP))
     return head
 
@@ -90,7 +90,8 @@ class DropBlockRetinaNet(RetinaNet):
             dict: the keyword arguments of :class:`RetinaNet`.
         """
         ret = super().from_config(cfg)
-        d = cfg.MODEL.DROPBLOCK
-        if d.ENABLED and d.HEAD:
-            add_head_dropblocks(ret["head"], make_dropblock_factory(d, HEAD_GROUP))
+        if HEAD_GROUP in requested_groups(cfg):
+            add_head_dropblocks(
+                ret["head"], make_dropblock_factory(cfg.MODEL.DROPBLOCK, HEAD_GROUP)
+            )
         return ret

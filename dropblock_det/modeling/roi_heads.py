@@ -14,7 +14,7 @@ from detectron2.modeling import ROI_BOX_HEAD_REGISTRY, ROI_MASK_HEAD_REGISTRY
 from detectron2.modeling.roi_heads import FastRCNNConvFCHead, MaskRCNNConvUpsampleHead
 from torch import nn
 
-from ..config import ROI_BOX_GROUP, ROI_MASK_GROUP
+from ..config import ROI_BOX_GROUP, ROI_MASK_GROUP, requested_groups
 from ..layers import DropBlock2d
 from .groups import make_dropblock_factory, set_children
 
@@ -38,7 +38,8 @@ def roi_dropblock_factory(dropblock, group: str) -> Callable[[], DropBlock2d] | 
     Returns:
         callable or None: ``() -> DropBlock2d`` (see :func:`make_dropblock_factory`), or None.
     """
-    if dropblock.ENABLED and dropblock.ROI_HEADS:
+    # The box group stands for MODEL.DROPBLOCK.ROI_HEADS (the mask group also needs MASK_ON).
+    if ROI_BOX_GROUP in requested_groups(dropblock):
         return make_dropblock_factory(dropblock, group)
     return None
 
