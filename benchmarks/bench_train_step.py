@@ -197,7 +197,7 @@ class _VariantRun:
         hook = next((h for h in self.trainer._hooks if isinstance(h, DropBlockSchedule)), None)
         if hook is None:
             return {}
-        stages = sorted({getattr(m, "dropblock_group", "?") for m in self.dropblocks})
+        stages = sorted({m.group or "?" for m in self.dropblocks})
         return {s: hook.keep_prob_at(0, self.trainer.max_iter, s) for s in stages}
 
 

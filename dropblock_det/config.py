@@ -1,9 +1,7 @@
 """The ``MODEL.DROPBLOCK`` config keys, and the one check of their values."""
 
-import functools
-import json
-
 from detectron2.config import CfgNode as CN
+from detectron2.config import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from .layers import BACKENDS, GAMMA_MODES, NORMALIZE_MODES
@@ -17,6 +15,7 @@ __all__ = [
     "ROI_MASK_GROUP",
     "add_dropblock_config",
     "dropblock_settings",
+    "dropblock_settings_of",
     "fail",
     "requested_groups",
     "validate_dropblock_config",
@@ -87,8 +86,11 @@ def add_dropblock_config(cfg):
     _C.MODEL.DROPBLOCK.SCHEDULE = CN()
     # keep_prob at iteration 0 (paper: 1.0, i.e. DropBlock starts switched off).
     _C.MODEL.DROPBLOCK.SCHEDULE.START = 1.0
-    # Fraction of SOLVER.MAX_ITER over which keep_prob falls linearly from START to KEEP_PROB,
-    # then stays at KEEP_PROB. 1.0 ramps over the whole run, as in the paper; 0.0 is constant.
+    # Fraction of the run over which keep_prob falls linearly from START (iteration 0) to
+    # KEEP_PROB (iteration RAMP * (SOLVER.MAX_ITER - 1)), then stays at KEEP_PROB. The last
+    # training step always runs at KEEP_PROB, as the paper's schedule ends at its target; a run of
+    # one iteration runs it at KEEP_PROB. 1.0 ramps over the whole run, as in the paper; 0.0 is
+    # constant.
     _C.MODEL.DROPBLOCK.SCHEDULE.RAMP = 1.0
 
 
@@ -164,10 +166,11 @@ def validate_dropblock_config(cfg):
 
 
 def validate_dropblock_settings(settings):
-    """Check a ``MODEL.DROPBLOCK`` node (from a yaml config or a LazyConfig).
+    """Check a ``MODEL.DROPBLOCK`` node (from a yaml config or a LazyConfig): every value check.
 
-    This is the one place the values are checked; the model builders, the schedule hook and the
-    training tools all call it. The same values are checked once: later calls return at once.
+    The model builders and the schedule hook trust their settings; the entry points call this (or
+    :func:`validate_dropblock_config`) once, and :func:`dropblock_settings` calls it on the node it
+    makes.
 
     Args:
         settings (CfgNode or Mapping): ``cfg.MODEL.DROPBLOCK`` or :func:`dropblock_settings`.
@@ -175,14 +178,7 @@ def validate_dropblock_settings(settings):
     Raises:
         ValueError: naming the offending key, its value and what is expected.
     """
-    if isinstance(settings, DictConfig):
-        settings = OmegaConf.to_container(settings)
-    _validate(json.dumps(settings, sort_keys=True))
-
-
-@functools.lru_cache(maxsize=64)
-def _validate(settings_json):
-    d = CN(json.loads(settings_json))
+    d = CN(OmegaConf.to_container(settings) if isinstance(settings, DictConfig) else settings)
     for key in ("ENABLED", "SHARE_CHANNELS", "HEAD", "ROI_HEADS", "GROUP_SCALING"):
         if not isinstance(d[key], bool):
             fail(f"MODEL.DROPBLOCK.{key}", d[key], "expected True or False")
@@ -207,20 +203,51 @@ def _validate(settings_json):
             fail(f"MODEL.DROPBLOCK.{key}", d[key], f"expected one of {list(valid)}")
     _check_names("MODEL.DROPBLOCK.STAGES", d.STAGES, RESNET_STAGES)
     _check_names("MODEL.DROPBLOCK.FPN", d.FPN, FPN_LEVELS)
+    if d.ENABLED and not (d.STAGES or d.FPN or d.HEAD or d.ROI_HEADS):
+        raise ValueError(
+            "cfg.MODEL.DROPBLOCK.ENABLED is True but the config asks for DropBlock nowhere: choose "
+            f"some of MODEL.DROPBLOCK.STAGES (now {list(d.STAGES)}), FPN (now {list(d.FPN)}), "
+            f"HEAD (now {d.HEAD}) or ROI_HEADS (now {d.ROI_HEADS})."
+        )
+
+
+def dropblock_settings_of(cfg):
+    """The DropBlock settings of a yaml config, of a LazyConfig root, or the node itself.
+
+    Args:
+        cfg (CfgNode or DictConfig): a yaml config with ``MODEL.DROPBLOCK``, a LazyConfig root
+            (its ``dropblock`` node, made by :func:`dropblock_settings`, is instantiated), or the
+            settings node.
+
+    Returns:
+        CfgNode or None: the ``MODEL.DROPBLOCK`` node; None for a LazyConfig without a
+        ``dropblock`` node (a baseline).
+    """
+    if "MODEL" in cfg:
+        return cfg.MODEL.DROPBLOCK
+    if "ENABLED" in cfg:
+        return cfg
+    node = cfg.get("dropblock")
+    return None if node is None else instantiate(node)
 
 
 def requested_groups(cfg, *, backbone_only: bool = False) -> dict[str, str]:
     """The DropBlock groups the config asks for, each with the key that asks for it.
 
+    The one answer to "which groups does this config ask for": the model check, the schedule's
+    summary, the search space and the report all use it.
+
     Args:
-        cfg (CfgNode): the config.
+        cfg (CfgNode or DictConfig): a yaml config or a LazyConfig root (see
+            :func:`dropblock_settings_of`); for a LazyConfig, masks count when its model has a
+            ``roi_heads.mask_head``.
         backbone_only (bool): only the backbone's groups (STAGES and FPN).
 
     Returns:
-        dict[str, str]: group name to config key; empty with ENABLED off.
+        dict[str, str]: group name to config key; empty with ENABLED off or no settings.
     """
-    d = cfg.MODEL.DROPBLOCK
-    if not d.ENABLED:
+    d = dropblock_settings_of(cfg)
+    if d is None or not d.ENABLED:
         return {}
     groups = {stage: "MODEL.DROPBLOCK.STAGES" for stage in d.STAGES}
     groups.update({level: "MODEL.DROPBLOCK.FPN" for level in d.FPN})
@@ -229,6 +256,13 @@ def requested_groups(cfg, *, backbone_only: bool = False) -> dict[str, str]:
             groups[HEAD_GROUP] = "MODEL.DROPBLOCK.HEAD"
         if d.ROI_HEADS:
             groups[ROI_BOX_GROUP] = "MODEL.DROPBLOCK.ROI_HEADS"
-            if cfg.MODEL.MASK_ON:
+            if _mask_on(cfg):
                 groups[ROI_MASK_GROUP] = "MODEL.DROPBLOCK.ROI_HEADS"
     return groups
+
+
+def _mask_on(cfg) -> bool:
+    if "MODEL" in cfg:
+        return bool(cfg.MODEL.MASK_ON)
+    roi_heads = cfg.get("model", {}).get("roi_heads") if "model" in cfg else None
+    return roi_heads is not None and roi_heads.get("mask_head") is not None

@@ -1,24 +1,18 @@
 """The keep_prob schedule of DropBlock, as a Detectron2 training hook."""
 
-import functools
 import logging
+import math
 from collections.abc import Sequence
 
 from detectron2.config import configurable
 from detectron2.engine import HookBase
-from fvcore.common.param_scheduler import (
-    CompositeParamScheduler,
-    ConstantParamScheduler,
-    LinearParamScheduler,
-    ParamScheduler,
-)
 from torch import nn
 
-from .config import validate_dropblock_settings
+from .config import HEAD_GROUP, ROI_BOX_GROUP, ROI_MASK_GROUP, dropblock_settings_of
 from .layers import KeepProb, share_keep_prob
-from .modeling.placements import dropblock_modules, group_keep_prob
+from .modeling import dropblock_modules, group_keep_prob
 
-__all__ = ["DropBlockSchedule", "build_keep_prob_scheduler", "describe_group"]
+__all__ = ["DropBlockSchedule", "describe_group"]
 
 logger = logging.getLogger(__name__)
 
@@ -26,38 +20,11 @@ logger = logging.getLogger(__name__)
 KEEP_PROB_METRIC = "dropblock/keep_prob"
 
 
-def build_keep_prob_scheduler(keep_prob: float, start: float, ramp: float) -> ParamScheduler:
-    """The paper's schedule as an fvcore ParamScheduler over the fraction of training done.
-
-    keep_prob falls linearly from ``start`` to ``keep_prob`` over the first ``ramp`` of the run,
-    then stays at ``keep_prob`` (paper §3: "decrease linearly from 1 to the target"; the TF
-    reference ramps over the whole run, ``ramp`` 1.0).
-
-    Args:
-        keep_prob (float): the final keep probability (MODEL.DROPBLOCK.KEEP_PROB).
-        start (float): the keep probability at iteration 0 (MODEL.DROPBLOCK.SCHEDULE.START).
-        ramp (float): fraction of the run the fall takes, in [0, 1] (SCHEDULE.RAMP).
-
-    Returns:
-        ParamScheduler: maps ``where`` in [0, 1) to the unscaled keep probability.
-    """
-    if ramp <= 0.0:
-        return ConstantParamScheduler(float(keep_prob))
-    linear = LinearParamScheduler(float(start), float(keep_prob))
-    if ramp >= 1.0:
-        return linear
-    return CompositeParamScheduler(
-        [linear, ConstantParamScheduler(float(keep_prob))],
-        lengths=[float(ramp), 1.0 - float(ramp)],
-        interval_scaling=["rescaled", "fixed"],
-    )
-
-
 _GROUP_KINDS = (("res", "ResNet stage"), ("p", "FPN level"))
 _NAMED_GROUPS = {
-    "head": "RetinaNet head",
-    "roi_box": "RoI box head input",
-    "roi_mask": "mask head convs",
+    HEAD_GROUP: "RetinaNet head",
+    ROI_BOX_GROUP: "RoI box head input",
+    ROI_MASK_GROUP: "mask head convs",
 }
 
 
@@ -81,8 +48,10 @@ def describe_group(group: str | None) -> str:
 class DropBlockSchedule(HookBase):
     """Sets every DropBlock's keep_prob from the iteration count before each training step.
 
-    keep_prob(t) comes from :func:`build_keep_prob_scheduler` at ``where = iter / max_iter``;
-    DropBlocks in a ResNet stage get it through GROUP_SCALING (see
+    keep_prob falls linearly from ``start`` at step 0 to ``keep_prob`` at step
+    ``ramp * (max_iter - 1)``, then stays there (paper §3: "decrease linearly from 1 to the
+    target"; the TF reference ramps over the whole run, ``ramp`` 1.0). The last training step
+    runs at ``keep_prob``, as the paper's schedule ends at its target. DropBlocks in a ResNet stage get it through GROUP_SCALING (see
     :func:`~dropblock_det.modeling.group_keep_prob`), FPN and head DropBlocks get it as is. The
     unscaled value is written as ``dropblock/keep_prob`` to the EventStorage.
 
@@ -107,7 +76,8 @@ class DropBlockSchedule(HookBase):
         group_scaling: bool = True,
         model: nn.Module | None = None,
     ):
-        """
+        """Set up the schedule; the model's DropBlocks are found in ``before_train``.
+
         Args:
             keep_prob (float): final keep probability (MODEL.DROPBLOCK.KEEP_PROB).
             start (float): keep probability at iteration 0 (MODEL.DROPBLOCK.SCHEDULE.START).
@@ -117,17 +87,17 @@ class DropBlockSchedule(HookBase):
             model (nn.Module or None): the model to schedule; None uses ``trainer.model``
                 (DDP-wrapped or not: the DropBlocks are found among its modules).
         """
-        self._scheduler = build_keep_prob_scheduler(keep_prob, start, ramp)
         self._keep_prob, self._start, self._ramp = float(keep_prob), float(start), float(ramp)
         self._stages = tuple(stages)
-        self._group_scaling = bool(group_scaling)
+        self._scaling = bool(group_scaling)
         self._model = model
-        # (group, its shared KeepProb), set in before_train.
-        self._groups: list[tuple[str, KeepProb]] = []
+        # (a group's shared KeepProb, its drop rate over the unscaled one), set in before_train.
+        self._groups: list[tuple[KeepProb, float]] = []
 
     @classmethod
     def from_config(cls, cfg, model=None):
-        """
+        """The ``__init__`` arguments from the DropBlock settings.
+
         Args:
             cfg (CfgNode): a config with the ``MODEL.DROPBLOCK`` keys, or that node itself (a
                 LazyConfig's ``dropblock``, see :func:`dropblock_det.config.dropblock_settings`).
@@ -136,8 +106,7 @@ class DropBlockSchedule(HookBase):
         Returns:
             dict: the keyword arguments of ``__init__``.
         """
-        d = cfg.MODEL.DROPBLOCK if "MODEL" in cfg else cfg
-        validate_dropblock_settings(d)
+        d = dropblock_settings_of(cfg)
         return {
             "keep_prob": d.KEEP_PROB,
             "start": d.SCHEDULE.START,
@@ -150,6 +119,10 @@ class DropBlockSchedule(HookBase):
     def keep_prob_at(self, iteration: int, max_iter: int, group: str | None = None) -> float:
         """The keep probability the hook sets before training step ``iteration``.
 
+        The ramp spans the steps 0 .. ``max_iter - 1``: step 0 runs at ``start``, every step from
+        ``ramp * (max_iter - 1)`` on at ``keep_prob``, so the last training step always runs at
+        the target (a one-step run too).
+
         Args:
             iteration (int): the step about to run, in [0, max_iter).
             max_iter (int): the run's total number of steps.
@@ -159,26 +132,31 @@ class DropBlockSchedule(HookBase):
         Returns:
             float: the keep probability.
         """
-        keep_prob = float(self._scheduler(iteration / max_iter))
+        where = iteration / (max_iter - 1) if max_iter > 1 else 1.0
+        progress = min(where / self._ramp, 1.0) if self._ramp > 0 else 1.0
+        keep_prob = (
+            self._keep_prob
+            if progress >= 1.0
+            else self._start + (self._keep_prob - self._start) * progress
+        )
         if group is None:
             return keep_prob
-        return group_keep_prob(keep_prob, group, self._stages, self._group_scaling)
+        return group_keep_prob(keep_prob, group, self._stages, self._scaling)
 
     def before_train(self):
+        """Tie each group's DropBlocks to one keep_prob and log one line per group."""
         model = self._model if self._model is not None else self.trainer.model
         by_group: dict[tuple, list] = {}
         for _, module, group in dropblock_modules(model):
-            # share_keep_prob needs one device and dtype (a buffer of each module).
-            buffer = next(module.buffers())
-            by_group.setdefault((group, buffer.device, buffer.dtype), []).append(module)
-        if not by_group:
-            raise RuntimeError(
-                "DropBlockSchedule found no DropBlock2d in the model: build it with "
-                "cfg.MODEL.BACKBONE.NAME = 'build_retinanet_resnet_fpn_dropblock_backbone' and/or "
-                "cfg.MODEL.META_ARCHITECTURE = 'DropBlockRetinaNet', with MODEL.DROPBLOCK.ENABLED."
-            )
+            # share_keep_prob needs one device and dtype.
+            tensor = module.keep_prob_tensor
+            by_group.setdefault((group, tensor.device, tensor.dtype), []).append(module)
         # One shared keep_prob per group: each step costs one fill per group, not one per module.
-        self._groups = [(g, share_keep_prob(modules)) for (g, _, _), modules in by_group.items()]
+        # Each group's drop rate is the unscaled one times a factor of its own, computed here once.
+        self._groups = [
+            (share_keep_prob(modules), 1.0 - group_keep_prob(0.0, g, self._stages, self._scaling))
+            for (g, _, _), modules in by_group.items()
+        ]
         for (group, _, _), modules in by_group.items():
             logger.info(self._summary(group, modules))
         # The map sizes of the first step, for the warning on a block larger than every map.
@@ -192,14 +170,13 @@ class DropBlockSchedule(HookBase):
 
     def _summary(self, group: str, modules) -> str:
         """One start-up line: where, how many, block size, keep_prob schedule of the group."""
-        scale = functools.partial(
-            group_keep_prob, group=group, stages=self._stages, group_scaling=self._group_scaling
-        )
-        ramp_iters = round(self._ramp * self.trainer.max_iter)
+        max_iter = self.trainer.max_iter
+        first, last = (self.keep_prob_at(i, max_iter, group) for i in (0, max_iter - 1))
+        reached = math.ceil(self._ramp * (max_iter - 1))
         return (
             f"DropBlock {describe_group(group)}: {len(modules)} module(s), block "
-            f"{sorted({m.block_size for m in modules})}, keep_prob {scale(self._start):.4g} -> "
-            f"{scale(self._keep_prob):.4g} over {ramp_iters} of {self.trainer.max_iter} iterations"
+            f"{sorted({m.block_size for m in modules})}, keep_prob {first:.4g} -> {last:.4g} from "
+            f"iteration 0 to {reached} of 0..{max_iter - 1}"
         )
 
     def _recorder(self, group: str):
@@ -209,13 +186,15 @@ class DropBlockSchedule(HookBase):
         return record
 
     def before_step(self):
+        """Set every group's keep_prob for the step about to run and log the unscaled value."""
         keep_prob = self.keep_prob_at(self.trainer.iter, self.trainer.max_iter)
-        for group, shared in self._groups:
-            shared.fill(group_keep_prob(keep_prob, group, self._stages, self._group_scaling))
+        for shared, drop_scale in self._groups:
+            shared.fill(1.0 - (1.0 - keep_prob) * drop_scale)
         self.trainer.storage.put_scalar(KEEP_PROB_METRIC, keep_prob, smoothing_hint=False)
 
     def after_step(self):
-        for _, shared in self._groups:
+        """Switch DropBlock off until the next step; after the first, warn on clipped blocks."""
+        for shared, _ in self._groups:
             shared.fill(1.0)
         if self._size_hooks:
             for handle in self._size_hooks:

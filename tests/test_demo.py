@@ -204,10 +204,11 @@ def test_dropblock_run_logs_keep_prob_falling_as_the_schedule_says(demo):
     iterations, keep_prob = _series(entries, KEEP_PROB_METRIC)
     assert iterations and iterations[-1] == max_iter - 1, iterations
     for it, value in zip(iterations, keep_prob, strict=True):
-        fraction = min(it / (ramp * max_iter), 1.0) if ramp > 0 else 1.0
+        # The ramp spans the steps 0 .. MAX_ITER - 1: the last one runs at KEEP_PROB.
+        fraction = min(it / (ramp * (max_iter - 1)), 1.0) if ramp > 0 else 1.0
         assert value == pytest.approx(start - (start - target) * fraction, abs=1e-9), it
     assert all(a >= b for a, b in pairwise(keep_prob))
-    assert keep_prob[-1] < 1.0
+    assert keep_prob[-1] == pytest.approx(target, abs=1e-12)
 
 
 def _redraw_report(out, tmp_path, monkeypatch):

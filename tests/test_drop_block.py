@@ -640,3 +640,28 @@ def test_export_of_eval_module():
     x = torch.randn(2, 3, 10, 12)
     exported = torch.export.export(module, (x,))
     assert torch.equal(exported.module()(x), module(x))
+
+
+def test_module_carries_its_group_and_shows_it():
+    module = DropBlock2d(keep_prob=0.8, block_size=3, group="res4")
+    assert module.group == "res4"
+    assert "group='res4'" in repr(module)
+    assert DropBlock2d().group is None and "group" not in repr(DropBlock2d())
+    # Parameter-free and out of the state_dict, group or not.
+    assert module.state_dict() == {} and list(module.parameters()) == []
+
+
+def test_adopt_keep_prob_shares_one_value_and_refuses_another_dtype():
+    from dropblock_det.layers import KeepProb
+
+    a, b = DropBlock2d(keep_prob=0.7), DropBlock2d(keep_prob=0.9)
+    shared = KeepProb(a.keep_prob_tensor, a.keep_prob, shared=True)
+    a.adopt_keep_prob(shared)
+    b.adopt_keep_prob(shared)
+    shared.fill(0.6)
+    assert a.keep_prob == pytest.approx(0.6) and b.keep_prob == pytest.approx(0.6)
+    assert a.keep_prob_tensor is b.keep_prob_tensor
+    b.keep_prob = 0.95  # a value of its own again; a keeps the shared one
+    assert b.keep_prob == pytest.approx(0.95) and a.keep_prob == pytest.approx(0.6)
+    with pytest.raises(ValueError, match="dtypes"):
+        DropBlock2d().half().adopt_keep_prob(shared)

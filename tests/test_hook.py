@@ -10,23 +10,20 @@ from detectron2.engine import SimpleTrainer, hooks
 from fvcore.common.checkpoint import Checkpointer
 from torch import nn
 
-from dropblock_det import DropBlock2d, DropBlockSchedule
-from dropblock_det.modeling import DROPBLOCK_GROUP_ATTR
+from dropblock_det import DropBlock2d, DropBlockSchedule, check_placements
 
 GROUPS = ("res3", "res4", "res5", "p3", "head")
 
 
 class _Net(nn.Module):
-    """A tiny model with one tagged DropBlock per group; records their keep_prob at each step."""
+    """A tiny model with one DropBlock per group; records their keep_prob at each step."""
 
     def __init__(self):
         super().__init__()
         self.conv = nn.Conv2d(1, 2, 3, padding=1)
         self.dropblocks = nn.ModuleDict()
         for group in GROUPS:
-            module = DropBlock2d(keep_prob=0.5, block_size=3)
-            setattr(module, DROPBLOCK_GROUP_ATTR, group)
-            self.dropblocks[group] = module
+            self.dropblocks[group] = DropBlock2d(keep_prob=0.5, block_size=3, group=group)
         self.seen = []
 
     def forward(self, x):
@@ -59,10 +56,13 @@ def _trainer(model, *extra_hooks, **schedule_kwargs):
 
 
 def _expected_keep_prob(iteration, max_iter, keep_prob, start, ramp):
-    """The schedule written out independently of fvcore: linear over the first ramp, then flat."""
-    if ramp == 0:
+    """The schedule written out independently of fvcore: linear over the first ramp, then flat.
+
+    The ramp spans the steps 0 .. max_iter - 1, so the last step runs at keep_prob.
+    """
+    if ramp == 0 or max_iter == 1:
         return keep_prob
-    progress = min(1.0, iteration / (ramp * max_iter))
+    progress = min(1.0, iteration / (ramp * (max_iter - 1)))
     return start + (keep_prob - start) * progress
 
 
@@ -75,16 +75,14 @@ def test_keep_prob_follows_the_linear_ramp(keep_prob, start, ramp):
     max_iter = 200
     for iteration in (0, 1, 29, 30, 59, 60, 99, 100, 101, 150, 199):
         expected = _expected_keep_prob(iteration, max_iter, keep_prob, start, ramp)
-        # fvcore's CompositeParamScheduler switches to the flat part WHERE_EPSILON (1e-6 of the
-        # run) early; the linear part is then within (1 - keep_prob) * 1e-6 / ramp of the target.
-        assert schedule.keep_prob_at(iteration, max_iter) == pytest.approx(expected, abs=1e-6)
+        assert schedule.keep_prob_at(iteration, max_iter) == pytest.approx(expected, abs=1e-12)
 
 
 def test_known_values_of_the_paper_schedule():
     schedule = DropBlockSchedule(keep_prob=0.9)
-    assert schedule.keep_prob_at(0, 100) == 1.0
-    assert schedule.keep_prob_at(50, 100) == pytest.approx(0.95)
-    assert schedule.keep_prob_at(99, 100) == pytest.approx(0.901)
+    assert schedule.keep_prob_at(0, 101) == 1.0
+    assert schedule.keep_prob_at(50, 101) == pytest.approx(0.95)
+    assert schedule.keep_prob_at(100, 101) == pytest.approx(0.9, abs=1e-12)
 
 
 def test_group_scaling_divides_the_drop_rate_by_four_per_stage_below_the_last():
@@ -100,17 +98,17 @@ def test_group_scaling_divides_the_drop_rate_by_four_per_stage_below_the_last():
         None: 0.95,
     }
     for group, value in expected.items():
-        assert scaled.keep_prob_at(50, 100, group) == pytest.approx(value)
-        assert flat.keep_prob_at(50, 100, group) == pytest.approx(0.95)
+        assert scaled.keep_prob_at(50, 101, group) == pytest.approx(value)
+        assert flat.keep_prob_at(50, 101, group) == pytest.approx(0.95)
     # The distance counts stage numbers, not positions in STAGES.
     gapped = DropBlockSchedule(keep_prob=0.9, stages=["res3", "res5"], group_scaling=True)
-    assert gapped.keep_prob_at(50, 100, "res3") == pytest.approx(1 - 0.05 / 16)
+    assert gapped.keep_prob_at(50, 101, "res3") == pytest.approx(1 - 0.05 / 16)
 
 
 def test_sets_every_dropblock_before_each_step_and_logs_the_unscaled_value():
     net = _Net()
     trainer, schedule = _trainer(net)
-    max_iter = 10
+    max_iter = 11
     trainer.train(0, max_iter)
 
     assert len(net.seen) == max_iter
@@ -122,9 +120,10 @@ def test_sets_every_dropblock_before_each_step_and_logs_the_unscaled_value():
     assert [it for _, it in history] == list(range(max_iter))
     assert [v for v, _ in history] == [schedule.keep_prob_at(i, max_iter) for i in range(max_iter)]
     assert trainer.storage.smoothing_hints()["dropblock/keep_prob"] is False
-    # Spot check against the paper's formula: step 5 of 10 runs at 1 - 0.5 * 0.1.
+    # Spot check against the paper's formula: step 5 of 0..10 runs at 1 - 0.5 * 0.1.
     assert net.seen[5]["res5"] == pytest.approx(0.95)
     assert net.seen[5]["res4"] == pytest.approx(1 - 0.05 / 4)
+    assert net.seen[-1]["res5"] == pytest.approx(0.9) and net.seen[0]["res5"] == 1.0
 
 
 def test_dropblock_is_off_between_steps_for_the_hooks_after_it():
@@ -192,22 +191,55 @@ def test_reaches_dropblocks_inside_distributed_data_parallel(tmp_path):
     )
 
 
-def test_fails_before_training_when_the_model_has_no_dropblock():
+@pytest.mark.parametrize("ramp", [1.0, 0.5, 0.0])
+@pytest.mark.parametrize("max_iter", [1, 2, 6, 8, 10])
+def test_the_last_training_step_runs_at_the_target_keep_prob(max_iter, ramp):
+    net = _Net()
+    trainer, _ = _trainer(net, keep_prob=0.9, ramp=ramp)
+    trainer.train(0, max_iter)
+    assert len(net.seen) == max_iter
+    # float32 buffers: the unscaled groups hold 0.9 to float32 precision.
+    assert net.seen[-1]["res5"] == pytest.approx(0.9, abs=1e-7)
+    assert net.seen[-1]["head"] == pytest.approx(0.9, abs=1e-7)
+    assert net.seen[-1]["res4"] == pytest.approx(1 - 0.1 / 4, abs=1e-7)
+    assert net.seen[-1]["res3"] == pytest.approx(1 - 0.1 / 16, abs=1e-7)
+    history = trainer.storage.history("dropblock/keep_prob").values()
+    assert history[-1] == (pytest.approx(0.9, abs=1e-12), max_iter - 1)
+    if max_iter > 1 and ramp > 0:
+        assert net.seen[0]["res5"] == 1.0  # and the first runs at START
+    keep = [seen["res5"] for seen in net.seen]
+    assert all(a >= b for a, b in itertools.pairwise(keep))
+
+
+def test_a_resumed_short_run_still_ends_at_the_target(tmp_path):
+    max_iter, period = 6, 3
+    net = _Net()
+    trainer, _ = _trainer(net, ramp=0.5)
+    checkpointer = Checkpointer(net, str(tmp_path), trainer=trainer)
+    trainer.register_hooks([hooks.PeriodicCheckpointer(checkpointer, period)])
+    trainer.train(0, max_iter)
+    resumed_net = _Net()
+    resumed, _ = _trainer(resumed_net, ramp=0.5)
+    Checkpointer(resumed_net, str(tmp_path), trainer=resumed).load(
+        os.path.join(tmp_path, f"model_{period - 1:07d}.pth")
+    )
+    resumed.train(resumed.iter + 1, max_iter)
+    assert resumed_net.seen == net.seen[period:]
+    assert resumed_net.seen[-1]["res5"] == pytest.approx(0.9, abs=1e-7)
+
+
+def test_a_model_without_the_requested_dropblock_is_refused_by_the_model_check(tiny_cfg):
     class NoDropBlock(nn.Module):
         def __init__(self):
             super().__init__()
             self.conv = nn.Conv2d(1, 1, 1)
 
-        def forward(self, x):
-            return {"loss": self.conv(x).mean()}
-
-    model = NoDropBlock()
-    data = itertools.repeat(torch.ones(1, 1, 2, 2))
-    trainer = SimpleTrainer(model, data, torch.optim.SGD(model.parameters(), lr=0.1))
-    trainer.register_hooks([DropBlockSchedule(keep_prob=0.9)])
-    with pytest.raises(RuntimeError, match="no DropBlock2d"):
-        trainer.train(0, 2)
-    assert trainer.iter == 0  # failed in before_train, before any step
+    cfg = tiny_cfg("MODEL.DROPBLOCK.ENABLED", True, "MODEL.DROPBLOCK.STAGES", ["res5"])
+    with pytest.raises(
+        ValueError, match=r"MODEL\.DROPBLOCK\.STAGES asks for DropBlock in \['res5'\]"
+    ):
+        check_placements(NoDropBlock(), cfg)
+    check_placements(_Net(), cfg)  # res5 is there
 
 
 def test_builds_from_the_config(tiny_cfg):
@@ -218,10 +250,10 @@ def test_builds_from_the_config(tiny_cfg):
         "MODEL.DROPBLOCK.SCHEDULE.RAMP", 0.5,
     )  # fmt: skip
     schedule = DropBlockSchedule(cfg)
-    assert schedule.keep_prob_at(0, 100) == pytest.approx(0.96)
-    assert schedule.keep_prob_at(25, 100) == pytest.approx(0.88)
-    assert schedule.keep_prob_at(75, 100) == pytest.approx(0.8)
-    assert schedule.keep_prob_at(25, 100, "res4") == pytest.approx(1 - 0.12 / 4)
+    assert schedule.keep_prob_at(0, 101) == pytest.approx(0.96)
+    assert schedule.keep_prob_at(25, 101) == pytest.approx(0.88)
+    assert schedule.keep_prob_at(75, 101) == pytest.approx(0.8)
+    assert schedule.keep_prob_at(25, 101, "res4") == pytest.approx(1 - 0.12 / 4)
 
 
 class _Capture:
@@ -268,7 +300,7 @@ def test_logs_one_summary_line_per_group_at_start(hook_log):
     assert len(lines) == len(expected)
     for where, ramp in expected.items():
         (line,) = [line for line in lines if line.startswith(f"DropBlock {where}:")]
-        assert f"1 module(s), block [3], keep_prob {ramp} over 5 of 10 iterations" in line
+        assert f"1 module(s), block [3], keep_prob {ramp} from iteration 0 to 5 of 0..9" in line
 
 
 @pytest.mark.parametrize("block_size, warned", [(9, True), (8, False), (3, False)])

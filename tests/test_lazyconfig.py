@@ -260,8 +260,9 @@ def test_lazyconfig_run_on_own_coco_files_logs_groups_and_keep_prob_and_evaluate
     keep_probs = {
         r["iteration"]: r["dropblock/keep_prob"] for r in records if "dropblock/keep_prob" in r
     }
-    # The paper's ramp from 1.0 to the overridden 0.5 over the 4 iterations, one value per step.
-    assert keep_probs == pytest.approx({i: 1.0 - 0.5 * i / 4 for i in range(4)})
+    # The paper's ramp from 1.0 to the overridden 0.5 over the steps 0..3, one value per step:
+    # the last one runs at the target.
+    assert keep_probs == pytest.approx({i: 1.0 - 0.5 * i / 3 for i in range(4)})
     assert (out / "model_final.pth").is_file()
 
     # The yaml tool's start-up lines, one per group (R-18: 2 BasicBlocks x 3 points per stage;

@@ -17,7 +17,7 @@ from detectron2.utils.events import EventStorage
 from helpers import seeded_generator
 from torch import nn
 
-from dropblock_det import DropBlock2d
+from dropblock_det import DropBlock2d, check_placements, validate_dropblock_config
 from dropblock_det.modeling import DropBlockBasicBlock, DropBlockBottleneckBlock, DropBlockFPN
 
 # Every Detectron2 config of the repository (search spaces, *_space.yaml, are not configs).
@@ -191,14 +191,14 @@ def test_head_dropblock_after_every_subnet_activation(tiny_cfg, head_norm, relu_
     )  # fmt: skip
     model = build_model(cfg)
     expected = [
-        f"head.{subnet}.{index}.dropblock"
+        f"head.{subnet}.{index}_dropblock"
         for subnet in ("cls_subnet", "bbox_subnet")
         for index in relu_indices
     ]
     assert _dropblock_names(model) == sorted(expected)
     for subnet in (model.head.cls_subnet, model.head.bbox_subnet):
         for index in relu_indices:
-            assert isinstance(subnet[index].relu, nn.ReLU)
+            assert isinstance(getattr(subnet, str(index)), nn.ReLU)
 
 
 def test_disabled_builds_stock_modules_even_with_everything_requested(tiny_cfg):
@@ -232,7 +232,7 @@ def test_keep_prob_at_build_is_the_group_scaled_target(tiny_cfg):
         values = {}
         for m in model.modules():
             if isinstance(m, DropBlock2d):
-                values.setdefault(m.dropblock_group, set()).add(round(m.keep_prob, 6))
+                values.setdefault(m.group, set()).add(round(m.keep_prob, 6))
         return values
 
     # res3 is two stages below res5: 1 - 0.2 / 4**2.
@@ -411,7 +411,8 @@ def test_training_step_runs_through_every_dropblock_and_drops(tiny_cfg):
 
 
 # ---------------------------------------------------------------------------------------------
-# Invalid values fail when the model is built, naming the key
+# Invalid values fail in the value check, a model without a requested group in the model check,
+# each naming the key
 
 
 @pytest.mark.parametrize(
@@ -421,26 +422,72 @@ def test_training_step_runs_through_every_dropblock_and_drops(tiny_cfg):
         (("MODEL.DROPBLOCK.KEEP_PROB", 1.5), "MODEL.DROPBLOCK.KEEP_PROB"),
         (("MODEL.DROPBLOCK.BLOCK_SIZE", 0), "MODEL.DROPBLOCK.BLOCK_SIZE"),
         (("MODEL.DROPBLOCK.STAGES", ["res6"]), "MODEL.DROPBLOCK.STAGES"),
-        (("MODEL.DROPBLOCK.FPN", ["p2"]), "MODEL.DROPBLOCK.FPN"),  # RetinaNet's FPN has p3-p7
         (("MODEL.DROPBLOCK.PLACEMENT", "everywhere"), "MODEL.DROPBLOCK.PLACEMENT"),
         (("MODEL.DROPBLOCK.SCHEDULE.RAMP", 1.5), "MODEL.DROPBLOCK.SCHEDULE.RAMP"),
+    ],
+)
+def test_invalid_values_fail_the_value_check_naming_the_key(tiny_cfg, opts, key):
+    cfg = tiny_cfg("MODEL.DROPBLOCK.ENABLED", True, *opts)
+    with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+        validate_dropblock_config(cfg)
+
+
+@pytest.mark.parametrize(
+    "opts, pattern",
+    [
+        # RetinaNet's FPN produces p3-p7: p2 does not exist.
+        (
+            ("MODEL.DROPBLOCK.FPN", ["p2"]),
+            r"MODEL\.DROPBLOCK\.FPN asks for DropBlock in \['p2'\].*'p3', 'p4', 'p5', 'p6', 'p7'",
+        ),
         (
             ("MODEL.DROPBLOCK.HEAD", True, "MODEL.META_ARCHITECTURE", "RetinaNet"),
-            "MODEL.META_ARCHITECTURE",
+            r"MODEL\.DROPBLOCK\.HEAD.*MODEL\.META_ARCHITECTURE = 'RetinaNet'.*'DropBlockRetinaNet'",
         ),
         (
             ("MODEL.BACKBONE.NAME", "build_retinanet_resnet_fpn_backbone"),
-            "MODEL.BACKBONE.NAME",
+            r"MODEL\.DROPBLOCK\.STAGES.*MODEL\.BACKBONE\.NAME to "
+            r"'build_retinanet_resnet_fpn_dropblock_backbone'.*ignores MODEL\.DROPBLOCK",
         ),
     ],
 )
-def test_invalid_values_fail_at_model_build_naming_the_key(tiny_cfg, opts, key):
+def test_a_model_without_a_requested_group_fails_the_model_check_naming_the_key(
+    tiny_cfg, opts, pattern
+):
     cfg = tiny_cfg("MODEL.DROPBLOCK.ENABLED", True, *opts)
-    with pytest.raises(ValueError, match=key.replace(".", r"\.")):
-        build_model(cfg)
+    validate_dropblock_config(cfg)  # the values themselves are valid
+    with pytest.raises(ValueError, match=pattern):
+        check_placements(build_model(cfg), cfg)
 
 
 def test_invalid_values_fail_even_with_dropblock_disabled(tiny_cfg):
-    cfg = tiny_cfg("MODEL.DROPBLOCK.ENABLED", False, "MODEL.DROPBLOCK.FPN", ["p2"])
+    cfg = tiny_cfg("MODEL.DROPBLOCK.ENABLED", False, "MODEL.DROPBLOCK.FPN", ["p9"])
     with pytest.raises(ValueError, match=r"MODEL\.DROPBLOCK\.FPN"):
-        build_model(cfg)
+        validate_dropblock_config(cfg)
+    with pytest.raises(ValueError, match=r"MODEL\.DROPBLOCK\.FPN"):
+        check_placements(build_model(cfg), cfg)
+
+
+def test_model_check_takes_a_lazyconfig_root_with_or_without_a_dropblock_node():
+    from detectron2.config import LazyConfig, instantiate
+
+    cfg = LazyConfig.load(
+        os.path.join(REPO_ROOT, "configs", "tiny", "tiny_retinanet_R18_FPN_dropblock.py")
+    )
+    cfg.dropblock.HEAD = True
+    model = instantiate(cfg.model)
+    check_placements(model, cfg)  # every group it asks for is there
+    assert {m.group for m in model.modules() if isinstance(m, DropBlock2d)} >= {"head", "res5"}
+
+    # The same model config with the head built stock: the head group is missing.
+    cfg.model.head._target_ = "detectron2.modeling.meta_arch.retinanet.RetinaNetHead"
+    del cfg.model.head.dropblock
+    with pytest.raises(
+        ValueError, match=r"MODEL\.DROPBLOCK\.HEAD asks for DropBlock in \['head'\].*retinanet_head"
+    ):
+        check_placements(instantiate(cfg.model), cfg)
+
+    # A baseline LazyConfig (a stock model-zoo one) has no dropblock node: nothing is asked for.
+    stock = instantiate(cfg.model)
+    del cfg.dropblock
+    check_placements(stock, cfg)

@@ -12,9 +12,8 @@ from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
 from helpers import seeded_generator
 
-from dropblock_det.modeling import DropBlockFastRCNNConvFCHead, dropblock_modules
+from dropblock_det.modeling import DropBlockFastRCNNConvFCHead, check_placements, dropblock_modules
 from dropblock_det.tools.trainer import Trainer
-from dropblock_det.tools.validation import InputError, check_training_inputs
 
 TINY_RCNN = os.path.join(REPO_ROOT, "configs", "tiny", "tiny_faster_rcnn_R18_FPN_dropblock.yaml")
 
@@ -63,7 +62,7 @@ def test_mask_rcnn_drops_after_every_mask_head_conv():
     model = build_model(_cfg(*MASK_OPTS))
     groups = _groups(model)
     assert groups["roi_mask"] == [
-        f"roi_heads.mask_head.dropblock.mask_fcn{k}" for k in (1, 2, 3, 4)
+        f"roi_heads.mask_head.mask_fcn{k}_dropblock" for k in (1, 2, 3, 4)
     ]
 
 
@@ -161,17 +160,19 @@ def test_a_backbone_whose_top_block_does_not_match_the_meta_architecture_is_refu
         build_model(_cfg(*opts))
 
 
-def test_input_check_names_the_r_cnn_backbone_for_a_stock_one():
+def test_model_check_names_the_r_cnn_backbone_for_a_stock_one():
     cfg = _cfg("MODEL.BACKBONE.NAME", "build_resnet_fpn_backbone")
-    with pytest.raises(InputError, match="'build_resnet_fpn_dropblock_backbone'"):
-        check_training_inputs(cfg, check_train=False, check_test=False)
+    with pytest.raises(ValueError, match="'build_resnet_fpn_dropblock_backbone'"):
+        check_placements(build_model(cfg), cfg)
 
 
 def test_roi_dropblock_with_a_stock_box_head_is_refused_naming_the_key():
     cfg = _cfg("MODEL.ROI_BOX_HEAD.NAME", "FastRCNNConvFCHead")
-    with pytest.raises(InputError, match=r"MODEL\.ROI_BOX_HEAD\.NAME.*DropBlockFastRCNNConvFCHead"):
-        check_training_inputs(cfg, check_train=False, check_test=False)
-    with pytest.raises(ValueError, match=r"MODEL\.DROPBLOCK\.ROI_HEADS.*roi_box"):
+    with pytest.raises(
+        ValueError,
+        match=r"MODEL\.DROPBLOCK\.ROI_HEADS.*roi_box.*MODEL\.ROI_BOX_HEAD\.NAME to "
+        r"'DropBlockFastRCNNConvFCHead'",
+    ):
         Trainer.build_model(cfg)
 
 
@@ -188,8 +189,9 @@ def test_c4_backbone_takes_stages_up_to_res4_and_refuses_res5():
     model = build_model(_cfg(*opts, "MODEL.DROPBLOCK.STAGES", ["res3", "res4"]))
     assert type(model.backbone) is ResNet
     assert sorted(_groups(model)) == ["res3", "res4"]
+    cfg = _cfg(*opts)
     with pytest.raises(ValueError, match=r"MODEL\.DROPBLOCK\.STAGES.*res5.*OUT_FEATURES"):
-        build_model(_cfg(*opts))
+        check_placements(build_model(cfg), cfg)
 
 
 def test_box_head_registered_in_detectron2s_registry():

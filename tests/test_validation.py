@@ -10,7 +10,7 @@ from conftest import TINY_DROPBLOCK_CONFIG
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
-from detectron2.modeling import BACKBONE_REGISTRY, build_model
+from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 from helpers import TRAIN_NET, run_tool, write_coco
@@ -112,36 +112,6 @@ def test_invalid_dropblock_value_names_key():
     with pytest.raises(InputError, match=r"MODEL\.DROPBLOCK\.KEEP_PROB") as info:
         check_training_inputs(cfg)
     assert "(0, 1]" in str(info.value) and "command line" in str(info.value)
-
-
-def test_fpn_level_the_backbone_does_not_produce():
-    # res3..res5 through Detectron2's RetinaNet FPN give p3..p7: p2 does not exist.
-    cfg = _cfg()
-    cfg.MODEL.DROPBLOCK.FPN = ["p2"]
-    with pytest.raises(InputError, match=r"MODEL\.DROPBLOCK\.FPN.*'p3', 'p4', 'p5', 'p6', 'p7'"):
-        check_training_inputs(cfg, check_train=False)
-
-
-def test_enabled_with_stock_backbone_is_refused():
-    cfg = _cfg()
-    cfg.MODEL.DROPBLOCK.ENABLED = True
-    with pytest.raises(
-        InputError, match=r"MODEL\.BACKBONE\.NAME.*ignores MODEL\.DROPBLOCK"
-    ) as info:
-        check_training_inputs(cfg, check_train=False)
-    assert "build_retinanet_resnet_fpn_dropblock_backbone" in str(info.value)
-
-
-def test_head_dropblock_with_stock_meta_architecture_is_refused(monkeypatch):
-    # A backbone builder defined outside detectron2 stands in for the DropBlock one.
-    monkeypatch.setitem(BACKBONE_REGISTRY._obj_map, "validation_test_backbone", lambda *a: None)
-    cfg = _cfg()
-    cfg.MODEL.BACKBONE.NAME = "validation_test_backbone"
-    cfg.MODEL.DROPBLOCK.ENABLED = True
-    check_training_inputs(cfg, check_train=False)  # backbone accepted
-    cfg.MODEL.DROPBLOCK.HEAD = True
-    with pytest.raises(InputError, match=r"MODEL\.DROPBLOCK\.HEAD.*'DropBlockRetinaNet'"):
-        check_training_inputs(cfg, check_train=False)
 
 
 def test_unknown_meta_architecture_suggests_close_match():

@@ -129,15 +129,7 @@ def share_keep_prob(modules: Iterable[torch.nn.Module]) -> KeepProb:
     modules = list(modules)
     if not modules:
         raise ValueError("share_keep_prob needs at least one DropBlock2d")
-    first = modules[0]._keep_prob_cell
-    shared = KeepProb(first.tensor, first.value, shared=True)
+    shared = KeepProb(modules[0].keep_prob_tensor, modules[0].keep_prob, shared=True)
     for module in modules:
-        tensor = module._keep_prob_cell.tensor
-        if (tensor.device, tensor.dtype) != (shared.tensor.device, shared.tensor.dtype):
-            raise ValueError(
-                "share_keep_prob: keep_prob tensors on different devices or dtypes "
-                f"({shared.tensor.device}, {shared.tensor.dtype}) and ({tensor.device}, "
-                f"{tensor.dtype}); share within one device"
-            )
-        module._adopt_keep_prob(shared)
+        module.adopt_keep_prob(shared)
     return shared

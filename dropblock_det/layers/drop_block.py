@@ -160,7 +160,7 @@ class DropBlock2d(nn.Module):
     without DropBlock), and is read as data inside ``torch.compile`` graphs, so a schedule can
     change it every step without recompiling. Eager forwards use its Python copy (a
     :class:`KeepProb`), so they never wait on an accelerator to read it. :func:`share_keep_prob`
-    ties a group of modules to one value that one ``fill`` sets.
+    ties a group of modules to one value that one ``fill`` sets (through :meth:`adopt_keep_prob`).
 
     Args:
         keep_prob (float): target fraction of kept units, in (0, 1].
@@ -169,6 +169,8 @@ class DropBlock2d(nn.Module):
         gamma (str): "paper" or "exact", see :func:`drop_block_2d`.
         normalize (str): "batch", "sample" or "expected", see :func:`drop_block_2d`.
         backend (str): "auto", "sparse", "dense" or "triton", see :func:`drop_block_2d`.
+        group (str or None): the placement group the module belongs to ("res4", "p3", "head" …),
+            which a schedule sets as one; None for a module outside any detector placement.
     """
 
     def __init__(
@@ -180,9 +182,12 @@ class DropBlock2d(nn.Module):
         gamma: str = "paper",
         normalize: str = "batch",
         backend: str = "auto",
+        group: str | None = None,
     ):
+        """Check the settings and store keep_prob (see the class docstring for the arguments)."""
         super().__init__()
         keep_prob = check_keep_prob(keep_prob)
+        self.group = group
         self.block_size = _check_block_size(block_size)
         self.share_channels = bool(share_channels)
         self.gamma = _check_choice("gamma", gamma, GAMMA_MODES)
@@ -190,6 +195,30 @@ class DropBlock2d(nn.Module):
         self.backend = _check_choice("backend", backend, BACKENDS)
         self.register_buffer("_keep_prob", torch.tensor(keep_prob), persistent=False)
         self._adopt_keep_prob(KeepProb(self._keep_prob, keep_prob))
+
+    @property
+    def keep_prob_tensor(self) -> torch.Tensor:
+        """The 0-d tensor holding keep_prob (what compiled graphs read); its value is ``keep_prob``."""
+        self.keep_prob  # noqa: B018  (re-adopts a buffer replaced directly)
+        return self._keep_prob_cell.tensor
+
+    def adopt_keep_prob(self, shared: KeepProb) -> None:
+        """Read and set keep_prob through ``shared`` from now on, as every module holding it does.
+
+        Args:
+            shared (KeepProb): the value to share, on this module's keep_prob device and dtype.
+
+        Raises:
+            ValueError: for a ``shared`` tensor on another device or dtype.
+        """
+        mine, theirs = self._buffers["_keep_prob"], shared.tensor
+        if (mine.device, mine.dtype) != (theirs.device, theirs.dtype):
+            raise ValueError(
+                "share_keep_prob: keep_prob tensors on different devices or dtypes "
+                f"({theirs.device}, {theirs.dtype}) and ({mine.device}, {mine.dtype}); share "
+                "within one device"
+            )
+        self._adopt_keep_prob(shared)
 
     def _adopt_keep_prob(self, cell: KeepProb) -> None:
         self._buffers["_keep_prob"] = cell.tensor
@@ -244,8 +273,10 @@ class DropBlock2d(nn.Module):
         )
 
     def extra_repr(self) -> str:
+        """The settings, as ``print(model)`` shows them."""
+        group = f"group={self.group!r}, " if self.group is not None else ""
         return (
-            f"keep_prob={self.keep_prob:g}, block_size={self.block_size}, "
+            f"{group}keep_prob={self.keep_prob:g}, block_size={self.block_size}, "
             f"share_channels={self.share_channels}, gamma={self.gamma!r}, "
             f"normalize={self.normalize!r}, backend={self.backend!r}"
         )

@@ -27,10 +27,10 @@ from detectron2.utils.events import CommonMetricPrinter
 from detectron2.utils.logger import setup_logger
 from detectron2.utils.registry import locate
 
-from ..config import add_dropblock_config
+from ..config import add_dropblock_config, dropblock_settings_of
 from ..hooks import DropBlockSchedule
 from ..lazyconfig import DROPBLOCK_KEY
-from ..modeling.placements import check_placements
+from ..modeling import check_placements
 from .config import add_training_config
 from .evaluation import build_evaluator
 from .train_net import launch_on_every_rank, parse_command_line
@@ -82,7 +82,7 @@ def load_config(args):
     return LazyConfig.apply_overrides(LazyConfig.load(args.config_file), args.opts or [])
 
 
-def dropblock_settings_of(cfg):
+def checked_dropblock_settings(cfg):
     """The config's DropBlock settings (``cfg.dropblock`` instantiated), None without the node.
 
     Args:
@@ -104,7 +104,7 @@ def dropblock_settings_of(cfg):
             "add it in the config file with dropblock_det.lazyconfig.add_dropblock(cfg, ...)."
         )
     try:
-        return instantiate(node)
+        return dropblock_settings_of(cfg)
     except (KeyError, ValueError) as error:
         raise InputError(_lazy_message(error)) from error
 
@@ -118,7 +118,7 @@ def _checks_view(cfg, model):
     view = get_cfg()
     add_dropblock_config(view)
     add_training_config(view)
-    settings = dropblock_settings_of(cfg)
+    settings = checked_dropblock_settings(cfg)
     if settings is not None:
         view.MODEL.DROPBLOCK = settings
     view.OUTPUT_DIR = cfg.train.output_dir
@@ -191,7 +191,7 @@ def build_model(cfg):
     """
     model = instantiate(cfg.model)
     view = _checks_view(cfg, model)
-    check_placements(view, model)
+    check_placements(model, view)
     return model, view
 
 

@@ -33,7 +33,7 @@ from detectron2.utils.logger import setup_logger
 
 from ..config import add_dropblock_config, validate_dropblock_config
 from ..hooks import KEEP_PROB_METRIC, DropBlockSchedule
-from ..modeling.placements import check_placements
+from ..modeling import check_placements
 from .config import add_training_config, validate_training_config
 from .data import register_dropblock_digits
 from .evaluation import build_evaluator
@@ -362,7 +362,7 @@ class Trainer(DefaultTrainer):
             ValueError: naming the key, when a requested placement is missing from the model.
         """
         model = super().build_model(cfg)
-        check_placements(cfg, model)
+        check_placements(model, cfg)
         return model
 
     @classmethod

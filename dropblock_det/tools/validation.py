@@ -14,11 +14,9 @@ import re
 
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.modeling import BACKBONE_REGISTRY, META_ARCH_REGISTRY, ROI_BOX_HEAD_REGISTRY
+from detectron2.modeling import BACKBONE_REGISTRY, META_ARCH_REGISTRY
 
 from ..config import validate_dropblock_config
-from ..modeling import DROPBLOCK_BACKBONES, DropBlockFastRCNNConvFCHead
-from ..modeling.placements import check_fpn_levels
 from .config import validate_training_config
 from .evaluation import check_evaluator_type
 
@@ -123,7 +121,7 @@ def _override_hint(key, example):
 
 
 def _check_model(cfg):
-    """Check the device, the meta-architecture, the backbone and the ``MODEL.DROPBLOCK`` values."""
+    """Check the device, that the meta-architecture and backbone are registered, and the values."""
     device = cfg.MODEL.DEVICE
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise InputError(
@@ -144,10 +142,8 @@ def _check_model(cfg):
 
     try:
         validate_training_config(cfg)
+        # The values only: whether the built model holds each group is check_placements' to say.
         validate_dropblock_config(cfg)
-        levels = _fpn_levels(cfg)
-        if levels is not None:
-            check_fpn_levels(cfg.MODEL.DROPBLOCK.FPN, levels)
     except ValueError as error:
         # The message starts with "cfg.<KEY> = <value>" or "cfg.<KEY> names".
         key = str(error).split(" ", 1)[0].removeprefix("cfg.")
@@ -155,40 +151,6 @@ def _check_model(cfg):
             f"{error} Fix it in the config file or override it on the command line, e.g. "
             f"`{key} <value>` after the other arguments."
         ) from error
-
-    dropblock = cfg.MODEL.DROPBLOCK
-    if not dropblock.ENABLED:
-        return
-    # A stock Detectron2 builder ignores MODEL.DROPBLOCK, so the run would silently train
-    # without DropBlock; a builder defined outside detectron2 (ours or the user's) is trusted.
-    backbone = cfg.MODEL.BACKBONE.NAME
-    if BACKBONE_REGISTRY.get(backbone).__module__.startswith("detectron2."):
-        twin = DROPBLOCK_BACKBONES.get(
-            backbone, "one of " + ", ".join(DROPBLOCK_BACKBONES.values())
-        )
-        raise InputError(
-            f"MODEL.DROPBLOCK.ENABLED is True but MODEL.BACKBONE.NAME = {backbone!r} is a stock "
-            f"Detectron2 backbone that ignores MODEL.DROPBLOCK. Set MODEL.BACKBONE.NAME to "
-            f"{twin!r} (the same modules, with DropBlock), or MODEL.DROPBLOCK.ENABLED to False."
-        )
-    box_head = cfg.MODEL.ROI_BOX_HEAD.NAME
-    if (
-        dropblock.ROI_HEADS
-        and ROI_BOX_HEAD_REGISTRY.get(box_head) is not DropBlockFastRCNNConvFCHead
-    ):
-        raise InputError(
-            f"MODEL.DROPBLOCK.ROI_HEADS is True but MODEL.ROI_BOX_HEAD.NAME = {box_head!r} "
-            "builds no RoI DropBlock. Set MODEL.ROI_BOX_HEAD.NAME to 'DropBlockFastRCNNConvFCHead' "
-            "(and MODEL.ROI_MASK_HEAD.NAME to 'DropBlockMaskRCNNConvUpsampleHead' for masks), or "
-            "MODEL.DROPBLOCK.ROI_HEADS to False."
-        )
-    arch = cfg.MODEL.META_ARCHITECTURE
-    if dropblock.HEAD and META_ARCH_REGISTRY.get(arch).__module__.startswith("detectron2."):
-        raise InputError(
-            f"MODEL.DROPBLOCK.HEAD is True but MODEL.META_ARCHITECTURE = {arch!r} is a stock "
-            "Detectron2 meta-architecture that has no head DropBlock. Set "
-            "MODEL.META_ARCHITECTURE to 'DropBlockRetinaNet', or MODEL.DROPBLOCK.HEAD to False."
-        )
 
 
 def _check_head_batch_norm(cfg, world_size):
