@@ -45,6 +45,7 @@ __all__ = [
     "Trainer",
     "build_cfg",
     "check_inputs",
+    "check_model",
     "check_model_builds",
     "create_ddp_model_on_device",
     "main",
@@ -202,6 +203,18 @@ def check_inputs(args):
     check_training_inputs(
         cfg, check_train=not args.eval_only, world_size=args.num_gpus * args.num_machines
     )
+    check_model(cfg)
+
+
+def check_model(cfg):
+    """Build the model of ``cfg`` once on the CPU, as the training will, and check it.
+
+    Args:
+        cfg (CfgNode): the run's config.
+
+    Raises:
+        InputError: with the builder's or :func:`~dropblock_det.check_placements`' message.
+    """
     cpu_cfg = cfg.clone()
     cpu_cfg.defrost()
     cpu_cfg.MODEL.DEVICE = "cpu"  # the GPUs are the training processes'

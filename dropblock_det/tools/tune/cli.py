@@ -219,15 +219,19 @@ class _ConfigBuilder:
     def checked(self, extra=()):
         """The config of ``extra``, with the model checks train_net runs (datasets aside).
 
-        A setting that puts DropBlock nowhere is the baseline itself (the search trains it with
-        MODEL.DROPBLOCK.ENABLED False), so it passes unchecked.
+        The model is built once on the CPU, as train_net does before training, so that a
+        placement the model cannot take is refused here. A setting that puts DropBlock nowhere is
+        the baseline itself (the search trains it with MODEL.DROPBLOCK.ENABLED False), so it
+        passes unchecked.
         """
         from dropblock_det.config import requested_groups
+        from dropblock_det.tools.trainer import check_model
         from dropblock_det.tools.validation import check_training_inputs
 
         cfg = self(extra)
         if requested_groups(cfg):
             check_training_inputs(cfg, check_train=False, check_test=False)
+            check_model(cfg)
         return cfg
 
 
