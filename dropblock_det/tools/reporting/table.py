@@ -13,6 +13,7 @@ __all__ = [
     "SEGM_AP",
     "TableRow",
     "build_rows",
+    "format_delta",
     "format_markdown_table",
     "format_text_table",
 ]
@@ -167,10 +168,14 @@ def _cells(row: TableRow, columns: Sequence[str], decimals: int) -> list[str]:
         text = _format_value(row.values[m], decimals)
         delta = row.deltas.get(m) if row.deltas else None
         if delta is not None:
-            # Rounding first avoids "-0.0" for differences below display precision.
-            text += f" ({round(delta, decimals) + 0.0:+.{decimals}f})"
+            text += f" ({format_delta(delta, decimals)})"
         metrics.append(text)
     return [row.label, row.dropblock, *metrics, row.status]
+
+
+def format_delta(delta: float, decimals: int) -> str:
+    """A signed difference, e.g. ``+1.6``; rounding first avoids ``-0.0`` below display precision."""
+    return f"{round(delta, decimals) + 0.0:+.{decimals}f}"
 
 
 def _format_value(value: float | None, decimals: int) -> str:
