@@ -56,7 +56,7 @@ def parse_args(argv=None):
         const="",
         default=None,
         metavar="PNG",
-        help="save a grid of train scenes with their boxes (default path: " "<out>/preview.png)",
+        help="save a grid of train scenes with their boxes (default path: <out>/preview.png)",
     )
     return parser.parse_args(argv)
 

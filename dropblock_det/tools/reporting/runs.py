@@ -401,30 +401,10 @@ def _read_eval_results(
         return None
     iteration = content.get("iteration")
     iteration = int(iteration) if _is_number(iteration) else None
-    if "bbox" in results:
-        name = _single_dataset_name(dataset, test_datasets, path)
-        return Evaluation(
-            _bbox_metrics(results["bbox"]),
-            iteration,
-            EVAL_RESULTS_FILE,
-            name,
-            segm_ap=_segm_ap(results.get("segm")),
-        )
-    chosen = _choose_dataset(list(results), dataset, test_datasets, path)
-    task_results = results[chosen] if isinstance(results[chosen], dict) else {}
-    bbox = task_results.get("bbox")
-    if not isinstance(bbox, dict):
-        notes.append(f"eval_results.json has no bbox results for {chosen}: used metrics.json")
-        return None
-    others = [d for d in results if d != chosen]
-    return Evaluation(
-        _bbox_metrics(bbox),
-        iteration,
-        EVAL_RESULTS_FILE,
-        chosen,
-        others,
-        segm_ap=_segm_ap(task_results.get("segm")),
-    )
+    evaluation = _evaluation(results, iteration, EVAL_RESULTS_FILE, dataset, test_datasets, path)
+    if evaluation is None:
+        notes.append("eval_results.json has no bbox results: used metrics.json")
+    return evaluation
 
 
 def _eval_from_metrics(
@@ -432,31 +412,43 @@ def _eval_from_metrics(
 ) -> Evaluation | None:
     # EvalHook flattens results: "bbox/AP" for one test dataset, "<dataset>/bbox/AP" for several.
     for entry in reversed(log.entries):
-        prefixes = {k[: -len("bbox/AP")] for k in entry if k.endswith("bbox/AP")}
-        if not prefixes:
-            continue
-        if "" in prefixes:
-            return Evaluation(
-                _bbox_metrics({m: entry.get(f"bbox/{m}") for m in BBOX_METRICS}),
-                entry["iteration"],
-                "metrics.json",
-                _single_dataset_name(dataset, test_datasets, path / "metrics.json"),
-                segm_ap=_segm_ap({"AP": entry["segm/AP"]} if "segm/AP" in entry else None),
-            )
-        names = sorted(p.rstrip("/") for p in prefixes)
-        chosen = _choose_dataset(names, dataset, test_datasets, path / "metrics.json")
-        metrics = {m: entry.get(f"{chosen}/bbox/{m}") for m in BBOX_METRICS}
-        others = [n for n in names if n != chosen]
-        segm_key = f"{chosen}/segm/AP"
-        return Evaluation(
-            _bbox_metrics(metrics),
-            entry["iteration"],
-            "metrics.json",
-            chosen,
-            others,
-            segm_ap=_segm_ap({"AP": entry[segm_key]} if segm_key in entry else None),
+        results = {}
+        for key, value in entry.items():
+            parts = key.split("/")
+            if len(parts) in (2, 3) and parts[-2] in ("bbox", "segm"):
+                node = results.setdefault(parts[0], {}) if len(parts) == 3 else results
+                node.setdefault(parts[-2], {})[parts[-1]] = value
+        source = path / "metrics.json"
+        evaluation = _evaluation(
+            results, entry["iteration"], "metrics.json", dataset, test_datasets, source
         )
+        if evaluation is not None:
+            return evaluation
     return None
+
+
+def _evaluation(
+    results: dict,
+    iteration: int | None,
+    source: str,
+    dataset: str | None,
+    test_datasets: Sequence[str],
+    where: Path,
+) -> Evaluation | None:
+    """The Evaluation of ``{task: metrics}`` (one test dataset) or ``{dataset: {task: metrics}}``."""
+    if not results:
+        return None
+    if "bbox" in results:
+        name, tasks, others = _single_dataset_name(dataset, test_datasets, where), results, []
+    else:
+        name = _choose_dataset(list(results), dataset, test_datasets, where)
+        tasks = results[name] if isinstance(results[name], dict) else {}
+        others = [d for d in results if d != name]
+    if not isinstance(tasks.get("bbox"), dict):
+        return None
+    return Evaluation(
+        _bbox_metrics(tasks["bbox"]), iteration, source, name, others, _segm_ap(tasks.get("segm"))
+    )
 
 
 def _single_dataset_name(
