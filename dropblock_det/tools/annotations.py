@@ -2,8 +2,9 @@
 
 :class:`DatasetChecker` reads each registered dataset's json once (never writes it) and raises one
 :class:`~dropblock_det.tools.errors.InputError` that lists every kind of problem found, naming the
-file, the first offending id and how to fix it. :func:`dropblock_det.tools.validation.check_training_inputs`
-runs it on the datasets a config names.
+file, the first offending id and how to fix it.
+:func:`~dropblock_det.tools.validation.check_training_inputs` runs it on the datasets a config
+names.
 """
 
 import json
@@ -12,6 +13,7 @@ import os
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
+from . import data
 from .errors import InputError
 
 __all__ = ["DatasetChecker", "detectron2_builtin_names"]
@@ -53,7 +55,7 @@ class DatasetChecker:
             int or None: its number of categories, None when it cannot be told.
         """
         where = f"{key} dataset {name!r}"
-        # Datasets of dropblock_det.tools.data are generated on first use: their files may not exist yet.
+        # The embedded digits datasets are generated on first use: their files may not exist yet.
         self._generate(name, where)
         metadata = MetadataCatalog.get(name) if name in MetadataCatalog else None
         json_file = metadata.get("json_file") if metadata is not None else None
@@ -74,10 +76,8 @@ class DatasetChecker:
 
     @staticmethod
     def _generate(name, where):
-        from .data import ensure_dataset  # lazy: the data package imports this package's config
-
         try:
-            ensure_dataset(name)
+            data.ensure_dataset(name)
         except Exception as error:
             raise InputError(
                 f"{where} could not be generated under DETECTRON2_DATASETS = "
