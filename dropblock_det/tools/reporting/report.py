@@ -105,7 +105,7 @@ def _non_retinanet_architectures(runs: Sequence[Run]) -> list[str]:
 
 
 def _footnotes(runs: Sequence[Run], include_paper: bool) -> list[str]:
-    notes = ["Box metrics on Detectron2's 0-100 scale; '–': no number."]
+    notes = ["AP metrics on Detectron2's 0-100 scale; '–': no number."]
     if any(r.evaluation is not None and r.evaluation.segm_ap is not None for r in runs):
         notes.append("segm AP: mask AP (COCO segm, IoU 0.50:0.95) of the runs that train masks.")
     if any(
