@@ -426,14 +426,27 @@ def test_build_honours_switch(tiny_dataset, evaluation_log):
     fast = build_coco_evaluator(_cfg(True), tiny_dataset[0])
     assert isinstance(fast, FasterCOCOEvaluator)
     assert fast.backend == coco_eval_backend(_cfg(True)) == FAST_BACKEND
-    assert f"COCO evaluation backend: {FAST_BACKEND}" in evaluation_log.text
+    assert (
+        f"COCO evaluation backend: {FAST_BACKEND} (TEST.FAST_COCO_EVAL is True; False selects "
+        "pycocotools)." in evaluation_log.text
+    )
 
     evaluation_log.clear()
     slow = build_coco_evaluator(_cfg(False), tiny_dataset[0])
     assert type(slow) is COCOEvaluator
     assert coco_eval_backend(_cfg(False)) == "pycocotools"
-    assert "COCO evaluation backend: pycocotools" in evaluation_log.text
-    assert "TEST.FAST_COCO_EVAL" in evaluation_log.text
+    assert "COCO evaluation backend: pycocotools (TEST.FAST_COCO_EVAL is False;" in (
+        evaluation_log.text
+    )
+
+
+def test_backend_log_line_states_the_flag_value_in_force(tiny_dataset, evaluation_log):
+    for fast in (True, False):
+        evaluation_log.clear()
+        build_coco_evaluator(_cfg(fast), tiny_dataset[0])
+        (line,) = [m for m in evaluation_log.text.splitlines() if "COCO evaluation backend" in m]
+        assert f"TEST.FAST_COCO_EVAL is {fast}" in line
+        assert f"TEST.FAST_COCO_EVAL {not fast}:" not in line  # no other value reads as in force
 
 
 def test_build_rejects_missing_or_bad_key(tiny_dataset):
@@ -463,7 +476,9 @@ def test_missing_package_falls_back_with_one_warning(tiny_dataset, evaluation_lo
     evaluation_log.clear()
     build_coco_evaluator(_cfg(True), tiny_dataset[0])
     assert not [r for r in evaluation_log.records if r.levelno == logging.WARNING]  # once only
-    assert f"COCO evaluation backend: {backend}" in evaluation_log.text
+    assert f"COCO evaluation backend: {backend} (TEST.FAST_COCO_EVAL is True;" in (
+        evaluation_log.text
+    )
 
 
 def test_fallback_uses_detectron2s_cpp_cocoeval_only_where_built_and_asked_for(

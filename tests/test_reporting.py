@@ -54,13 +54,17 @@ def _make_run(
     broken_last_line=False,
     final_checkpoint=False,
     test_datasets=("digits_val",),
+    meta_architecture="DropBlockRetinaNet",
+    mask_on=False,
+    roi_heads=False,
 ):
     """Write a run folder; ``metrics_evals`` is a list of (iteration, {metric: value}) logged."""
     path.mkdir(parents=True)
     config = {
         "DATASETS": {"TEST": list(test_datasets), "TRAIN": ["digits_train"]},
         "MODEL": {
-            "META_ARCHITECTURE": "DropBlockRetinaNet",
+            "META_ARCHITECTURE": meta_architecture,
+            "MASK_ON": mask_on,
             "DROPBLOCK": {
                 "ENABLED": dropblock,
                 "KEEP_PROB": keep_prob,
@@ -68,6 +72,7 @@ def _make_run(
                 "STAGES": ["res4", "res5"],
                 "FPN": [],
                 "HEAD": False,
+                "ROI_HEADS": roi_heads,
             },
         },
         "SOLVER": {"MAX_ITER": max_iter},
@@ -330,6 +335,76 @@ def test_compare_cli_writes_report_and_figures(runs, tmp_path, capsys):
     for name in ("ap.png", "keep_prob.png", "loss.png"):
         assert f"]({name})" in markdown
         _assert_valid_png(out / name)
+
+
+def _mask_rcnn_runs(root):
+    """A Mask R-CNN baseline and its twin with DropBlock in res4, res5 and the RoI heads."""
+    segm = {"AP": 27.5, "AP50": 50.0, "AP75": 26.0, "APs": 10.0, "APm": 30.0, "APl": 40.0}
+    common = dict(meta_architecture="GeneralizedRCNN", mask_on=True, final_checkpoint=True)
+    return [
+        _make_run(
+            root / "mask_base",
+            eval_results={"iteration": 99, "results": {"bbox": BASELINE_EVAL, "segm": segm}},
+            **common,
+        ),
+        _make_run(
+            root / "mask_db",
+            dropblock=True,
+            roi_heads=True,
+            eval_results={
+                "iteration": 99,
+                "results": {"bbox": DROPBLOCK_EVAL, "segm": dict(segm, AP=29.0)},
+            },
+            **common,
+        ),
+    ]
+
+
+def test_mask_rcnn_table_has_segm_ap_the_roi_groups_and_no_retinanet_paper_rows(tmp_path):
+    result = write_report(_mask_rcnn_runs(tmp_path / "runs"), tmp_path / "out")
+    header = result.table_text.splitlines()[0].split("  ")
+    assert [c.strip() for c in header if c.strip()] == [
+        "Run",
+        "DropBlock",
+        *BBOX_METRICS,
+        "segm AP",
+        "Status",
+    ]
+    assert "| mask_base | off | 31.2 | 55.1 | 30.2 | 12.3 | 35.0 | 45.7 | 27.5 | evaluated |" in (
+        result.markdown
+    )
+    # The DropBlock column names every group the config asks for, the RoI heads' included.
+    db_row = next(r for r in result.rows if r.label == "mask_db")
+    assert db_row.dropblock == "kp 0.9 bs 7 res4,res5,roi_box,roi_mask"
+    assert db_row.values["segm AP"] == 29.0 and db_row.deltas["segm AP"] == pytest.approx(1.5)
+    assert "29.0 (+1.5)" in result.table_text
+    # The paper's rows are RetinaNet results: left out for R-CNN runs, and the report says why.
+    assert not any(r.is_paper for r in result.rows)
+    assert "Paper:" not in result.markdown
+    assert "No paper rows: the paper's COCO results" in result.table_text
+    assert "GeneralizedRCNN" in result.table_text
+
+
+def test_roi_group_without_masks_and_segm_from_metrics_json(tmp_path):
+    path = _make_run(
+        tmp_path / "faster",
+        dropblock=True,
+        roi_heads=True,
+        meta_architecture="GeneralizedRCNN",
+        metrics_evals=[(100, BASELINE_EVAL)],
+    )
+    run = read_run(path)
+    assert run.dropblock_label == "kp 0.9 bs 7 res4,res5,roi_box"  # no mask head, no roi_mask
+    assert run.evaluation.segm_ap is None
+    with open(path / "metrics.json", "a") as f:
+        f.write(json.dumps({"iteration": 100, "segm/AP": 12.5}) + "\n")
+    assert read_run(path).evaluation.segm_ap == 12.5
+
+
+def test_retinanet_runs_keep_the_paper_rows_and_have_no_segm_column(runs, tmp_path):
+    result = write_report(runs[:2], tmp_path / "out")
+    assert sum(r.is_paper for r in result.rows) == 2
+    assert "segm AP" not in result.table_text and "No paper rows" not in result.table_text
 
 
 def test_write_report_without_any_evaluation_or_metrics(tmp_path):

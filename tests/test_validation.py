@@ -17,7 +17,7 @@ from helpers import TRAIN_NET, run_tool, write_coco
 from PIL import Image
 
 import dropblock_det
-from dropblock_det.tools import validation
+from dropblock_det.tools import annotations as annotation_checks
 from dropblock_det.tools.config import add_training_config
 from dropblock_det.tools.validation import InputError, check_training_inputs
 
@@ -374,11 +374,11 @@ def test_annotation_problems_of_detectron2_builtin_datasets_are_only_logged(
 ):
     # COCO train2017 itself has two boxes of height 0, which Detectron2 drops: training on it
     # must not be refused.
-    assert {"coco_2017_train", "coco_2014_minival"} <= validation._detectron2_builtin_names()
+    assert {"coco_2017_train", "coco_2014_minival"} <= annotation_checks.detectron2_builtin_names()
     content = _coco_content()
     content["annotations"][1]["bbox"] = [1, 1, 4, 0]
     name, _, _ = coco_dataset(content)
-    monkeypatch.setattr(validation, "_detectron2_builtin_names", lambda: {name})
+    monkeypatch.setattr(annotation_checks, "detectron2_builtin_names", lambda: {name})
     check_training_inputs(_cfg(train=[name]))
     assert "annotation id 1 (image id 1)" in caplog.text and "builtin" in caplog.text
 

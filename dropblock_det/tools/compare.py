@@ -1,4 +1,4 @@
-"""Compare training runs: box AP table (with the paper's rows) and figures.
+"""Compare training runs: box (and mask) AP table, with the paper's RetinaNet rows, and figures.
 
 Example:
     python tools/compare.py output/baseline output/dropblock --out output/compare
@@ -6,7 +6,9 @@ Example:
 
 Prints the table and writes OUT/report.md, OUT/ap.png, OUT/keep_prob.png and OUT/loss.png. Each RUN
 is a Detectron2 OUTPUT_DIR written by tools/train_net.py (config.yaml, metrics.json and, once
-evaluated, eval_results.json); runs that are not evaluated yet are listed as such.
+evaluated, eval_results.json); runs that are not evaluated yet are listed as such. Runs that
+evaluated masks get a segm AP column; the paper's rows (RetinaNet) are left out when no run is a
+RetinaNet, and the table says so.
 """
 
 import argparse
@@ -36,7 +38,9 @@ def parse_args(argv=None):
     parser.add_argument(
         "--names", help="comma-separated labels, one per run (default: folder names)"
     )
-    parser.add_argument("--no-paper", action="store_true", help="leave out the paper's rows")
+    parser.add_argument(
+        "--no-paper", action="store_true", help="leave out the paper's RetinaNet rows"
+    )
     parser.add_argument(
         "--dataset",
         help="with several test datasets, the one to report (default: DATASETS.TEST[0])",

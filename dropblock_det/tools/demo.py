@@ -1,9 +1,10 @@
 """The main job: train RetinaNet without and with DropBlock on the embedded dataset, then compare.
 
-Both runs go through ``python -m dropblock_det.tools.train_net`` (``tools/train_net.py``) with the tiny configs (same seed, same iterations, everything else
-equal), side by side with one thread each (on a 2-core machine that is ~15% faster than one after the other
-with two threads each). Detectron2's own progress/ETA lines are streamed with a ``[baseline]`` /
-``[dropblock]`` prefix. Then the report tool writes ``report.md`` and the pictures.
+Both runs go through ``python -m dropblock_det.tools.train_net`` (``tools/train_net.py``) with the
+tiny configs (same seed, same iterations, everything else equal), side by side with one thread each,
+which on a 2-core machine beats one after the other with two threads each (README.md has the
+times); ``--sequential`` runs them in turn. Detectron2's own progress/ETA lines are streamed with a
+``[baseline]`` / ``[dropblock]`` prefix. Then the report tool writes ``report.md`` and the pictures.
 
 Usage (from the repository root, which holds ``configs/``):
     python tools/demo.py [--out demo_output] [--max-iter N] [--seed S] [--sequential] [-- KEY VALUE ...]

@@ -49,7 +49,6 @@ logger = logging.getLogger(__name__)
 # (checked in tests/test_evaluation.py). Its keypoint path needs faster-coco-eval's own COCO class
 # (``cat_img_map``) and other default maxDets, so keypoints keep pycocotools' COCOeval.
 FASTER_COCO_EVAL_IOU_TYPES = ("bbox", "segm")
-# COCOEvaluator's metric names, in the order of COCOeval.stats.
 # The box/mask AP metrics of COCOeval.stats[:6], as Detectron2 names them.
 COCO_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 _INSTALL_HINT = "pip install faster-coco-eval"
@@ -282,22 +281,22 @@ def build_coco_evaluator(cfg, dataset_name, output_dir=None):
     global _warned_missing_package
     backend = coco_eval_backend(cfg)
     tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
+    fast = cfg.TEST.FAST_COCO_EVAL
+    in_force = f"COCO evaluation backend: {backend} (TEST.FAST_COCO_EVAL is {fast}"
     if backend.startswith("faster-coco-eval"):
-        logger.info(f"COCO evaluation backend: {backend} (TEST.FAST_COCO_EVAL False: pycocotools).")
+        logger.info(f"{in_force}; False selects pycocotools).")
         return FasterCOCOEvaluator(dataset_name, tasks, output_dir=output_dir)
-    if cfg.TEST.FAST_COCO_EVAL and not _warned_missing_package:
+    if fast and not _warned_missing_package:
         _warned_missing_package = True
         logger.warning(
-            f"COCO evaluation backend: {backend}, because faster-coco-eval is not installed "
-            f"(TEST.FAST_COCO_EVAL is True). Run `{_INSTALL_HINT}` for the fast backend (same AP, "
-            "many times faster than pycocotools' pure-Python COCOeval), or set "
-            "TEST.FAST_COCO_EVAL False to choose pycocotools and silence this warning."
+            f"{in_force}, but faster-coco-eval is not installed). Run `{_INSTALL_HINT}` for the "
+            "fast backend (same AP, many times faster than pycocotools' pure-Python COCOeval), "
+            "or set TEST.FAST_COCO_EVAL False to choose pycocotools and silence this warning."
         )
+    elif fast:
+        logger.info(f"{in_force}; faster-coco-eval is not installed).")
     else:
-        logger.info(
-            f"COCO evaluation backend: {backend} (TEST.FAST_COCO_EVAL True with "
-            f"`{_INSTALL_HINT}` selects faster-coco-eval)."
-        )
+        logger.info(f"{in_force}; True with `{_INSTALL_HINT}` selects faster-coco-eval).")
     # TEST.FAST_COCO_EVAL False asks for the official COCOeval even where COCOeval_opt is built.
     use_fast_impl = backend == "detectron2 COCOeval_opt"
     return COCOEvaluator(dataset_name, tasks, output_dir=output_dir, use_fast_impl=use_fast_impl)

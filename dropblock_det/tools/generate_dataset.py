@@ -4,7 +4,7 @@ Examples::
 
     python tools/generate_dataset.py --preview
     python tools/generate_dataset.py --out /tmp/digits --seed 1 --num-train 1000 --num-val 300 \\
-        --difficulty hard --preview /tmp/digits_hard.png
+        --preview /tmp/digits.png
 
 The registered ``dropblock_digits_{train,val}`` use the defaults in
 ``$DETECTRON2_DATASETS/dropblock_digits``; a dataset generated there with other options is stale for
@@ -16,11 +16,9 @@ import os
 import sys
 
 from .data import (
-    DEFAULT_DIFFICULTY,
     DEFAULT_NUM_TRAIN,
     DEFAULT_NUM_VAL,
     DEFAULT_SEED,
-    DIFFICULTY_PRESETS,
     DatasetSpec,
     default_dataset_dir,
     format_summary,
@@ -43,12 +41,6 @@ def parse_args(argv=None):
     parser.add_argument("--num-train", type=int, default=DEFAULT_NUM_TRAIN)
     parser.add_argument("--num-val", type=int, default=DEFAULT_NUM_VAL)
     parser.add_argument(
-        "--difficulty",
-        choices=sorted(DIFFICULTY_PRESETS),
-        default=DEFAULT_DIFFICULTY,
-        help=f"scene parameter preset (default: {DEFAULT_DIFFICULTY}, the registered datasets')",
-    )
-    parser.add_argument(
         "--force",
         action="store_true",
         help="regenerate even when the folder already holds this dataset",
@@ -64,7 +56,7 @@ def parse_args(argv=None):
         const="",
         default=None,
         metavar="PNG",
-        help="save a grid of train scenes with their boxes (default path: " "<out>/preview.png)",
+        help="save a grid of train scenes with their boxes (default path: <out>/preview.png)",
     )
     return parser.parse_args(argv)
 
@@ -105,7 +97,6 @@ def main(argv=None):
             seed=args.seed,
             num_train=args.num_train,
             num_val=args.num_val,
-            scene=DIFFICULTY_PRESETS[args.difficulty],
         )
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -23,11 +23,9 @@ from .datasets import (
 from .preview import save_preview_grid
 from .synthetic import (
     CLASS_NAMES,
-    DEFAULT_DIFFICULTY,
     DEFAULT_NUM_TRAIN,
     DEFAULT_NUM_VAL,
     DEFAULT_SEED,
-    DIFFICULTY_PRESETS,
     DatasetSpec,
     SceneParams,
     hash_dataset_files,
@@ -36,11 +34,9 @@ from .synthetic import (
 __all__ = [
     "CLASS_NAMES",
     "DATASET_DIRNAME",
-    "DEFAULT_DIFFICULTY",
     "DEFAULT_NUM_TRAIN",
     "DEFAULT_NUM_VAL",
     "DEFAULT_SEED",
-    "DIFFICULTY_PRESETS",
     "DatasetSpec",
     "SceneParams",
     "TRAIN_DATASET",

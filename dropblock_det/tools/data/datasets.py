@@ -80,7 +80,7 @@ def read_manifest(dataset_dir):
         ) from e
     if not isinstance(manifest, dict) or not isinstance(manifest.get("spec"), dict):
         raise ValueError(
-            f"{path} is not a dropblock_digits manifest; delete {dataset_dir} to " "regenerate it."
+            f"{path} is not a dropblock_digits manifest; delete {dataset_dir} to regenerate it."
         )
     return manifest
 

@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 
 from ...hooks import KEEP_PROB_METRIC
 from .runs import BBOX_METRICS, TRAINING_KEY, Run
-from .table import PAPER_RESULTS
+from .table import PAPER_RESULTS, format_delta
 
 __all__ = ["plot_ap", "plot_keep_prob", "plot_losses", "run_colors", "smooth"]
 
@@ -109,7 +109,7 @@ def plot_ap(runs: Sequence[Run], out_path, include_paper: bool = True, decimals:
         # Same differences as the table: to the first run, or to the paper's baseline.
         base = paper_reference if index >= len(runs) else reference
         if index not in (0, len(runs)) and not math.isnan(base):
-            text += f" ({round(value - base, decimals) + 0.0:+.{decimals}f})"
+            text += f" ({format_delta(value - base, decimals)})"
         left.text(value + 0.01 * span, y, text, va="center", ha="left")
     left.set_yticks(positions, labels)
     left.set_ylim(len(labels) - 0.5, -0.5)  # first run on top, whether or not it has a bar

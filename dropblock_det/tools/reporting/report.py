@@ -52,7 +52,8 @@ def write_report(
         run_dirs: Detectron2 OUTPUT_DIRs; the first is the reference for the deltas.
         out_dir: folder for the report and figures (created if needed).
         names: one label per run; folder names when None.
-        include_paper: add the paper's RetinaNet rows (36.8 AP, 38.4 AP with DropBlock).
+        include_paper: add the paper's RetinaNet rows (36.8 AP, 38.4 AP with DropBlock), unless
+            no run is a RetinaNet (the footnotes then say why they are left out).
         dataset: with several test datasets, the one to report; each run's DATASETS.TEST[0]
             when None.
         decimals: digits after the point in the tables.
@@ -67,8 +68,16 @@ def write_report(
     runs = read_runs(run_dirs, names=names, dataset=dataset)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    architectures = _non_retinanet_architectures(runs)
+    left_out = include_paper and bool(architectures)
+    include_paper = include_paper and not left_out
     rows = build_rows(runs, include_paper=include_paper)
     footnotes = _footnotes(runs, include_paper)
+    if left_out:
+        footnotes.append(
+            "No paper rows: the paper's COCO results (Ghiasi et al. 2018, Table 3) are RetinaNet's, "
+            f"and these runs are {', '.join(architectures)} (MODEL.META_ARCHITECTURE)."
+        )
 
     table_text = "\n".join([format_text_table(rows, decimals), "", *footnotes])
     figures = {
@@ -82,8 +91,23 @@ def write_report(
     return ReportResult(runs, rows, table_text, markdown, report_path, figures)
 
 
+def _non_retinanet_architectures(runs: Sequence[Run]) -> list[str]:
+    """The runs' meta-architectures when none is a RetinaNet (R-CNN runs), else []."""
+    architectures = [r.meta_architecture for r in runs]
+    # A run of unknown architecture may be a RetinaNet: the rows stay.
+    if (
+        not architectures
+        or None in architectures
+        or any("RetinaNet" in str(a) for a in architectures)
+    ):
+        return []
+    return sorted(set(map(str, architectures)))
+
+
 def _footnotes(runs: Sequence[Run], include_paper: bool) -> list[str]:
-    notes = ["Box metrics on Detectron2's 0-100 scale; '–': no number."]
+    notes = ["AP metrics on Detectron2's 0-100 scale; '–': no number."]
+    if any(r.evaluation is not None and r.evaluation.segm_ap is not None for r in runs):
+        notes.append("segm AP: mask AP (COCO segm, IoU 0.50:0.95) of the runs that train masks.")
     if any(
         math.isnan(v) for run in runs if run.evaluation for v in run.evaluation.metrics.values()
     ):

@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+from detectron2.config import CfgNode
 
+from ...config import add_dropblock_config, requested_groups
 from ..evaluation import COCO_METRICS
 from ..trainer import EVAL_RESULTS_FILE
 
@@ -92,10 +94,11 @@ class MetricsLog:
 
 @dataclass
 class Evaluation:
-    """Box metrics of one run.
+    """Box (and mask) metrics of one run.
 
     Attributes:
         metrics: ``BBOX_METRICS`` name -> value (0-100); NaN where the evaluator gave NaN or nothing.
+        segm_ap: the mask AP (0-100) of a run that evaluated masks, else None.
         iteration: the iteration the evaluated weights come from, when known.
         source: ``"eval_results.json"`` or ``"metrics.json"``.
         dataset: the test dataset the numbers belong to, when the file names it.
@@ -107,6 +110,7 @@ class Evaluation:
     source: str
     dataset: str | None = None
     other_datasets: list[str] = field(default_factory=list)
+    segm_ap: float | None = None
 
 
 @dataclass
@@ -163,25 +167,27 @@ class Run:
         return done >= max_iter
 
     @property
+    def meta_architecture(self) -> str | None:
+        """``MODEL.META_ARCHITECTURE`` from config.yaml, or None when unknown."""
+        return self.config_value("MODEL.META_ARCHITECTURE")
+
+    @property
     def dropblock_label(self) -> str:
-        """A short description of the run's DropBlock setting, read from its config."""
+        """A short description of the run's DropBlock setting: keep_prob, block size, groups.
+
+        The groups are :func:`dropblock_det.config.requested_groups` of the run's config, the
+        one answer to which groups a config asks for (RoI heads included).
+        """
         if self.config is None:
             return "?"
-        if not self.config_value("MODEL.DROPBLOCK.ENABLED", False):
+        groups = requested_groups(_dropblock_config(self.config))
+        if not groups:
             return "off"
         parts = [
             f"kp {_format_number(self.config_value('MODEL.DROPBLOCK.KEEP_PROB', '?'))}",
             f"bs {self.config_value('MODEL.DROPBLOCK.BLOCK_SIZE', '?')}",
+            ",".join(groups),
         ]
-        stages = self.config_value("MODEL.DROPBLOCK.STAGES") or []
-        fpn = self.config_value("MODEL.DROPBLOCK.FPN") or []
-        where = (
-            list(stages)
-            + list(fpn)
-            + (["head"] if self.config_value("MODEL.DROPBLOCK.HEAD") else [])
-        )
-        if where:
-            parts.append(",".join(where))
         return " ".join(parts)
 
     @property
@@ -210,6 +216,23 @@ class Run:
         if max_iter is None:
             return f"{done} iters, SOLVER.MAX_ITER unknown"
         return f"{done if done is not None else 0}/{max_iter} iters"
+
+
+def _dropblock_config(config: dict) -> CfgNode:
+    """The ``MODEL.DROPBLOCK`` keys and ``MODEL.MASK_ON`` of a dumped config, over the defaults.
+
+    Keys a run's config lacks (written by an older version) keep their defaults, and keys the
+    defaults lack are ignored, so that an old run folder still reads.
+    """
+    cfg = CfgNode({"MODEL": CfgNode()})
+    add_dropblock_config(cfg)
+    model = config.get("MODEL") if isinstance(config.get("MODEL"), dict) else {}
+    dropblock = model.get("DROPBLOCK") if isinstance(model.get("DROPBLOCK"), dict) else {}
+    for key, value in dropblock.items():
+        if key in cfg.MODEL.DROPBLOCK and not isinstance(value, dict):
+            cfg.MODEL.DROPBLOCK[key] = value
+    cfg.MODEL.MASK_ON = bool(model.get("MASK_ON", False))
+    return cfg
 
 
 def read_metrics_json(path) -> MetricsLog:
@@ -378,16 +401,10 @@ def _read_eval_results(
         return None
     iteration = content.get("iteration")
     iteration = int(iteration) if _is_number(iteration) else None
-    if "bbox" in results:
-        name = _single_dataset_name(dataset, test_datasets, path)
-        return Evaluation(_bbox_metrics(results["bbox"]), iteration, EVAL_RESULTS_FILE, name)
-    chosen = _choose_dataset(list(results), dataset, test_datasets, path)
-    bbox = results[chosen].get("bbox") if isinstance(results[chosen], dict) else None
-    if not isinstance(bbox, dict):
-        notes.append(f"eval_results.json has no bbox results for {chosen}: used metrics.json")
-        return None
-    others = [d for d in results if d != chosen]
-    return Evaluation(_bbox_metrics(bbox), iteration, EVAL_RESULTS_FILE, chosen, others)
+    evaluation = _evaluation(results, iteration, EVAL_RESULTS_FILE, dataset, test_datasets, path)
+    if evaluation is None:
+        notes.append("eval_results.json has no bbox results: used metrics.json")
+    return evaluation
 
 
 def _eval_from_metrics(
@@ -395,24 +412,43 @@ def _eval_from_metrics(
 ) -> Evaluation | None:
     # EvalHook flattens results: "bbox/AP" for one test dataset, "<dataset>/bbox/AP" for several.
     for entry in reversed(log.entries):
-        prefixes = {k[: -len("bbox/AP")] for k in entry if k.endswith("bbox/AP")}
-        if not prefixes:
-            continue
-        if "" in prefixes:
-            return Evaluation(
-                _bbox_metrics({m: entry.get(f"bbox/{m}") for m in BBOX_METRICS}),
-                entry["iteration"],
-                "metrics.json",
-                _single_dataset_name(dataset, test_datasets, path / "metrics.json"),
-            )
-        names = sorted(p.rstrip("/") for p in prefixes)
-        chosen = _choose_dataset(names, dataset, test_datasets, path / "metrics.json")
-        metrics = {m: entry.get(f"{chosen}/bbox/{m}") for m in BBOX_METRICS}
-        others = [n for n in names if n != chosen]
-        return Evaluation(
-            _bbox_metrics(metrics), entry["iteration"], "metrics.json", chosen, others
+        results = {}
+        for key, value in entry.items():
+            parts = key.split("/")
+            if len(parts) in (2, 3) and parts[-2] in ("bbox", "segm"):
+                node = results.setdefault(parts[0], {}) if len(parts) == 3 else results
+                node.setdefault(parts[-2], {})[parts[-1]] = value
+        source = path / "metrics.json"
+        evaluation = _evaluation(
+            results, entry["iteration"], "metrics.json", dataset, test_datasets, source
         )
+        if evaluation is not None:
+            return evaluation
     return None
+
+
+def _evaluation(
+    results: dict,
+    iteration: int | None,
+    source: str,
+    dataset: str | None,
+    test_datasets: Sequence[str],
+    where: Path,
+) -> Evaluation | None:
+    """The Evaluation of ``{task: metrics}`` (one test dataset) or ``{dataset: {task: metrics}}``."""
+    if not results:
+        return None
+    if "bbox" in results:
+        name, tasks, others = _single_dataset_name(dataset, test_datasets, where), results, []
+    else:
+        name = _choose_dataset(list(results), dataset, test_datasets, where)
+        tasks = results[name] if isinstance(results[name], dict) else {}
+        others = [d for d in results if d != name]
+    if not isinstance(tasks.get("bbox"), dict):
+        return None
+    return Evaluation(
+        _bbox_metrics(tasks["bbox"]), iteration, source, name, others, _segm_ap(tasks.get("segm"))
+    )
 
 
 def _single_dataset_name(
@@ -446,6 +482,13 @@ def _choose_dataset(
 
 def _bbox_metrics(bbox: dict) -> dict[str, float]:
     return {m: float(bbox[m]) if _is_number(bbox.get(m)) else math.nan for m in BBOX_METRICS}
+
+
+def _segm_ap(segm) -> float | None:
+    # None without mask results; NaN where they exist but COCOeval gave no number.
+    if not isinstance(segm, dict):
+        return None
+    return float(segm["AP"]) if _is_number(segm.get("AP")) else math.nan
 
 
 def _is_number(value) -> bool:

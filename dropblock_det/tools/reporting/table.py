@@ -1,4 +1,4 @@
-"""The comparison table: box AP per run, its difference to the first run, and the paper's rows."""
+"""The comparison table: box (and mask) AP per run, the difference to the first run, the paper's rows."""
 
 import math
 from collections.abc import Sequence
@@ -10,13 +10,17 @@ __all__ = [
     "PAPER_RESULTS",
     "PAPER_SOURCE",
     "PaperResult",
+    "SEGM_AP",
     "TableRow",
     "build_rows",
+    "format_delta",
     "format_markdown_table",
     "format_text_table",
 ]
 
 _MISSING = "–"
+# The mask AP column, shown when any run evaluated masks (Mask R-CNN).
+SEGM_AP = "segm AP"
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,8 @@ class TableRow:
 def build_rows(runs: Sequence[Run], include_paper: bool = True) -> list[TableRow]:
     """Turn runs (and the paper's results) into table rows with deltas to the first run.
 
+    The columns are :data:`BBOX_METRICS`, then :data:`SEGM_AP` when any run evaluated masks.
+
     Args:
         runs: the runs; the first is the reference for every delta.
         include_paper: append the paper's baseline and DropBlock rows.
@@ -69,27 +75,37 @@ def build_rows(runs: Sequence[Run], include_paper: bool = True) -> list[TableRow
     Returns:
         list[TableRow]: one row per run, then the paper rows.
     """
-    reference = runs[0].evaluation.metrics if runs and runs[0].evaluation else None
+    with_segm = any(r.evaluation is not None and r.evaluation.segm_ap is not None for r in runs)
+    columns = (*BBOX_METRICS, SEGM_AP) if with_segm else BBOX_METRICS
+    values_of = [_run_values(run, columns) for run in runs]
     rows = []
-    for index, run in enumerate(runs):
-        values = dict(run.evaluation.metrics) if run.evaluation else {m: None for m in BBOX_METRICS}
+    for index, (run, values) in enumerate(zip(runs, values_of, strict=True)):
         deltas = None
         if index > 0:
-            deltas = {
-                m: _difference(values[m], reference[m] if reference else None) for m in BBOX_METRICS
-            }
+            deltas = {m: _difference(values[m], values_of[0][m]) for m in columns}
         rows.append(TableRow(run.name, run.dropblock_label, values, deltas, run.status))
     if include_paper:
         paper_baseline = PAPER_RESULTS[0].metrics
         for index, paper in enumerate(PAPER_RESULTS):
-            values = {m: paper.metrics.get(m) for m in BBOX_METRICS}
+            values = {m: paper.metrics.get(m) for m in columns}
             deltas = None
             if index > 0:
-                deltas = {m: _difference(values[m], paper_baseline.get(m)) for m in BBOX_METRICS}
+                deltas = {m: _difference(values[m], paper_baseline.get(m)) for m in columns}
             rows.append(
                 TableRow(paper.label, paper.dropblock, values, deltas, PAPER_SOURCE, is_paper=True)
             )
     return rows
+
+
+def _run_values(run: Run, columns: Sequence[str]) -> dict[str, float | None]:
+    if run.evaluation is None:
+        return {m: None for m in columns}
+    values = {**run.evaluation.metrics, SEGM_AP: run.evaluation.segm_ap}
+    return {m: values[m] for m in columns}
+
+
+def _columns(rows: Sequence[TableRow]) -> list[str]:
+    return list(rows[0].values) if rows else list(BBOX_METRICS)
 
 
 def format_text_table(rows: Sequence[TableRow], decimals: int = 1) -> str:
@@ -102,10 +118,11 @@ def format_text_table(rows: Sequence[TableRow], decimals: int = 1) -> str:
     Returns:
         str: the table, paper rows set apart by a rule.
     """
-    header = ["Run", "DropBlock", *BBOX_METRICS, "Status"]
-    body = [_cells(row, decimals) for row in rows]
+    columns = _columns(rows)
+    header = ["Run", "DropBlock", *columns, "Status"]
+    body = [_cells(row, columns, decimals) for row in rows]
     widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
-    numeric = range(2, 2 + len(BBOX_METRICS))
+    numeric = range(2, 2 + len(columns))
 
     def render(cells):
         padded = [
@@ -133,27 +150,32 @@ def format_markdown_table(rows: Sequence[TableRow], decimals: int = 1) -> str:
     Returns:
         str: the table.
     """
-    header = ["Run", "DropBlock", *BBOX_METRICS, "Status"]
-    align = [":--", ":--", *["--:"] * len(BBOX_METRICS), ":--"]
+    columns = _columns(rows)
+    header = ["Run", "DropBlock", *columns, "Status"]
+    align = [":--", ":--", *["--:"] * len(columns), ":--"]
     lines = [_markdown_line(header), _markdown_line(align)]
     for row in rows:
-        cells = _cells(row, decimals)
+        cells = _cells(row, columns, decimals)
         if row.is_paper:
             cells[0] = f"*{cells[0]}*"
         lines.append(_markdown_line(cells))
     return "\n".join(lines)
 
 
-def _cells(row: TableRow, decimals: int) -> list[str]:
+def _cells(row: TableRow, columns: Sequence[str], decimals: int) -> list[str]:
     metrics = []
-    for m in BBOX_METRICS:
+    for m in columns:
         text = _format_value(row.values[m], decimals)
         delta = row.deltas.get(m) if row.deltas else None
         if delta is not None:
-            # Rounding first avoids "-0.0" for differences below display precision.
-            text += f" ({round(delta, decimals) + 0.0:+.{decimals}f})"
+            text += f" ({format_delta(delta, decimals)})"
         metrics.append(text)
     return [row.label, row.dropblock, *metrics, row.status]
+
+
+def format_delta(delta: float, decimals: int) -> str:
+    """A signed difference, e.g. ``+1.6``; rounding first avoids ``-0.0`` below display precision."""
+    return f"{round(delta, decimals) + 0.0:+.{decimals}f}"
 
 
 def _format_value(value: float | None, decimals: int) -> str:
