@@ -15,14 +15,18 @@ How each number is obtained:
   decorated) wraps the ``run`` method of every kernel object of ``dropblock_det.layers`` (an
   instance attribute, removed afterwards): each launch is recorded with its kernel, arguments,
   constexprs, grid and options. At the case's real shape the wrapper skips the kernel body (a
-  "dry" run: the host code, the grids and the argument values are the real ones, in no time).
+  "dry" run: the host code, the grids and the argument values are the real ones, in no time),
+  then runs a sample of its programs (below).
 * Instructions. The parent process (no interpreter) binds each recorded launch with Triton's own
   argument specialisation for the target (pointers divisible by 16 when aligned, integers
   divisible by 16 or equal to 1 unless in ``do_not_specialize``), compiles it with
   ``triton.compile(ASTSource(...), target=GPUTarget("cuda", 90, 32))`` and counts the
   instructions of ``cuobjdump -sass`` (Triton ships it), NOPs and the closing self-branch left
-  out. Thread-instructions are ``instructions x 32 x num_warps x programs``. A branch to a lower
-  address is a loop: the static count is then a lower bound, and the case says "loop".
+  out. A branch to a lower address is a loop, so the static count is weighted: ``nvdisasm -gi``
+  gives each instruction's kernel source line, and the child runs a few programs of each real
+  launch (``--samples``, spread over the grid) under the interpreter, counting how often each
+  statement of the kernel runs; an instruction runs as often as its statement, scaled from the
+  sampled programs to the grid. Thread-instructions are warp instructions x 32 x num_warps.
 * Bytes, the traffic counter's way (``../shared/tools/triton_traffic.py``, reimplemented here
   because the project cannot import outside itself): every Triton load and store counted by unique
   address per launch, every torch op outside the kernels by the bytes of its tensors. The torch
@@ -67,6 +71,8 @@ ELEMENT_SIZE = {"fp16": 2, "bf16": 2, "fp32": 4}
 TORCH_DTYPE = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
 # Batch and channels of the interpreter run that counts the kernels' loads and stores.
 REDUCED = (2, 4)
+# Programs of each real-shape launch run under the interpreter to count statement runs.
+SAMPLED_PROGRAMS = 8
 # The package whose kernel objects are recorded.
 KERNEL_PACKAGE = "dropblock_det.layers"
 # Torch ops that move no data and launch nothing (as the traffic counter has them).
@@ -251,7 +257,7 @@ class _LaunchRecorder:
 
     def __init__(self, kernels, execute, traffic=None):
         self.kernels, self.execute, self.traffic = kernels, execute, traffic
-        self.launches = []
+        self.launches, self.calls = [], []
 
     def _wrap(self, name, kernel, run):
         parameters = [p.name for p in inspect.signature(kernel.fn).parameters.values()]
@@ -269,14 +275,13 @@ class _LaunchRecorder:
             }
             self.launches.append(launch)
             if not self.execute:
+                self.calls.append((kernel, args, kwargs, launch_grid))
                 return None
             if self.traffic is None:
                 return run(*args, grid=grid, warmup=warmup, **kwargs)
             tensors = [(i, a) for i, a in enumerate(args) if hasattr(a, "data_ptr")]
             self.traffic.track(tensors)
-            with _LineTransitions(kernel.fn) as lines:
-                result = run(*args, grid=grid, warmup=warmup, **kwargs)
-            launch["line_transitions"] = lines.as_list()
+            result = run(*args, grid=grid, warmup=warmup, **kwargs)
             touched = self.traffic.touched({i: a.element_size() for i, a in tensors})
             launch["touched"] = {
                 f"{kind}:{index}": count / max(1, args[index].numel() * args[index].element_size())
@@ -294,6 +299,42 @@ class _LaunchRecorder:
     def __exit__(self, *exc):
         for kernel in self.kernels.values():
             del kernel.run
+
+
+def _sampled_programs(grid, samples):
+    """Up to ``samples`` program ids spread evenly over the grid, the first and the last included."""
+    total = grid[0] * grid[1] * grid[2]
+    count = min(samples, total)
+    picks = sorted({round(i * (total - 1) / max(1, count - 1)) for i in range(count)})
+    return [(p % grid[0], p // grid[0] % grid[1], p // (grid[0] * grid[1])) for p in picks]
+
+
+def run_programs(kernel, args, kwargs, grid, programs):
+    """Runs some programs of a launch under the interpreter, at the launch's real arguments.
+
+    The interpreter runs a whole grid or nothing; this is the core of its ``GridExecutor`` for a
+    chosen set of program ids (CPU tensors need none of its host copies). It uses the
+    interpreter's module functions, a benchmark's licence: only this estimator depends on them.
+    """
+    import triton.runtime.interpreter as interpreter
+
+    fn = kernel.rewrite()
+    names = inspect.getfullargspec(kernel.fn).args
+    kwargs = {k: v for k, v in kwargs.items() if k in names}
+    constexprs = interpreter.GridExecutor(kernel.fn, kernel.arg_names, grid).constexprs
+    scope = interpreter._patch_lang(kernel.fn)
+    try:
+        call = inspect.getcallargs(fn, *args, **kwargs)
+        call = {
+            name: value if name in constexprs else interpreter._implicit_cvt(value)
+            for name, value in call.items()
+        }
+        interpreter.interpreter_builder.set_grid_dim(*grid)
+        for program in programs:
+            interpreter.interpreter_builder.set_grid_idx(*program)
+            fn(**call)
+    finally:
+        scope.restore()
 
 
 def _torch_ops_counter():
@@ -345,51 +386,41 @@ def _forward_backward(shape, dtype, mask, fill):
     )
 
 
-def capture(shape, dtype, mask, reduced):
-    """The launches of one case: real-shape grids and arguments, reduced-run traffic fractions."""
+def capture(shape, dtype, mask, reduced, samples):
+    """The launches of one case: real-shape grids, arguments and sampled statement runs, and the
+    traffic fractions of the reduced run."""
     import torch
     import triton.runtime.interpreter as interpreter
 
     torch.manual_seed(0)
     kernels = _kernel_objects()
-    _, _, step = _forward_backward(shape, dtype, mask, fill=False)
+    _, _, step = _forward_backward(shape, dtype, mask, fill=True)
     counter = _torch_ops_counter()
     with _LaunchRecorder(kernels, execute=False) as dry, counter:
         step()
-    # Two reduced runs, the second with twice the channels: statement counts are fitted linear in
-    # C (per-channel work grows with C, a shared mask's does not) and proportional to N.
-    batch = min(reduced[0], shape[0])
-    channel_counts = [min(reduced[1], shape[1])]
-    if shape[1] > channel_counts[0]:
-        channel_counts.append(min(2 * channel_counts[0], shape[1]))
-    wet_runs = []
-    for channels in channel_counts:
-        small = (batch, channels) + tuple(shape[2:])
-        _, _, small_step = _forward_backward(small, dtype, mask, fill=True)
-        with _Traffic(interpreter.interpreter_builder) as traffic:
-            with _LaunchRecorder(kernels, execute=True, traffic=traffic) as wet:
-                small_step()
-        wet_runs.append(wet.launches)
+    # Statement runs at the real shape, from a sample of each launch's programs.
+    for launch, (kernel, args, kwargs, grid) in zip(dry.launches, dry.calls, strict=True):
+        programs = _sampled_programs(grid, samples)
+        with _LineTransitions(kernel.fn) as lines:
+            run_programs(kernel, args, kwargs, grid, programs)
+        launch["sampled_programs"] = len(programs)
+        launch["line_transitions"] = lines.as_list()
+    small = (min(reduced[0], shape[0]), min(reduced[1], shape[1])) + tuple(shape[2:])
+    _, _, small_step = _forward_backward(small, dtype, mask, fill=True)
+    with _Traffic(interpreter.interpreter_builder) as traffic:
+        with _LaunchRecorder(kernels, execute=True, traffic=traffic) as wet:
+            small_step()
     names = [launch["kernel"] for launch in dry.launches]
-    for launches in wet_runs:
-        if names != [launch["kernel"] for launch in launches]:
-            other = [launch["kernel"] for launch in launches]
-            raise RuntimeError(f"a reduced run launched other kernels: {names} vs {other}")
-    for index, real in enumerate(dry.launches):
-        real["touched"] = wet_runs[0][index]["touched"]
-        real["reduced_runs"] = [
-            {
-                "shape": [batch, channels] + list(shape[2:]),
-                "grid": launches[index]["grid"],
-                "line_transitions": launches[index]["line_transitions"],
-            }
-            for channels, launches in zip(channel_counts, wet_runs, strict=True)
-        ]
+    if names != [launch["kernel"] for launch in wet.launches]:
+        other = [launch["kernel"] for launch in wet.launches]
+        raise RuntimeError(f"the reduced run launched other kernels: {names} vs {other}")
+    for real, reduced_launch in zip(dry.launches, wet.launches, strict=True):
+        real["touched"] = reduced_launch["touched"]
     return {
         "shape": list(shape),
         "dtype": dtype,
         "mask": mask,
-        "reduced_shape": [batch, channel_counts[0]] + list(shape[2:]),
+        "reduced_shape": list(small),
         "launches": dry.launches,
         "torch_ops": counter.ops,
         "torch_bytes": counter.bytes,
@@ -632,41 +663,23 @@ class Compiler:
 
 
 def _innermost(statements, line):
+    """The innermost statement whose lines hold ``line``, or None."""
     inside = [s for s in statements if s.first <= line <= s.last]
     return max(inside, key=lambda s: s.first) if inside else None
 
 
-def _runs_at_real_shape(kernel_fn, launch, shape):
-    """Statement -> how often it runs at the real shape, fitted from the reduced runs."""
-    statements, _ = _statements(kernel_fn)
-    fits = []
-    for run in launch["reduced_runs"]:
-        runs = _statement_runs(statements, run["line_transitions"])
-        fits.append((run["shape"][0], run["shape"][1], runs))
-    batch, c1, runs1 = fits[0]
-    real = {}
-    for statement in statements:
-        count = runs1[id(statement)]
-        if len(fits) > 1:
-            _, c2, runs2 = fits[1]
-            slope = (runs2[id(statement)] - count) / (c2 - c1)
-            count += slope * (shape[1] - c1)
-        real[id(statement)] = max(0.0, count) * shape[0] / batch
-    return statements, real
+def warp_instructions(kernel_fn, sass, launch):
+    """Warp-level instructions a launch issues, loops weighted by their trips.
 
-
-def warp_instructions(kernel_fn, sass, launch, shape):
-    """Warp-level instructions a launch issues at the real shape, loops weighted by their trips.
-
-    Each instruction runs as often as the kernel statement it comes from (from the reduced
-    interpreter runs); one outside any loop runs once per program of the real grid. An unrolled
-    ``tl.static_range`` body counts per run of the loop, as its copies are in the SASS already.
+    Each instruction runs as often as the kernel statement it comes from, counted in the sampled
+    programs of the real launch and scaled to the whole grid. An unrolled ``tl.static_range``
+    body counts once per run of its loop (its copies are in the SASS already); an instruction
+    with no line in the kernel runs once per program.
     """
-    statements, real = _runs_at_real_shape(kernel_fn, launch, shape)
-    first_run = launch["reduced_runs"][0]
-    reduced_programs = first_run["grid"][0] * first_run["grid"][1] * first_run["grid"][2]
+    statements, _ = _statements(kernel_fn)
+    runs = _statement_runs(statements, launch["line_transitions"])
     programs = launch["grid"][0] * launch["grid"][1] * launch["grid"][2]
-    statements_runs = _statement_runs(statements, first_run["line_transitions"])
+    scale = programs / launch["sampled_programs"]
     source = os.path.realpath(inspect.getsourcefile(kernel_fn))
     total = 0.0
     for where in sass.lines:
@@ -674,21 +687,15 @@ def warp_instructions(kernel_fn, sass, launch, shape):
         if statement is None:
             total += programs
             continue
-        looped, static, node = False, None, statement
-        while node is not None:
-            if node.kind == "runtime-loop":
-                looped = True
-                break
+        static, node = None, statement
+        while node is not None and node.kind != "runtime-loop":
             if node.kind == "static-loop":
                 static = node
             node = node.parent
         counted = static or statement
         if counted.kind == "runtime-loop" and counted.body:
             counted = counted.body[0]  # the header runs once per trip
-        if looped or counted.kind == "runtime-loop" or statement.kind == "runtime-loop":
-            total += real[id(counted)]
-        else:
-            total += statements_runs[id(counted)] * programs / max(1, reduced_programs)
+        total += runs[id(counted)] * scale
     return total
 
 
@@ -696,11 +703,11 @@ def estimate(case, compiler):
     """Per-case figures from a captured case: instructions, bytes, launches, time x floor."""
     shape, dtype = case["shape"], case["dtype"]
     elements = shape[0] * shape[1] * shape[2] * shape[3]
-    kernels, statics, kernel_bytes, loops = {}, {}, 0.0, 0
+    kernels, statics, bytes_by_kernel, kernel_bytes, loops = {}, {}, {}, 0.0, 0
     for launch in case["launches"]:
         sass, num_warps = compiler.count(launch)
         kernel_fn = compiler.kernel(launch["kernel"]).fn
-        per_element = warp_instructions(kernel_fn, sass, launch, shape) * WARP * num_warps
+        per_element = warp_instructions(kernel_fn, sass, launch) * WARP * num_warps
         per_element /= elements
         programs = launch["grid"][0] * launch["grid"][1] * launch["grid"][2]
         static = sass.instructions * WARP * num_warps * programs / elements
@@ -708,9 +715,12 @@ def estimate(case, compiler):
         kernels[short] = kernels.get(short, 0.0) + per_element
         statics[short] = statics.get(short, 0.0) + static
         loops += sass.loops
-        for key, fraction in launch["touched"].items():
-            index = int(key.split(":")[1])
-            kernel_bytes += fraction * launch["args"][index]["nbytes"]
+        moved = sum(
+            fraction * launch["args"][int(key.split(":")[1])]["nbytes"]
+            for key, fraction in launch["touched"].items()
+        )
+        kernel_bytes += moved
+        bytes_by_kernel[short] = bytes_by_kernel.get(short, 0.0) + moved / elements
     instructions = sum(kernels.values())
     bytes_per_element = (kernel_bytes + case["torch_bytes"]) / elements
     floor = floor_seconds_per_element(dtype)
@@ -728,6 +738,8 @@ def estimate(case, compiler):
         "kernel_static_instructions_per_element": statics,
         "instruction_budget": instruction_budget(dtype),
         "bytes_per_element": bytes_per_element,
+        "kernel_bytes_per_element": bytes_by_kernel,
+        "torch_bytes_per_element": case["torch_bytes"] / elements,
         "bytes_x_floor": bytes_per_element / (4 * ELEMENT_SIZE[dtype]),
         "time_x_floor": seconds / floor,
         "loops": loops,
@@ -735,13 +747,13 @@ def estimate(case, compiler):
     }
 
 
-def capture_in_child(cases, reduced):
+def capture_in_child(cases, reduced, samples):
     """Runs :func:`capture` for ``cases`` in a child process with ``TRITON_INTERPRET=1``."""
     with tempfile.TemporaryDirectory() as folder:
         out = os.path.join(folder, "launches.json")
         request = os.path.join(folder, "cases.json")
         with open(request, "w") as f:
-            json.dump({"cases": cases, "reduced": list(reduced)}, f)
+            json.dump({"cases": cases, "reduced": list(reduced), "samples": samples}, f)
         env = dict(os.environ, TRITON_INTERPRET="1")
         subprocess.run(
             [sys.executable, os.path.abspath(__file__), "--capture", request, out],
@@ -752,12 +764,14 @@ def capture_in_child(cases, reduced):
             return json.load(f)
 
 
-def run_estimate(shapes=SHAPES, dtypes=DTYPES, masks=MASKS, reduced=REDUCED):
+def run_estimate(
+    shapes=SHAPES, dtypes=DTYPES, masks=MASKS, reduced=REDUCED, samples=SAMPLED_PROGRAMS
+):
     """Estimates for every (shape, dtype, mask); the list of :func:`estimate` dicts."""
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         raise RuntimeError("run the estimator without TRITON_INTERPRET=1: it compiles for sm_90")
     cases = [(list(s), d, m) for s in shapes for m in masks for d in dtypes]
-    captured = capture_in_child(cases, reduced)
+    captured = capture_in_child(cases, reduced, samples)
     compiler = Compiler()
     return [estimate(case, compiler) for case in captured]
 
@@ -774,13 +788,12 @@ def format_table(rows, markdown=False):
     lines = []
     for row in rows:
         per_kernel = " + ".join(f"{v:.0f}" for v in row["kernel_instructions_per_element"].values())
-        loop = ", loop: lower bound" if row["loops"] else ""
         lines.append(
             [
                 row["case"],
                 f"{row['triton_launches']} + {row['torch_launches']}",
                 f"{row['instructions_per_element']:.1f} ({per_kernel}; "
-                f"{row['instruction_budget']:.0f}){loop}",
+                f"{row['instruction_budget']:.0f})",
                 f"{row['bytes_per_element']:.2f} ({row['bytes_x_floor']:.2f}x)",
                 f"{row['time_x_floor']:.2f}",
             ]
@@ -807,6 +820,12 @@ def main(argv=None):
         default=REDUCED,
         help="NxC of the interpreter run that counts the kernels' bytes (default 2x4)",
     )
+    parser.add_argument(
+        "--samples",
+        type=int,
+        default=SAMPLED_PROGRAMS,
+        help="programs of each launch run under the interpreter to count loop trips (default 8)",
+    )
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
     parser.add_argument("--json", metavar="FILE", help="write the per-case figures to FILE")
     parser.add_argument("--capture", nargs=2, metavar=("CASES", "OUT"), help=argparse.SUPPRESS)
@@ -814,11 +833,13 @@ def main(argv=None):
     if args.capture:
         with open(args.capture[0]) as f:
             request = json.load(f)
-        captured = [capture(s, d, m, request["reduced"]) for s, d, m in request["cases"]]
+        captured = [
+            capture(s, d, m, request["reduced"], request["samples"]) for s, d, m in request["cases"]
+        ]
         with open(args.capture[1], "w") as f:
             json.dump(captured, f)
         return 0
-    rows = run_estimate(args.shapes, args.dtypes, args.masks, args.reduced)
+    rows = run_estimate(args.shapes, args.dtypes, args.masks, args.reduced, args.samples)
     print(format_table(rows, markdown=args.markdown))
     if args.json:
         with open(args.json, "w") as f:

@@ -19,8 +19,8 @@ triton = pytest.importorskip("triton")
 tl = pytest.importorskip("triton.language")
 
 ESTIMATOR_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_estimate.py"
-# The largest map of the goal shapes: the one whose mask tiles and halo rows cost the most.
-BUDGET_SHAPE = "8x512x80x80"
+# The goal shape of the most mask planes per element (the per-channel mask costs most there).
+BUDGET_SHAPE = "8x2048x20x20"
 BYTES_GOAL = 1.10
 TIME_GOAL = 1.30
 
@@ -120,3 +120,38 @@ def test_kernels_move_at_most_a_tenth_more_bytes_than_the_floor(budget_rows, mas
 def test_estimated_time_is_within_the_goal(budget_rows, mask, dtype):
     (row,) = [r for r in budget_rows if r["mask"] == mask and r["dtype"] == dtype]
     assert row["time_x_floor"] <= TIME_GOAL, f"{row['case']}: {row['time_x_floor']:.2f}x floor"
+
+
+def static_range(n):
+    """Stands in for ``tl.static_range`` in a plain Python function."""
+    return range(n)
+
+
+def _toy(n):
+    total = 0
+    for i in range(n):
+        total += max(
+            i,
+            1,
+        )
+        for j in static_range(3):
+            total += j
+    return total
+
+
+def test_statement_runs_count_loop_trips_once_per_statement_run(estimator):
+    statements, _ = estimator._statements(_toy)
+    with estimator._LineTransitions(_toy) as lines:
+        _toy(5)
+    runs = estimator._statement_runs(statements, lines.as_list())
+    by_kind = {(s.kind, s.first - statements[0].first): runs[id(s)] for s in statements}
+    # total = 0; the loop entered once; its multi-line body statement once per trip (not once
+    # per line); the static loop once per trip, its body three times per trip; return once.
+    assert by_kind == {
+        ("simple", 0): 1,
+        ("runtime-loop", 1): 1,
+        ("simple", 2): 5,
+        ("static-loop", 6): 5,
+        ("simple", 7): 15,
+        ("simple", 8): 1,
+    }
