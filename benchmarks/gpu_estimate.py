@@ -669,7 +669,8 @@ def _innermost(statements, line):
 
 
 def warp_instructions(kernel_fn, sass, launch):
-    """Warp-level instructions a launch issues, loops weighted by their trips.
+    """Warp-level instructions a launch issues per kernel statement (by its first source line;
+    None: no line), loops weighted by their trips.
 
     Each instruction runs as often as the kernel statement it comes from, counted in the sampled
     programs of the real launch and scaled to the whole grid. An unrolled ``tl.static_range``
@@ -681,11 +682,11 @@ def warp_instructions(kernel_fn, sass, launch):
     programs = launch["grid"][0] * launch["grid"][1] * launch["grid"][2]
     scale = programs / launch["sampled_programs"]
     source = os.path.realpath(inspect.getsourcefile(kernel_fn))
-    total = 0.0
+    by_line = {}
     for where in sass.lines:
         statement = _innermost(statements, where[1]) if where and where[0] == source else None
         if statement is None:
-            total += programs
+            by_line[None] = by_line.get(None, 0.0) + programs
             continue
         static, node = None, statement
         while node is not None and node.kind != "runtime-loop":
@@ -695,23 +696,26 @@ def warp_instructions(kernel_fn, sass, launch):
         counted = static or statement
         if counted.kind == "runtime-loop" and counted.body:
             counted = counted.body[0]  # the header runs once per trip
-        total += runs[id(counted)] * scale
-    return total
+        by_line[statement.first] = by_line.get(statement.first, 0.0) + runs[id(counted)] * scale
+    return by_line
 
 
 def estimate(case, compiler):
     """Per-case figures from a captured case: instructions, bytes, launches, time x floor."""
     shape, dtype = case["shape"], case["dtype"]
     elements = shape[0] * shape[1] * shape[2] * shape[3]
-    kernels, statics, bytes_by_kernel, kernel_bytes, loops = {}, {}, {}, 0.0, 0
+    kernels, statics, bytes_by_kernel, kernel_bytes, loops, hot = {}, {}, {}, 0.0, 0, {}
     for launch in case["launches"]:
         sass, num_warps = compiler.count(launch)
         kernel_fn = compiler.kernel(launch["kernel"]).fn
-        per_element = warp_instructions(kernel_fn, sass, launch) * WARP * num_warps
-        per_element /= elements
+        by_line = warp_instructions(kernel_fn, sass, launch)
+        per_element = sum(by_line.values()) * WARP * num_warps / elements
+        short = launch["kernel"].split(":")[1]
+        for line, count in by_line.items():
+            key = f"{short}:{line}"
+            hot[key] = hot.get(key, 0.0) + count * WARP * num_warps / elements
         programs = launch["grid"][0] * launch["grid"][1] * launch["grid"][2]
         static = sass.instructions * WARP * num_warps * programs / elements
-        short = launch["kernel"].split(":")[1]
         kernels[short] = kernels.get(short, 0.0) + per_element
         statics[short] = statics.get(short, 0.0) + static
         loops += sass.loops
@@ -736,6 +740,8 @@ def estimate(case, compiler):
         "instructions_per_element": instructions,
         "kernel_instructions_per_element": kernels,
         "kernel_static_instructions_per_element": statics,
+        # Where the instructions go: kernel:first line of the statement -> per element, top ten.
+        "hot_statements": dict(sorted(hot.items(), key=lambda kv: -kv[1])[:10]),
         "instruction_budget": instruction_budget(dtype),
         "bytes_per_element": bytes_per_element,
         "kernel_bytes_per_element": bytes_by_kernel,
