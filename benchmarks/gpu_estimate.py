@@ -362,28 +362,27 @@ def _torch_ops_counter():
     return TorchOps()
 
 
-def _forward_backward(shape, dtype, mask, fill):
-    """x and dy of ``shape`` (random when ``fill``), then the operator forward and backward."""
+def _forward_backward(shape, dtype, mask):
+    """The operator's forward and backward on random x and dy of ``shape``, as a callable.
+
+    The backward is ``torch.autograd.grad``: dx is returned, not accumulated into a leaf's
+    ``.grad`` (a layer's input in a network is no leaf, and accumulating may copy dx).
+    """
     import torch
 
     from dropblock_det.layers import drop_block_2d
 
     torch_dtype = getattr(torch, TORCH_DTYPE[dtype])
-    make = torch.randn if fill else torch.empty
-    x = make(shape, dtype=torch_dtype).requires_grad_(True)
-    dy = make(shape, dtype=torch_dtype)
-    return (
-        x,
-        dy,
-        lambda: drop_block_2d(
-            x,
-            KEEP_PROB,
-            BLOCK_SIZE,
-            share_channels=mask == "shared",
-            gamma=GAMMA,
-            backend="triton",
-        ).backward(dy),
-    )
+    x = torch.randn(shape, dtype=torch_dtype).requires_grad_(True)
+    dy = torch.randn(shape, dtype=torch_dtype)
+
+    def step():
+        y = drop_block_2d(
+            x, KEEP_PROB, BLOCK_SIZE, share_channels=mask == "shared", gamma=GAMMA, backend="triton"
+        )
+        torch.autograd.grad(y, x, dy)
+
+    return step
 
 
 def capture(shape, dtype, mask, reduced, samples):
@@ -394,7 +393,7 @@ def capture(shape, dtype, mask, reduced, samples):
 
     torch.manual_seed(0)
     kernels = _kernel_objects()
-    _, _, step = _forward_backward(shape, dtype, mask, fill=True)
+    step = _forward_backward(shape, dtype, mask)
     counter = _torch_ops_counter()
     with _LaunchRecorder(kernels, execute=False) as dry, counter:
         step()
@@ -406,7 +405,7 @@ def capture(shape, dtype, mask, reduced, samples):
         launch["sampled_programs"] = len(programs)
         launch["line_transitions"] = lines.as_list()
     small = (min(reduced[0], shape[0]), min(reduced[1], shape[1])) + tuple(shape[2:])
-    _, _, small_step = _forward_backward(small, dtype, mask, fill=True)
+    small_step = _forward_backward(small, dtype, mask)
     with _Traffic(interpreter.interpreter_builder) as traffic:
         with _LaunchRecorder(kernels, execute=True, traffic=traffic) as wet:
             small_step()
@@ -448,36 +447,39 @@ class SassCount:
         registers (int): registers per thread.
         lines (tuple): per counted instruction, the (file, line) of the kernel source it comes
             from (the outermost frame of inlined calls), or None without line information.
+        depths (tuple): per counted instruction, how many SASS loops (backward branch spans)
+            hold it.
     """
 
     instructions: int
     loops: int
     registers: int
     lines: tuple = ()
+    depths: tuple = ()
 
 
 def _counted(sass: str):
-    """(address, counted, backward) per instruction of SASS text (cuobjdump or nvdisasm)."""
+    """(address, counted, branch target of a backward branch or None) per SASS instruction."""
     for address_text, text in _SASS_LINE.findall(sass):
         opcode = text.split()[0] if not text.startswith("@") else text.split()[1]
         address = int(address_text, 16)
         if opcode.startswith("NOP"):
-            yield address, False, False
+            yield address, False, None
             continue
         branch = _BRANCH.match(text)
         if branch:
             target = int(branch.group(1), 16)
             if target == address:
-                yield address, False, False  # the trap after EXIT: never reached
+                yield address, False, None  # the trap after EXIT: never reached
                 continue
-            yield address, True, target < address
+            yield address, True, target if target < address else None
             continue
-        yield address, True, False
+        yield address, True, None
 
 
 def count_sass(sass: str) -> tuple[int, int]:
     """(instructions, loops) of ``cuobjdump -sass`` text."""
-    marks = [(counted, backward) for _, counted, backward in _counted(sass)]
+    marks = [(counted, target is not None) for _, counted, target in _counted(sass)]
     return sum(counted for counted, _ in marks), sum(backward for _, backward in marks)
 
 
@@ -514,9 +516,12 @@ def sass_of(compiled) -> SassCount:
         sass = tool(_nvidia_tool("cuobjdump"), "-sass", cubin.name)
         where = source_lines(tool(_nvidia_tool("nvdisasm"), "-gi", "-c", cubin.name))
     instructions, loops = count_sass(sass)
-    lines = tuple(where.get(address) for address, counted, _ in _counted(sass) if counted)
+    marks = [(address, target) for address, counted, target in _counted(sass) if counted]
+    lines = tuple(where.get(address) for address, _ in marks)
+    spans = [(target, address) for address, target in marks if target is not None]
+    depths = tuple(sum(t <= address <= b for t, b in spans) for address, _ in marks)
     registers = compiled.n_regs if hasattr(compiled, "n_regs") else -1
-    return SassCount(instructions, loops, registers, lines)
+    return SassCount(instructions, loops, registers, lines, depths)
 
 
 @dataclass
@@ -668,6 +673,33 @@ def _innermost(statements, line):
     return max(inside, key=lambda s: s.first) if inside else None
 
 
+def _counted_statement(statement):
+    """The statement whose runs an instruction of ``statement`` follows.
+
+    An unrolled ``tl.static_range`` body runs once per run of its loop (its copies are in the
+    SASS already); a runtime loop's header once per trip, as its first body statement.
+    """
+    static, node = None, statement
+    while node is not None and node.kind != "runtime-loop":
+        if node.kind == "static-loop":
+            static = node
+        node = node.parent
+    counted = static or statement
+    if counted.kind == "runtime-loop" and counted.body:
+        counted = counted.body[0]
+    return counted
+
+
+def _runtime_loops(statement):
+    """The runtime loops around ``statement`` (itself excluded), outermost first."""
+    loops, node = [], statement.parent
+    while node is not None:
+        if node.kind == "runtime-loop":
+            loops.append(node)
+        node = node.parent
+    return loops[::-1]
+
+
 def warp_instructions(kernel_fn, sass, launch):
     """Warp-level instructions a launch issues per kernel statement (by its first source line;
     None: no line), loops weighted by their trips.
@@ -683,19 +715,18 @@ def warp_instructions(kernel_fn, sass, launch):
     scale = programs / launch["sampled_programs"]
     source = os.path.realpath(inspect.getsourcefile(kernel_fn))
     by_line = {}
-    for where in sass.lines:
+    for where, depth in zip(sass.lines, sass.depths, strict=True):
         statement = _innermost(statements, where[1]) if where and where[0] == source else None
         if statement is None:
             by_line[None] = by_line.get(None, 0.0) + programs
             continue
-        static, node = None, statement
-        while node is not None and node.kind != "runtime-loop":
-            if node.kind == "static-loop":
-                static = node
-            node = node.parent
-        counted = static or statement
-        if counted.kind == "runtime-loop" and counted.body:
-            counted = counted.body[0]  # the header runs once per trip
+        counted = _counted_statement(statement)
+        # Code the compiler hoisted out of loops (a loop's set-up, attributed to its lines) sits
+        # in fewer SASS loops than its statement has runtime loops around it: it runs as often
+        # as the outermost loop it left.
+        enclosing = _runtime_loops(counted)
+        if depth < len(enclosing):
+            counted = enclosing[depth]
         by_line[statement.first] = by_line.get(statement.first, 0.0) + runs[id(counted)] * scale
     return by_line
 
