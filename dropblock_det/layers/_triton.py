@@ -234,7 +234,8 @@ class _TritonDropBlock(torch.autograd.Function):
             ctx.save_for_backward(mask, counts, keep_prob)
         else:
             ctx.save_for_backward(mask, counts)
-        ctx.keep_prob, ctx.normalize = keep_prob, normalize
+            ctx.keep_prob = keep_prob
+        ctx.normalize = normalize
         return _launch_apply(_direct, x, mask, counts, keep_prob, normalize)
 
     @staticmethod
