@@ -69,3 +69,24 @@ def test_apply_kernel_compiles_for_sm90_with_128_bit_vectors(dtype, normalize, s
     compiled = _compile(dropblock_apply_kernel, signature, constexprs, 1, aligned)
     ptx = compiled.asm["ptx"]
     assert "ld.global.v4" in ptx and "st.global.v4" in ptx
+
+
+def test_kernels_compile_where_the_launcher_makes_sizes_of_one_constants():
+    # Triton specialises an integer argument equal to 1 into a constexpr (a 1 x 1 map, one
+    # channel, shared masks): the kernels must not call tensor methods on those.
+    from dropblock_det.layers._triton_kernels import dropblock_apply_kernel, dropblock_mask_kernel
+
+    ones = ("mask_channels", "width", "seed_words", "mask_words")
+    signature = {**_mask_signature(), **{name: "constexpr" for name in ones}}
+    constexprs = {**{name: 1 for name in ones}, "BH": 1, "BW": 1, "RATE_ON_DEVICE": True}
+    _compile(dropblock_mask_kernel, signature, {**constexprs, "BLOCK": 128}, 4)
+    signature = {"x_ptr": "*fp16", "mask_ptr": "*i32", "count_ptr": "*i32", "keep_ptr": "*fp32"}
+    signature.update(inverse_keep="fp32", y_ptr="*fp16", batch="i32", planes="i32")
+    signature.update(planes_per_program="i32", channels="constexpr", plane_units="constexpr")
+    signature.update(mask_words="constexpr", NORMALIZE="constexpr", SHARED="constexpr")
+    signature.update(KEEP_ON_DEVICE="constexpr", BLOCK="constexpr", BATCH_BLOCK="constexpr")
+    for normalize in (0, 1, 2):
+        constexprs = {"channels": 1, "plane_units": 1, "mask_words": 1, "NORMALIZE": normalize}
+        constexprs.update(SHARED=True, KEEP_ON_DEVICE=normalize == 2, BLOCK=256, BATCH_BLOCK=1)
+        compiled = _compile(dropblock_apply_kernel, signature, constexprs, 1)
+        assert "st.global" in compiled.asm["ptx"]

@@ -190,7 +190,7 @@ def dropblock_apply_kernel(
 ):
     first = tl.program_id(0).to(tl.int64) * planes_per_program
     sample = first // channels
-    sample_units = plane_units.to(tl.int64)
+    sample_units = tl.cast(plane_units, tl.int64)
     if not SHARED:
         sample_units *= channels
     # One factor per program (its planes are one sample's), in float64 from exact counts.
