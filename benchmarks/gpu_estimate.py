@@ -597,6 +597,22 @@ def _statement_runs(statements, transitions):
     return runs
 
 
+def _package_version() -> str:
+    """A hash of the kernel package's files: their paths and contents."""
+    import hashlib
+
+    package = importlib.import_module(KERNEL_PACKAGE)
+    digest = hashlib.sha256()
+    for folder in package.__path__:
+        for name in sorted(os.listdir(folder)):
+            path = os.path.realpath(os.path.join(folder, name))
+            if name.endswith(".py"):
+                digest.update(path.encode())
+                with open(path, "rb") as f:
+                    digest.update(f.read())
+    return digest.hexdigest()[:16]
+
+
 class _Pointer:
     """What Triton's argument specialisation reads of a tensor: its dtype and address."""
 
@@ -616,6 +632,12 @@ class Compiler:
         from triton.compiler import ASTSource, make_backend
 
         self.triton, self.ASTSource = triton, ASTSource
+        # Triton's cache keys a kernel by its source text, not its file or lines: a cubin
+        # compiled from another checkout would bring that checkout's line information. One
+        # cache folder per version of the kernel package's files keeps the lines right.
+        triton.knobs.cache.dir = os.path.join(
+            tempfile.gettempdir(), "dropblock_gpu_estimate", _package_version()
+        )
         self.target = GPUTarget(*TARGET)
         self.backend = make_backend(self.target)
         self.cache = {}
