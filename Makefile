@@ -4,7 +4,7 @@ PY := .venv/bin/python
 # Two threads per run; the demo runs its two trainings side by side with one thread each.
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: venv test test-fast demo bench format lint clean
+.PHONY: venv test test-fast demo bench estimate format lint clean
 
 venv:
 	@bash tools/bootstrap_venv.sh
@@ -22,6 +22,10 @@ demo: venv
 
 bench: venv
 	$(PY) benchmarks/bench_dropblock.py
+
+# GPU time of the Triton kernels estimated without a GPU (SASS for sm_90, bytes, x the floor).
+estimate: venv
+	$(PY) benchmarks/gpu_estimate.py --markdown
 
 format: venv
 	$(PY) -m ruff check --fix dropblock_det tools tests benchmarks configs

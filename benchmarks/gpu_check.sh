@@ -3,6 +3,14 @@
 #
 #   OUT=<folder> bash benchmarks/gpu_check.sh
 #
+# 0. The device machine has no network (its torch, torchvision and triton are preinstalled): the
+#    other wheels travel with the working tree. Make them once on a machine with network, for the
+#    device's Python and platform, e.g. for the Detectron2 stack, the COCO API and timm:
+#      pip download --no-deps --only-binary=:all: --python-version 3.12 \
+#          --platform manylinux2014_x86_64 -d .whl sal-detectron2 fvcore iopath yacs omegaconf \
+#          antlr4-python3-runtime pycocotools portalocker termcolor timm
+#    (versions as pinned in requirements/*.txt; pytest and friends into .whl/perf_helper/ the same
+#    way) and pass the folder along: the device tool's carry [".whl"] (.whl/ is git-ignored).
 # 1. Installs the prepared wheels of .whl/ (no network) into $SITE (default /tmp/site): every
 #    wheel but sal_detectron2 with pip --target; sal_detectron2 (pure Python except a _C extension
 #    that does not load, tagged cp310) unzipped. .whl/perf_helper/ holds fallbacks (pytest and its
@@ -15,13 +23,19 @@
 # 3. tools/train_net.py on configs/tiny/tiny_retinanet_R18_FPN_dropblock.yaml on CUDA with
 #    SOLVER.AMP.ENABLED: 30 iterations (DropBlock schedule, AMPTrainer), then COCO evaluation on
 #    dropblock_digits_val (generated on first use under $DETECTRON2_DATASETS).
-# 4. benchmarks/bench_cuda.py: the operator table (floor, peers, every backend of ours; fp32, fp16,
+# 4. benchmarks/bench_graph.py: the goal shapes (8x512x80x80, 8x1024x40x40, 8x2048x20x20; fp16,
+#    bf16, fp32) forward+backward as CUDA-graph replays of 20 calls against the true floor (x * c
+#    forward, dy * c backward) and the measured copy bandwidth, ours (triton, dense; per-channel,
+#    shared) beside torchvision's and timm's DropBlock: $OUT/summary_operator.md.
+# 5. benchmarks/bench_cuda.py: the operator table (floor, peers, every backend of ours; fp32, fp16,
 #    bf16) and the training-step overhead of every backend (2 x 512 px fp32 and AMP, 8 x 640 px AMP).
 #
 # Everything is printed and also written under $OUT (default: a new temporary folder): one log per
 # step (bench_cuda.log holds the benchmark tables), the training run's log.txt, metrics.json and
-# eval_results.json.
-# A failed step does not stop the later ones; the exit status is the number of failed steps.
+# eval_results.json, and summary.md: the CUDA-graph operator table, the training-step table
+# (8 x 640 AMP, DropBlock off and on) and the failed steps.
+# A failed install or import stops the script at once (exit 1: nothing after it can run); a failed
+# later step does not stop the ones after it; the exit status is the number of failed steps.
 # About 4-6 minutes on an H100, most of it the benchmark; each step has its own time limit, and
 # the limits add up to under 10 minutes (one device command).
 #
@@ -96,13 +110,14 @@ echo
 echo "=== install: $SITE"
 install_wheels 2>&1 | tee "$OUT/install.log"
 if [ "${PIPESTATUS[0]}" -ne 0 ]; then
-    FAILED=$((FAILED + 1))
-    echo "install: failed" >> "$OUT/FAILED"
+    echo "install: failed (see install.log); stopping: every later step needs these imports" \
+        | tee -a "$OUT/FAILED" "$OUT/summary.md"
+    exit 1
 fi
 export PYTHONPATH="$SITE:$PWD"
 export PYTHONUNBUFFERED=1
 
-step test_drop_block 180 "$PYTHON" -m pytest -q -rs -p no:cacheprovider tests/test_cuda_dropblock.py \
+step test_drop_block 150 "$PYTHON" -m pytest -q -rs -p no:cacheprovider tests/test_cuda_dropblock.py \
     tests/test_drop_block.py tests/test_drop_block_backends.py tests/test_nonfinite.py \
     -k "not non_finite_loss"
 
@@ -120,7 +135,7 @@ else
     TRAIN_OPTS=(MODEL.DEVICE cuda SOLVER.AMP.ENABLED True SOLVER.MAX_ITER 30 SOLVER.STEPS "(20,)"
         SOLVER.WARMUP_ITERS 10 DATALOADER.NUM_WORKERS 2)
 fi
-step train_smoke 100 "$PYTHON" tools/train_net.py \
+step train_smoke 90 "$PYTHON" tools/train_net.py \
     --config-file configs/tiny/tiny_retinanet_R18_FPN_dropblock.yaml \
     "${TRAIN_OPTS[@]}" SOLVER.CHECKPOINT_PERIOD 100000 OUTPUT_DIR "$TRAIN_DIR"
 # The run's records, not its weights (model_final.pth is too large to bring back).
@@ -142,8 +157,22 @@ rm -rf "$TRAIN_DIR" ${DATASETS_TMP:+"$DATASETS_TMP"}
 if [ "$SMOKE" = 1 ]; then
     step bench_cuda 210 "$PYTHON" benchmarks/bench_cuda.py --cpu-smoke --out ""
 else
-    step bench_cuda 280 "$PYTHON" benchmarks/bench_cuda.py --out ""
+    step bench_graph 100 "$PYTHON" benchmarks/bench_graph.py --out "$OUT/summary_operator.md"
+    step bench_cuda 220 "$PYTHON" benchmarks/bench_cuda.py --out ""
 fi
+
+{
+    echo "# dropblock_det GPU check summary, $(date -u +%Y-%m-%dT%H:%MZ)"
+    command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name --format=csv,noheader
+    echo
+    [ -f "$OUT/summary_operator.md" ] && cat "$OUT/summary_operator.md"
+    echo
+    echo "## Training step (bench_cuda.py)"
+    [ -f "$OUT/bench_cuda.log" ] && grep -E "^\|" "$OUT/bench_cuda.log" | tail -n 40
+    echo
+    echo "## Failed steps"
+    if [ -f "$OUT/FAILED" ]; then cat "$OUT/FAILED"; else echo "none"; fi
+} > "$OUT/summary.md"
 
 echo
 echo "=== gpu_check: $FAILED failed step(s); outputs in $OUT"

@@ -147,7 +147,7 @@ def test_triton_masks_are_the_philox_replay_on_the_gpu():
     seed = torch.tensor([12345], dtype=torch.int64, device="cuda")
     gamma = torch.tensor(0.05, device="cuda")
     mask, counts = torch.ops.dropblock_det.triton_mask(x, seed, gamma, 7, 7, 3)
-    kept = _unpack(mask.cpu(), 53)
+    kept = _unpack(mask.cpu(), 37, 53)
     reference = _reference_kept(12345, np.float32(0.05), 6, 37, 53, 7, 7)
     assert np.array_equal(kept, reference)
     assert counts.cpu().tolist() == reference.reshape(2, -1).sum(1).tolist()
@@ -240,3 +240,28 @@ def test_a_forward_and_backward_can_be_captured_in_a_cuda_graph(backend):
     # Each replay draws a new mask (the generator's offset advances), at the target rate.
     assert not torch.equal(masks[0], masks[1])
     assert all(abs(float(m.float().mean()) - 0.2) < 0.1 for m in masks)
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_a_captured_cuda_graph_follows_the_schedules_fill_on_replay(backend):
+    # During capture the module passes its keep_prob tensor: replays read the filled value.
+    module = DropBlock2d(0.9, 5, gamma="exact", backend=backend).cuda().train()
+    x = torch.ones(8, 16, 40, 40, device="cuda")
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(2):
+            module(x)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = module(x)
+    rates = {}
+    for keep_prob in (0.9, 0.5, 1.0):
+        module.keep_prob = keep_prob
+        graph.replay()
+        torch.cuda.synchronize()
+        rates[keep_prob] = float((out == 0).float().mean())
+    # 204800 units in maps of 40 x 40, block 5: the dropped fraction's sd is well under 0.01.
+    assert abs(rates[0.9] - 0.1) < 0.03 and abs(rates[0.5] - 0.5) < 0.05
+    assert rates[1.0] == 0.0 and torch.equal(out, x)

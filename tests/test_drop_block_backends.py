@@ -41,10 +41,10 @@ def test_constants_and_names_are_importable_from_the_package():
     assert dropblock_det.DropBlock2d is DropBlock2d and dropblock_det.drop_block_2d is drop_block_2d
 
 
-def test_auto_is_sparse_on_cpu_and_dense_on_cuda():
-    assert AUTO_BACKEND == {"cpu": "sparse", "cuda": "dense"}
+def test_auto_is_sparse_on_cpu_and_triton_on_cuda():
+    assert AUTO_BACKEND == {"cpu": "sparse", "cuda": "triton"}
     assert auto_backend(torch.device("cpu")) == "sparse"
-    assert auto_backend(torch.device("cuda")) == "dense"
+    assert auto_backend(torch.device("cuda")) == "triton"
     assert auto_backend(torch.device("meta")) == "dense"  # no host bookkeeping elsewhere
     assert resolve_backend("auto", torch.ones(1, 1, 5, 5), 3, False) == "sparse"
 

@@ -32,17 +32,17 @@ def test_triton_backend_cases_pass_under_the_interpreter():
 cases = pytest.mark.skipif(not INTERPRETED, reason="runs in the interpreter subprocess above")
 
 # ----------------------------------------------------------------------------------------------
-# NumPy replay of Triton's Philox 4x32-10 (triton/language/random.py) and of tl.rand.
+# NumPy replay of Triton's Philox 4x32-10 (triton/language/random.py) and of the seed layout.
 
 _KEY_A, _KEY_B = np.uint64(0x9E3779B9), np.uint64(0xBB67AE85)
 _ROUND_A, _ROUND_B = np.uint64(0xD2511F53), np.uint64(0xCD9E8D57)
 _LOW = np.uint64(0xFFFFFFFF)
 
 
-def _philox_first_word(seed: int, offsets: np.ndarray) -> np.ndarray:
-    """First output word of Philox for counter (offset, 0, 0, 0) and key (seed lo, seed hi)."""
-    c0 = offsets.astype(np.uint64) & _LOW
-    c1 = np.zeros_like(c0)
+def _philox(seed: int, offsets: np.ndarray) -> np.ndarray:
+    """tl.randint4x: the four output words for counter (offset lo, offset hi, 0, 0), key seed."""
+    offsets = offsets.astype(np.uint64)
+    c0, c1 = offsets & _LOW, offsets >> np.uint64(32)
     c2 = np.zeros_like(c0)
     c3 = np.zeros_like(c0)
     k0, k1 = np.uint64(seed & 0xFFFFFFFF), np.uint64((seed >> 32) & 0xFFFFFFFF)
@@ -53,23 +53,26 @@ def _philox_first_word(seed: int, offsets: np.ndarray) -> np.ndarray:
         c1 = (_ROUND_B * prev2) & _LOW
         c3 = (_ROUND_A * prev0) & _LOW
         k0, k1 = (k0 + _KEY_A) & _LOW, (k1 + _KEY_B) & _LOW
-    return c0.astype(np.uint32)
+    return np.stack([c0, c1, c2, c3], axis=-1).astype(np.uint32)
 
 
-def _uniform(words: np.ndarray) -> np.ndarray:
-    """tl.rand's conversion of a 32-bit word to a float32 in [0, 1)."""
-    signed = words.view(np.int32)
-    signed = np.where(signed < 0, ~signed, signed)
-    return signed.astype(np.float32) * np.float32(4.6566127342e-10)
+def _threshold(gamma) -> np.uint64:
+    """The kernel's seed threshold: a 32-bit word below it is a seed."""
+    return np.uint64(min(np.floor(np.float64(np.float32(gamma)) * 2.0**32), 2.0**32 - 1))
+
+
+def _reference_seeds(seed, gamma, planes, corners_h, corners_w):
+    """(planes, Hc, Wc) bool: corner word k of plane p from calls 8 (p * SW + k) .. + 7."""
+    words = (corners_h * corners_w + 31) // 32
+    draws = _philox(seed, np.arange(planes * words * 8, dtype=np.int64))
+    draws = draws.reshape(planes, words * 32)[:, : corners_h * corners_w]
+    return (draws.astype(np.uint64) < _threshold(gamma)).reshape(planes, corners_h, corners_w)
 
 
 def _reference_kept(seed, gamma, planes, height, width, block_h, block_w):
     """(planes, H, W) bool: the units the mask kernel keeps for this seed and float32 gamma."""
     corners_h, corners_w = height - block_h + 1, width - block_w + 1
-    offsets = np.arange(planes * corners_h * corners_w, dtype=np.int64)
-    seeds = (_uniform(_philox_first_word(seed, offsets)) < np.float32(gamma)).reshape(
-        planes, corners_h, corners_w
-    )
+    seeds = _reference_seeds(seed, gamma, planes, corners_h, corners_w)
     dropped = np.zeros((planes, height, width), dtype=bool)
     for di in range(block_h):
         for dj in range(block_w):
@@ -83,8 +86,10 @@ if INTERPRETED:
     from dropblock_det.layers._backend import resolve_backend
 
 
-def _unpack(mask: torch.Tensor, width: int) -> np.ndarray:
-    return np.unpackbits(mask.numpy(), axis=-1, bitorder="little")[..., :width].astype(bool)
+def _unpack(mask: torch.Tensor, height: int, width: int) -> np.ndarray:
+    """(planes, H, W) bool from the kernel's (planes, words) int32 flat bit strings."""
+    bits = np.unpackbits(mask.numpy().view(np.uint8), axis=-1, bitorder="little")
+    return bits[:, : height * width].reshape(-1, height, width).astype(bool)
 
 
 def _kernel_mask(x, seed, gamma, block_h, block_w, mask_channels):
@@ -92,7 +97,7 @@ def _kernel_mask(x, seed, gamma, block_h, block_w, mask_channels):
     mask, counts = torch.ops.dropblock_det.triton_mask(
         x, seed_t, torch.tensor(gamma, dtype=torch.float32), block_h, block_w, mask_channels
     )
-    return _unpack(mask, x.shape[-1]), counts
+    return _unpack(mask, *x.shape[-2:]), counts
 
 
 # ----------------------------------------------------------------------------------------------
@@ -122,15 +127,58 @@ def test_mask_is_the_philox_replay(shape, block, mask_channels, seed):
 
 
 @cases
-def test_mask_does_not_depend_on_the_row_tiling(monkeypatch):
-    # Small tiles put several row tiles (each with its bh - 1 halo rows) on one map.
-    x = torch.ones(2, 2, 23, 9)
-    whole, whole_counts = _kernel_mask(x, 9, 0.2, 3, 3, 2)
-    monkeypatch.setattr(backend, "_TILE_UNITS", 64)
-    assert backend._tile(23, 9, 3)[0] < 23
-    tiled, tiled_counts = _kernel_mask(x, 9, 0.2, 3, 3, 2)
-    assert np.array_equal(whole, tiled) and torch.equal(whole_counts, tiled_counts)
-    assert np.array_equal(whole, _reference_kept(9, 0.2, 4, 23, 9, 3, 3))
+def test_mask_does_not_depend_on_how_planes_are_split_among_programs(monkeypatch):
+    x = torch.ones(2, 8, 23, 9)
+    whole, whole_counts = _kernel_mask(x, 9, 0.2, 3, 3, 8)
+    # Many planes per program, each program's words in several chunks.
+    monkeypatch.setattr(backend, "_MIN_PROGRAMS", 1)
+    monkeypatch.setattr(backend, "_MASK_BLOCK", 32)
+    assert backend.mask_launch(2, 8, 23, 9, 3, 3)[1] == 8
+    split, split_counts = _kernel_mask(x, 9, 0.2, 3, 3, 8)
+    assert np.array_equal(whole, split) and torch.equal(whole_counts, split_counts)
+    assert np.array_equal(whole, _reference_kept(9, 0.2, 16, 23, 9, 3, 3))
+
+
+@cases
+def test_the_seed_rate_is_gamma_to_32_bits():
+    # Corners are seeds exactly when their Philox word is below floor(gamma * 2**32).
+    x = torch.ones(1, 4, 30, 30)
+    kept, _ = _kernel_mask(x, 21, 0.0, 1, 1, 4)
+    assert kept.all()
+    draws = _philox(21, np.arange(4 * 29 * 8)).reshape(4, -1)[:, :900].reshape(4, 30, 30)
+    gamma = float(np.float32(0.25))
+    kept, _ = _kernel_mask(x, 21, gamma, 1, 1, 4)
+    assert np.array_equal(~kept, draws.astype(np.uint64) < np.uint64(gamma * 2**32))
+
+
+@cases
+def test_more_than_65535_planes_launch_on_grid_axis_0(monkeypatch):
+    # CUDA caps grid axes 1 and 2 at 65535; both kernels put planes on axis 0 (up to 2**31 - 1).
+    for mask_channels in (2048, 1):  # per-channel and shared masks
+        grid, per_program, _, _ = backend.mask_launch(33, mask_channels, 80, 80, 7, 7)
+        assert len(grid) == 1 and grid[0] * per_program >= 33 * mask_channels
+    grid, per_program, _, _ = backend.apply_launch(33, 2048, 6400)
+    assert len(grid) == 1 and grid[0] * per_program >= 33 * 2048 > 65535
+    # The mask kernel run on 67584 tiny planes; few programs of one wide chunk each keep the
+    # interpreter quick.
+    monkeypatch.setattr(backend, "_MIN_PROGRAMS", 1)
+    monkeypatch.setattr(backend, "_MASK_WORDS_PER_PROGRAM", 2048)
+    monkeypatch.setattr(backend, "_MASK_BLOCK", 2048)
+    x = torch.ones(33, 2048, 1, 32)
+    kept, counts = _kernel_mask(x, 5, 0.3, 1, 2, 2048)
+    reference = _reference_kept(5, 0.3, 33 * 2048, 1, 32, 1, 2)
+    assert np.array_equal(kept, reference)
+    assert counts.tolist() == reference.reshape(33, -1).sum(1).tolist()
+
+
+@cases
+def test_planes_past_int32_elements_are_served_and_planes_past_int32_units_are_not():
+    # Offsets of a plane's start are int64 in the kernels; inside a plane they are int32.
+    many_planes = torch.ones(1, 1, 1, 1).expand(1, 40000, 300, 300)
+    assert many_planes.numel() > 2**31
+    assert resolve_backend("triton", many_planes, 7, False) == "triton"
+    huge_plane = torch.ones(1, 1, 1, 1).expand(1, 1, 50000, 50000)
+    assert resolve_backend("triton", huge_plane, 7, False) == "dense"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -190,10 +238,10 @@ def test_gradcheck_on_a_fixed_mask():
     x = torch.rand(2, 2, 7, 9, dtype=torch.float32) + 0.5
     seed = torch.tensor([3], dtype=torch.int64)
     mask, counts = torch.ops.dropblock_det.triton_mask(x, seed, torch.tensor(0.2), 3, 3, 2)
-    inverse_keep = torch.tensor(1.25)
+    keep_prob = torch.tensor(0.8)
 
     def apply(inp):
-        return torch.ops.dropblock_det.triton_apply(inp, mask, counts, inverse_keep, 0)
+        return torch.ops.dropblock_det.triton_apply(inp, mask, counts, keep_prob, 0)
 
     assert torch.autograd.gradcheck(
         apply, (x.requires_grad_(),), eps=1e-2, atol=1e-3, rtol=1e-3, fast_mode=True
@@ -271,12 +319,19 @@ def test_everything_dropped_gives_zeros_and_empty_batches_pass_through():
 
 
 @cases
-def test_float64_and_too_wide_maps_fall_back_to_the_dense_path():
+def test_float64_and_too_wide_blocks_fall_back_to_the_dense_path():
     assert resolve_backend("triton", torch.ones(1, 1, 8, 8), 3, False) == "triton"
     assert (
         resolve_backend("triton", torch.ones(1, 1, 8, 8, dtype=torch.float64), 3, False) == "dense"
     )
-    assert resolve_backend("triton", torch.ones(1, 1, 4, 1 << 17), 3, False) == "dense"
+    assert resolve_backend("triton", torch.ones(1, 1, 4, 1 << 17), 3, False) == "triton"
+    wide = torch.ones(1, 1, 40, 40)
+    assert resolve_backend("triton", wide, 33, False, block_w=33) == "triton"
+    assert resolve_backend("triton", wide, 34, False, block_w=34) == "dense"
+    # 64 maps of 7 x 7 corners at gamma ~0.0085: some block drops (P(none) ~ 1e-11).
+    wide = torch.ones(16, 4, 40, 40)
+    out = drop_block_2d(wide, 0.7, 34, backend="triton", generator=torch.Generator().manual_seed(0))
+    assert (out == 0).any()
     out = drop_block_2d(torch.ones(2, 2, 8, 8, dtype=torch.float64), 0.7, 3, backend="triton")
     assert out.dtype == torch.float64 and (out == 0).any()
 
@@ -306,3 +361,68 @@ def test_module_runs_the_triton_backend_with_a_shared_keep_prob():
     out = modules[1](x)
     torch.manual_seed(0)
     assert torch.equal(out, drop_block_2d(x, 0.6, 3, backend="triton"))
+
+
+@cases
+def test_a_device_keep_prob_is_read_at_every_call_so_a_captured_graph_follows_fill():
+    # The launches of a tensor keep_prob take only tensors (seed rate, keep_prob) and the shape:
+    # a CUDA graph that captured them computes with the values the tensors hold at replay.
+    from dropblock_det.layers import KeepProb
+    from dropblock_det.layers._triton import drop_block_triton
+
+    cell = KeepProb(torch.tensor(0.9), 0.9)
+    x = torch.ones(2, 8, 16, 16)
+
+    def call():
+        generator = torch.Generator().manual_seed(0)
+        return drop_block_triton(x, cell.tensor, 3, 3, False, "exact", "batch", generator)
+
+    first = call()
+    cell.fill(0.5)
+    second = call()
+    cell.fill(1.0)
+    third = call()
+    # Exact gamma: the dropped fraction's expectation is 1 - keep_prob; 2048 units, block 3.
+    assert 0.0 < float((first == 0).float().mean()) < 0.2
+    assert 0.35 < float((second == 0).float().mean()) < 0.65
+    assert torch.equal(third, x)
+
+
+@cases
+def test_a_module_follows_fill_through_its_keep_prob_tensor():
+    from dropblock_det.layers import DropBlock2d
+
+    module = DropBlock2d(0.9, 3, gamma="exact", backend="triton")
+    x = torch.ones(2, 8, 16, 16)
+    module.keep_prob = 0.5
+    torch.manual_seed(1)
+    out = module(x)
+    torch.manual_seed(1)
+    assert torch.equal(out, drop_block_2d(x, 0.5, 3, gamma="exact", backend="triton"))
+
+
+@cases
+def test_channels_last_input_gives_the_values_of_the_contiguous_one():
+    # The kernels index NCHW planes: a channels_last x is copied to NCHW first (one more read and
+    # write of x and of dy), and the result is NCHW.
+    x = torch.rand(2, 4, 9, 10, generator=torch.Generator().manual_seed(0)).requires_grad_()
+    strided = x.detach().to(memory_format=torch.channels_last).requires_grad_()
+    kwargs = dict(backend="triton", normalize="sample")
+    out = drop_block_2d(x, 0.7, 3, generator=torch.Generator().manual_seed(2), **kwargs)
+    out_cl = drop_block_2d(strided, 0.7, 3, generator=torch.Generator().manual_seed(2), **kwargs)
+    assert torch.equal(out, out_cl)
+    grad = torch.randn(x.shape, generator=torch.Generator().manual_seed(3))
+    out.backward(grad)
+    out_cl.backward(grad.to(memory_format=torch.channels_last))
+    assert torch.equal(x.grad, strided.grad)
+
+
+@cases
+def test_output_does_not_depend_on_how_planes_are_split_among_apply_programs(monkeypatch):
+    x = torch.rand(2, 8, 12, 20, generator=torch.Generator().manual_seed(0))
+    kwargs = dict(backend="triton", normalize="sample")
+    whole = drop_block_2d(x, 0.7, 3, generator=torch.Generator().manual_seed(4), **kwargs)
+    monkeypatch.setattr(backend, "_MIN_PROGRAMS", 1)
+    assert backend.apply_launch(2, 8, 240)[1] == 8
+    split = drop_block_2d(x, 0.7, 3, generator=torch.Generator().manual_seed(4), **kwargs)
+    assert torch.equal(whole, split)

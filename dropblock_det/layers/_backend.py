@@ -8,15 +8,16 @@ from ._dense import drop_block_dense
 from ._seed_rate import host_gamma
 from ._sparse import drop_block_sparse
 
-__all__ = ["AUTO_BACKEND", "BACKENDS", "auto_backend", "resolve_backend"]
+__all__ = ["AUTO_BACKEND", "BACKENDS", "auto_backend", "capturing", "resolve_backend"]
 
 BACKENDS = ("auto", "sparse", "dense", "triton")
 
 # What backend="auto" runs on each device type (others: "dense"). CPU: the sparse path, fastest
-# there (BENCHMARKS.md, "DropBlock operator"). CUDA: the dense path, which has no host sync; it
-# becomes "triton" once a measurement on a GPU (benchmarks/gpu_check.sh) shows the Triton kernels
-# faster. No GPU was lent to the session that wrote them, so none has yet.
-AUTO_BACKEND = {"cpu": "sparse", "cuda": "dense"}
+# there (BENCHMARKS.md, "DropBlock operator"). CUDA: the Triton kernels, estimated from their
+# sm_90 instructions and bytes at a fraction of the dense path's time (BENCHMARKS.md, "Backends
+# and the fused Triton kernel"); where Triton cannot serve a call, "dense" falls in.
+# benchmarks/gpu_check.sh measures both on a GPU.
+AUTO_BACKEND = {"cpu": "sparse", "cuda": "triton"}
 
 _triton = None
 _triton_error = None
@@ -35,26 +36,37 @@ def _triton_backend():
     return _triton
 
 
+def capturing(x: torch.Tensor) -> bool:
+    """Whether a CUDA graph is being captured on x's device (no host reads allowed)."""
+    on_cuda = isinstance(x, torch.Tensor) and x.device.type == "cuda"
+    return on_cuda and torch.cuda.is_current_stream_capturing()
+
+
 def auto_backend(device: torch.device) -> str:
     """The backend "auto" picks for tensors on ``device``."""
     return AUTO_BACKEND.get(device.type, "dense")
 
 
-def resolve_backend(backend: str, x: torch.Tensor, block_h: int, share_channels: bool) -> str:
+def resolve_backend(
+    backend: str, x: torch.Tensor, block_h: int, share_channels: bool, block_w: int | None = None
+) -> str:
     """The backend that computes this call: the one asked for, or the one that falls in for it.
 
     "triton" falls back to "dense" where Triton does not import or cannot serve the tensor
-    (float64, CPU tensors outside the interpreter, indices past int32); "sparse" falls back to
-    "dense" inside torch.compile graphs, where its host-side bookkeeping cannot run.
+    (float64, CPU tensors outside the interpreter, a plane past int32 units, a block wider than
+    the mask kernel's window); "sparse" falls back to "dense" inside torch.compile graphs and CUDA
+    graph captures, where its host-side bookkeeping cannot run. ``block_w`` defaults to
+    ``block_h``.
     """
     if backend == "auto":
         backend = auto_backend(x.device)
     if backend == "triton":
         # Compiled graphs never trace the import: where Triton can serve it is imported below.
         module = _triton if torch.compiler.is_compiling() else _triton_backend()
-        if module is None or not module.triton_serves(x, block_h, share_channels):
+        block_w = block_h if block_w is None else block_w
+        if module is None or not module.triton_serves(x, block_h, share_channels, block_w):
             backend = "dense"
-    if backend == "sparse" and torch.compiler.is_compiling():
+    if backend == "sparse" and (torch.compiler.is_compiling() or capturing(x)):
         backend = "dense"
     return backend
 

@@ -87,6 +87,28 @@ def host_gamma(mode: str, height: int, width: int, block_h: int, block_w: int, k
     return rate(height, width, block_h, block_w, keep_prob)
 
 
+def _coverage_tensors(height, width, block_h, block_w, device):
+    """:func:`coverage_terms` as float64 tensors on ``device``, built there (no host copy).
+
+    On an axis of ``size`` units and blocks of ``block``, with ``m = min(block, size - block + 1)``,
+    the coverage counts 1 .. m - 1 occur twice each and m occurs ``size - 2 m + 2`` times; a unit's
+    count is the product of its two axes' counts. Building them with device ops keeps the rate
+    computable inside a CUDA graph capture, where a host-to-device copy is not allowed.
+    """
+
+    def axis(size, block):
+        most = min(block, size - block + 1)
+        values = torch.arange(1, most + 1, dtype=torch.float64, device=device)
+        counts = torch.full_like(values, 2.0).masked_fill(values == most, size - 2 * most + 2)
+        return values, counts
+
+    rows, row_counts = axis(height, block_h)
+    cols, col_counts = axis(width, block_w)
+    exponents = (rows[:, None] * cols[None, :]).flatten()
+    weights = (row_counts[:, None] * col_counts[None, :]).flatten() / (height * width)
+    return exponents, weights
+
+
 def seed_rate_tensor(keep_prob, height, width, block_h, block_w, gamma_mode, device):
     """The seed rate as float32 tensor math on a keep_prob tensor (for compiled graphs).
 
@@ -98,12 +120,9 @@ def seed_rate_tensor(keep_prob, height, width, block_h, block_w, gamma_mode, dev
     paper = (1.0 - keep_prob) * (height * width / (block_h * block_w * valid))
     if gamma_mode == "paper":
         return paper.float()
-    # Dynamo traces the plain function (cheap integer loops) rather than the lru_cache wrapper.
-    terms = coverage_terms.__wrapped__ if torch.compiler.is_compiling() else coverage_terms
-    exponents, weights = terms(height, width, block_h, block_w)
-    k = torch.tensor(exponents, dtype=torch.float64, device=device)
-    w = torch.tensor(weights, dtype=torch.float64, device=device)
-    gamma = torch.maximum(paper, -torch.expm1(torch.log(keep_prob) / exponents[-1]))
+    k, w = _coverage_tensors(height, width, block_h, block_w, device)
+    most = min(block_h, height - block_h + 1) * min(block_w, width - block_w + 1)
+    gamma = torch.maximum(paper, -torch.expm1(torch.log(keep_prob) / most))
     for _ in range(COMPILED_NEWTON_STEPS):
         keep = 1.0 - gamma
         survive = (w * keep**k).sum()

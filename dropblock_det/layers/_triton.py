@@ -12,6 +12,7 @@ gamma and 1/keep_prob also reach the kernels as device tensors, so a compiled gr
 keep_prob as data.
 """
 
+import contextlib
 import os
 
 import torch
@@ -19,108 +20,158 @@ import triton
 from torch.library import triton_op, wrap_triton
 
 from ._seed_rate import host_gamma, seed_rate_tensor
-from ._triton_kernels import NORMALIZE_CODES, dropblock_apply_kernel, dropblock_mask_kernel
+from ._triton_kernels import (
+    MAX_BLOCK_W,
+    NORMALIZE_CODES,
+    dropblock_apply_kernel,
+    dropblock_mask_kernel,
+)
 
-__all__ = ["drop_block_triton", "triton_serves", "INTERPRETED"]
+__all__ = ["INTERPRETED", "apply_launch", "drop_block_triton", "mask_launch", "triton_serves"]
 
 # Read once, as Triton reads it when it decorates the kernels.
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-# Units of one mask tile (BLOCK_R x BLOCK_W): enough rows to amortise the bh - 1 halo rows.
-_TILE_UNITS = 4096
-# Units per thread of a mask program: at 16, the kernel's int32 blocks fit in ~60 registers on
-# sm_90 (ptxas -v), not the 200+ of 32, which would leave one program per SM.
-_UNITS_PER_THREAD = 16
-# Largest tile (32 warps of 32 threads); wider maps go to the dense path.
-_MAX_TILE_UNITS = 32 * 32 * _UNITS_PER_THREAD
-_APPLY_BLOCK = 1024
 _INT32_LIMIT = 2**31 - 1
+# Mask words per mask program (one lane each in a chunk of _MASK_BLOCK): enough to amortise the
+# program's prologue, few enough that a batch of large planes still fills the GPU.
+_MASK_BLOCK = 128
+_MASK_WORDS_PER_PROGRAM = 1024
+# Elements per apply program: the factor is computed once per program.
+_APPLY_UNITS_PER_PROGRAM = 16384
+_APPLY_BLOCKS = (1024, 512, 256)
+# Programs enough to fill a large GPU (132 SMs x several programs each) before grouping planes.
+_MIN_PROGRAMS = 1024
 
 
-def _tile(height: int, width: int, block_h: int) -> tuple[int, int]:
-    """(BLOCK_R, BLOCK_W) of the mask kernel for this map and block height."""
-    block_w = max(8, triton.next_power_of_2(width))
-    # At least 2 bh rows (half of them or more are output rows), at most what the map needs.
-    least = triton.next_power_of_2(2 * block_h)
-    rows = max(least, triton.next_power_of_2(_TILE_UNITS // block_w))
-    return min(rows, max(triton.next_power_of_2(height + block_h - 1), least)), block_w
+def _planes_per_program(planes: int, group: int, plane_cost: int, budget: int) -> int:
+    """Planes one program handles: a power of two dividing ``group``, within ``budget``."""
+    count = 1
+    while (
+        group % (2 * count) == 0
+        and 2 * count * plane_cost <= budget
+        and planes // (2 * count) >= _MIN_PROGRAMS
+    ):
+        count *= 2
+    return count
 
 
-def _mask_warps(rows: int, cols: int) -> int:
-    """Warps of a mask program: ``_UNITS_PER_THREAD`` units per thread, 4 to 32 warps."""
-    return min(32, max(4, rows * cols // (32 * _UNITS_PER_THREAD)))
+def _words(units: int) -> int:
+    return (units + 31) // 32
 
 
-def triton_serves(x: torch.Tensor, block_h: int, share_channels: bool) -> bool:
+def mask_launch(
+    batch: int, mask_channels: int, height: int, width: int, block_h: int, block_w: int
+):
+    """Launch geometry of the mask kernel: (grid, planes per program, seed words, mask words)."""
+    planes = batch * mask_channels
+    seed_words = _words((height - block_h + 1) * (width - block_w + 1))
+    mask_words = _words(height * width)
+    per_program = _planes_per_program(
+        planes, mask_channels, max(seed_words, mask_words), _MASK_WORDS_PER_PROGRAM
+    )
+    return (triton.cdiv(planes, per_program),), per_program, seed_words, mask_words
+
+
+def apply_launch(batch: int, channels: int, plane_units: int):
+    """Launch geometry of the apply kernel: (grid, planes per program, BLOCK, num_warps)."""
+    planes = batch * channels
+    # The block with the fewest idle lanes on this plane size (ties: the larger block).
+    block = min(_APPLY_BLOCKS, key=lambda b: (triton.cdiv(plane_units, b) * b, -b))
+    per_program = _planes_per_program(
+        planes, channels, triton.cdiv(plane_units, block) * block, _APPLY_UNITS_PER_PROGRAM
+    )
+    # 8 elements per thread: one 128-bit vector of fp16, two of fp32.
+    return (triton.cdiv(planes, per_program),), per_program, block, max(1, block // 256)
+
+
+def triton_serves(x: torch.Tensor, block_h: int, share_channels: bool, block_w: int = 1) -> bool:
     """Whether the Triton backend computes DropBlock of ``x`` (otherwise: the dense path).
 
-    It takes CUDA tensors (CPU tensors under ``TRITON_INTERPRET=1``) of float32/float16/bfloat16,
-    with every index inside int32 and a mask tile of at most ``_MAX_TILE_UNITS`` units.
+    It takes CUDA tensors (CPU tensors under ``TRITON_INTERPRET=1``) of float32/float16/bfloat16
+    whose plane fits int32 indices (planes themselves may number up to 2**31 - 1), with a block
+    width of at most ``MAX_BLOCK_W`` (the mask kernel's 64-bit seed window).
     """
     on_device = x.device.type == ("cpu" if INTERPRETED else "cuda")
     if not on_device or x.dtype not in _DTYPES:
         return False
     batch, channels, height, width = x.shape
-    mask_planes = batch * (1 if share_channels else channels)
-    rows, cols = _tile(height, width, block_h)
     return (
-        channels * height * width <= _INT32_LIMIT
-        and mask_planes * height * width <= _INT32_LIMIT
-        and rows * cols <= _MAX_TILE_UNITS
+        height * width + 32 * _APPLY_BLOCKS[0] <= _INT32_LIMIT
+        and batch * channels <= _INT32_LIMIT
+        and max(block_h, block_w) <= MAX_BLOCK_W
     )
 
 
-def _launch_mask(launcher, x, seed, gamma, block_h, block_w, mask_channels):
-    """Run the mask kernel through ``launcher`` (the kernel, or its ``wrap_triton`` for ops)."""
+def _launch_mask(launcher, x, seed, rate, block_h, block_w, mask_channels):
+    """Run the mask kernel through ``launcher`` (the kernel, or its ``wrap_triton`` for ops).
+
+    ``rate`` is the seed rate: a Python float (a kernel argument) or a 0-d float32 tensor that the
+    kernel loads (compiled graphs, CUDA graphs: the schedule's new value is data).
+    """
     batch, _, height, width = x.shape
-    row_bytes = (width + 7) // 8
-    mask = torch.empty(
-        (batch * mask_channels, height, row_bytes), dtype=torch.uint8, device=x.device
+    grid, per_program, seed_words, mask_words = mask_launch(
+        batch, mask_channels, height, width, block_h, block_w
     )
+    planes = batch * mask_channels
+    scratch = torch.empty((planes, seed_words), dtype=torch.int32, device=x.device)
+    mask = torch.empty((planes, mask_words), dtype=torch.int32, device=x.device)
     counts = torch.zeros((batch,), dtype=torch.int32, device=x.device)
-    rows, cols = _tile(height, width, block_h)
-    rows_out = rows - (block_h - 1)
-    grid = (triton.cdiv(height, rows_out), batch * mask_channels)
+    on_device = isinstance(rate, torch.Tensor)
     launcher(dropblock_mask_kernel)[grid](
         seed,
-        gamma,
+        rate if on_device else seed,
+        0.0 if on_device else rate,
+        scratch,
         mask,
         counts,
+        planes,
+        per_program,
+        mask_channels,
         height,
         width,
-        block_h,
-        block_w,
-        mask_channels,
-        row_bytes,
-        rows_out,
-        BLOCK_R=rows,
-        BLOCK_W=cols,
-        num_warps=_mask_warps(rows, cols),
+        height - block_h + 1,
+        width - block_w + 1,
+        seed_words,
+        mask_words,
+        BH=block_h,
+        BW=block_w,
+        RATE_ON_DEVICE=on_device,
+        BLOCK=_MASK_BLOCK,
+        num_warps=_MASK_BLOCK // 32,
     )
     return mask, counts
 
 
-def _launch_apply(launcher, x, mask, counts, inverse_keep, normalize):
-    """Run the apply kernel (y = x * mask * factor) through ``launcher``."""
+def _launch_apply(launcher, x, mask, counts, keep_prob, normalize):
+    """Run the apply kernel (y = x * mask * factor) through ``launcher``.
+
+    ``keep_prob``: a Python float or a 0-d tensor read on the device (used by "expected" only).
+    """
     batch, channels, height, width = x.shape
     x = x.contiguous()
     y = torch.empty_like(x)
-    grid = (triton.cdiv(channels * height * width, _APPLY_BLOCK), batch)
+    grid, per_program, block, warps = apply_launch(batch, channels, height * width)
+    on_device = isinstance(keep_prob, torch.Tensor)
     launcher(dropblock_apply_kernel)[grid](
         x,
         mask,
         counts,
-        inverse_keep,
+        keep_prob if on_device else counts,
+        1.0 if on_device else 1.0 / keep_prob,
         y,
         batch,
         channels,
-        height,
-        width,
-        mask.shape[0] // batch,
-        mask.shape[2],
+        batch * channels,
+        per_program,
+        height * width,
+        mask.shape[1],
         NORMALIZE=normalize,
-        BLOCK=_APPLY_BLOCK,
+        SHARED=mask.shape[0] != batch * channels,
+        KEEP_ON_DEVICE=on_device,
+        BLOCK=block,
         BATCH_BLOCK=triton.next_power_of_2(batch),
+        num_warps=warps,
     )
     return y
 
@@ -148,21 +199,21 @@ def _triton_apply(
     x: torch.Tensor,
     mask: torch.Tensor,
     counts: torch.Tensor,
-    inverse_keep: torch.Tensor,
+    keep_prob: torch.Tensor,
     normalize: int,
 ) -> torch.Tensor:
-    return _launch_apply(wrap_triton, x, mask, counts, inverse_keep, normalize)
+    return _launch_apply(wrap_triton, x, mask, counts, keep_prob, normalize)
 
 
 def _setup_context(ctx, inputs, output):
-    _, mask, counts, inverse_keep, normalize = inputs
-    ctx.save_for_backward(mask, counts, inverse_keep)
+    _, mask, counts, keep_prob, normalize = inputs
+    ctx.save_for_backward(mask, counts, keep_prob)
     ctx.normalize = normalize
 
 
 def _backward(ctx, grad_out):
-    mask, counts, inverse_keep = ctx.saved_tensors
-    grad_in = _triton_apply(grad_out, mask, counts, inverse_keep, ctx.normalize)
+    mask, counts, keep_prob = ctx.saved_tensors
+    grad_in = _triton_apply(grad_out, mask, counts, keep_prob, ctx.normalize)
     return grad_in, None, None, None, None
 
 
@@ -170,19 +221,28 @@ _triton_apply.register_autograd(_backward, setup_context=_setup_context)
 
 
 class _TritonDropBlock(torch.autograd.Function):
-    """Eager form of the two ops: the same kernels, the same saved mask and counts."""
+    """Eager form of the two ops: the same kernels, the same saved mask and counts.
+
+    ``rate`` and ``keep_prob`` are Python floats (kernel arguments) or 0-d tensors (loaded by the
+    kernels, so that a captured CUDA graph follows their new values on replay).
+    """
 
     @staticmethod
-    def forward(ctx, x, seed, gamma, inverse_keep, block_h, block_w, mask_channels, normalize):
-        mask, counts = _launch_mask(_direct, x, seed, gamma, block_h, block_w, mask_channels)
-        ctx.save_for_backward(mask, counts, inverse_keep)
+    def forward(ctx, x, seed, rate, keep_prob, block_h, block_w, mask_channels, normalize):
+        mask, counts = _launch_mask(_direct, x, seed, rate, block_h, block_w, mask_channels)
+        if isinstance(keep_prob, torch.Tensor):
+            ctx.save_for_backward(mask, counts, keep_prob)
+        else:
+            ctx.save_for_backward(mask, counts)
+            ctx.keep_prob = keep_prob
         ctx.normalize = normalize
-        return _launch_apply(_direct, x, mask, counts, inverse_keep, normalize)
+        return _launch_apply(_direct, x, mask, counts, keep_prob, normalize)
 
     @staticmethod
     def backward(ctx, grad_out):
-        mask, counts, inverse_keep = ctx.saved_tensors
-        grad_in = _launch_apply(_direct, grad_out, mask, counts, inverse_keep, ctx.normalize)
+        mask, counts, *device_keep = ctx.saved_tensors
+        keep_prob = device_keep[0] if device_keep else ctx.keep_prob
+        grad_in = _launch_apply(_direct, grad_out, mask, counts, keep_prob, ctx.normalize)
         return grad_in, None, None, None, None, None, None, None
 
 
@@ -198,25 +258,30 @@ def drop_block_triton(
 ) -> torch.Tensor:
     """Triton-backend DropBlock; arguments as :func:`~dropblock_det.layers._dense.drop_block_dense`.
 
+    A float keep_prob reaches the kernels as scalar arguments (no device tensor to fill); a 0-d
+    tensor stays on the device, with the seed rate computed from it by tensor ops, so a captured
+    CUDA graph or a compiled graph follows its new value, ``1.0`` included (no seeds, factor 1).
     The caller checks :func:`triton_serves` first.
     """
     batch, channels, height, width = x.shape
     device = x.device
     if isinstance(keep_prob, torch.Tensor):
-        seed_prob = seed_rate_tensor(keep_prob, height, width, block_h, block_w, gamma, device)
-        inverse_keep = 1.0 / keep_prob.to(device=device, dtype=torch.float32)
+        keep_prob = keep_prob.to(device=device, dtype=torch.float32).reshape(())
+        rate = seed_rate_tensor(keep_prob, height, width, block_h, block_w, gamma, device)
+        rate = rate.reshape(())
     else:
-        # torch.full passes the value as a kernel argument: no host-to-device copy, no sync.
         rate = host_gamma(gamma, height, width, block_h, block_w, keep_prob)
-        seed_prob = torch.full((), rate, dtype=torch.float32, device=device)
-        inverse_keep = torch.full((), 1.0 / keep_prob, dtype=torch.float32, device=device)
-    seed = torch.randint(2**62, (1,), dtype=torch.int64, device=device, generator=generator)
     mask_channels = 1 if share_channels else channels
-    seed_prob, inverse_keep = seed_prob.reshape(()), inverse_keep.reshape(())
     normalize = NORMALIZE_CODES[normalize]
-    if not torch.compiler.is_compiling():
-        return _TritonDropBlock.apply(
-            x, seed, seed_prob, inverse_keep, block_h, block_w, mask_channels, normalize
-        )
-    mask, counts = _triton_mask(x, seed, seed_prob, block_h, block_w, mask_channels)
-    return _triton_apply(x, mask, counts, inverse_keep, normalize)
+    # Triton launches on the current device: make it x's.
+    with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
+        seed = torch.randint(2**62, (1,), dtype=torch.int64, device=device, generator=generator)
+        if not torch.compiler.is_compiling():
+            return _TritonDropBlock.apply(
+                x, seed, rate, keep_prob, block_h, block_w, mask_channels, normalize
+            )
+        if not isinstance(keep_prob, torch.Tensor):
+            keep_prob = torch.full((), keep_prob, dtype=torch.float32, device=device)
+            rate = torch.full((), rate, dtype=torch.float32, device=device)
+        mask, counts = _triton_mask(x, seed, rate, block_h, block_w, mask_channels)
+        return _triton_apply(x, mask, counts, keep_prob, normalize)

@@ -1,15 +1,30 @@
-"""Triton kernels of DropBlock: a bit mask drawn and dilated in one pass, and a masked rescale.
+"""Triton kernels of DropBlock: a bit mask drawn and dilated in one launch, and a masked rescale.
 
 Importing this module needs Triton. With ``TRITON_INTERPRET=1`` in the environment before the
 import, the kernels run on CPU tensors through Triton's interpreter (how the tests run them).
 
-Mask kernel, one program per (row tile, mask plane). The tile spans whole rows (``BLOCK_W`` >= W)
-and ``BLOCK_R`` corner rows, of which the first ``bh - 1`` are a halo shared with the tile above.
-Corner ``(a, b)`` of plane ``p`` is a seed when Philox at offset ``(p * Hc + a) * Wc + b`` is below
-gamma, so the mask does not depend on the tiling. Dilation is two max-scans: a unit is dropped when
-the last seed to its left lies within ``bw - 1`` columns, and the last such row within ``bh - 1``
-rows above. Kept units are counted per sample (one atomic add per program) and stored as bits,
-eight columns a byte: 1/8 byte per unit, read again by the forward and the backward rescale.
+Bit strings. A plane's ``Hc x Wc`` seed corners (``Hc = H - bh + 1``, ``Wc = W - bw + 1``) and its
+``H x W`` units are each one flat bit string in row-major order, 32 bits an int32 word, bit ``t``
+of word ``k`` being element ``32 k + t``; each plane starts a new word.
+
+Seeds. Corner word ``k`` of mask plane ``p`` is drawn by eight Philox 4x32-10 calls
+(``tl.randint4x`` at offsets ``8 (p * SW + k) + i``, ``SW`` the plane's corner words), all four
+32-bit outputs used: output ``w`` of call ``i`` decides corner ``32 k + 4 i + w``, a seed when it is
+below ``floor(gamma * 2**32)``. The rate is gamma to within ``2**-32``, the mask does not depend on
+how the planes are split among programs, and the stream is replayed bit for bit in NumPy by the
+tests.
+
+Mask kernel, one program per group of mask planes of one sample: phase 1 stores the seed words to
+a scratch buffer; after a block barrier, phase 2 builds each 32-unit mask word from the rows it
+covers: for each row, the seed rows ``i - bh + 1 .. i`` are OR-ed as 64-bit windows (columns
+``c - bw + 1 .. c + 31``), and the window is dilated by ``bw - 1`` shift-ORs. Kept units are counted
+by popcount (shift-and-mask: no portable builtin) and added per sample with one atomic per
+program.
+
+Apply kernel, one program per group of planes of one sample, blocks of whole mask words: one
+factor per program, x read and y written in full 128-bit vectors when the plane size is a multiple
+of 16 (Triton specialises the divisibility of integer arguments), the bit of unit ``32 k + t`` by a
+shift of a word loaded once per 32 units; no per-element division.
 """
 
 import triton
@@ -18,118 +33,204 @@ import triton.language as tl
 # Normalisation codes of the apply kernel (the ``NORMALIZE`` constexpr).
 NORMALIZE_CODES = {"batch": 0, "sample": 1, "expected": 2}
 
+# The widest block the 64-bit seed window of the mask kernel dilates (32 columns + bw - 1).
+MAX_BLOCK_W = 33
+
 
 @triton.jit
-def _maximum(a, b):
-    return tl.maximum(a, b)
+def _popcount(word):
+    """Set bits of each uint32 of ``word`` (the shift-and-mask popcount)."""
+    word = word - ((word >> 1) & 0x55555555)
+    word = (word & 0x33333333) + ((word >> 2) & 0x33333333)
+    word = (word + (word >> 4)) & 0x0F0F0F0F
+    return ((word * 0x01010101) >> 24).to(tl.int32)
+
+
+@triton.jit
+def _low_bits(count):
+    """uint64 with the lowest ``clamp(count, 0, 64)`` bits set."""
+    count = tl.minimum(tl.maximum(count, 0), 64).to(tl.uint64)
+    # Two shifts: a shift by 64 is undefined, (2**63 << 1) is 0.
+    full = (tl.full(count.shape, 1, tl.uint64) << (count >> 1)) << (count - (count >> 1))
+    return full - 1
+
+
+@triton.jit
+def _seed_window(scratch_ptr, plane_base, seed_words, position, valid):
+    """64 seed bits of the flat corner string starting at bit ``position`` (>= 0) of a plane."""
+    word = position >> 5
+    shift = (position & 31).to(tl.uint64)
+    w0 = tl.load(scratch_ptr + plane_base + word, mask=valid & (word < seed_words), other=0)
+    w1 = tl.load(scratch_ptr + plane_base + word + 1, mask=valid & (word + 1 < seed_words), other=0)
+    w2 = tl.load(scratch_ptr + plane_base + word + 2, mask=valid & (word + 2 < seed_words), other=0)
+    low = w0.to(tl.uint32).to(tl.uint64) | (w1.to(tl.uint32).to(tl.uint64) << 32)
+    high = w2.to(tl.uint32).to(tl.uint64)
+    return (low >> shift) | ((high << 32) << (32 - shift))
 
 
 # Integer arguments equal to 1 would otherwise become compile-time constants (a batch of one, a 1x1
-# map, shared masks): a separate compilation each, and no tensor methods on them in the kernel.
-@triton.jit(
-    do_not_specialize=[
-        "height",
-        "width",
-        "block_h",
-        "block_w",
-        "mask_channels",
-        "row_bytes",
-        "rows_out",
-    ]
-)
+# map, shared masks): a separate compilation each. The plane sizes keep their divisibility hints.
+@triton.jit(do_not_specialize=["planes", "planes_per_program", "corners_h", "corners_w", "height"])
 def dropblock_mask_kernel(
     seed_ptr,
-    gamma_ptr,
+    rate_ptr,
+    rate,
+    scratch_ptr,
     mask_ptr,
     count_ptr,
+    planes,
+    planes_per_program,
+    mask_channels,
     height,
     width,
-    block_h,
-    block_w,
-    mask_channels,
-    row_bytes,
-    rows_out,
-    BLOCK_R: tl.constexpr,
-    BLOCK_W: tl.constexpr,
+    corners_h,
+    corners_w,
+    seed_words,
+    mask_words,
+    BH: tl.constexpr,
+    BW: tl.constexpr,
+    RATE_ON_DEVICE: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
-    tile = tl.program_id(0)
-    plane = tl.program_id(1)
+    first = tl.program_id(0).to(tl.int64) * planes_per_program
     seed = tl.load(seed_ptr)
-    gamma = tl.load(gamma_ptr)
-    corners_h = height - block_h + 1
-    corners_w = width - block_w + 1
-    t = tl.arange(0, BLOCK_R)[:, None]
-    j = tl.arange(0, BLOCK_W)[None, :]
-    first_row = tile * rows_out
-    # Block row t holds corner row a and, from t = bh - 1 on, output row a.
-    a = first_row - (block_h - 1) + t
-    is_corner = (a >= 0) & (a < corners_h) & (j < corners_w)
-    offset = tl.where(is_corner, (plane * corners_h + a) * corners_w + j, 0)
-    seeded = is_corner & (tl.rand(seed, offset) < gamma)
-    # A corner at column b covers columns b .. b + bw - 1, rows a .. a + bh - 1.
-    last_col = tl.associative_scan(tl.where(seeded, j, -BLOCK_W), 1, _maximum)
-    row_hit = last_col > j - block_w
-    last_row = tl.associative_scan(tl.where(row_hit, t, -BLOCK_R), 0, _maximum)
-    dropped = last_row > t - block_h
-    is_output = (t >= block_h - 1) & (a < height) & (a < first_row + rows_out)
-    kept = (is_output & (j < width) & ~dropped).to(tl.int32)
-    tl.atomic_add(count_ptr + plane // mask_channels, tl.sum(kept))
-    # Eight columns a byte, column j at bit j % 8; distinct bits, so their sum is their OR.
-    bits = tl.reshape(kept << (j % 8), (BLOCK_R, BLOCK_W // 8, 8))
-    packed = tl.sum(bits, axis=2)
-    byte = tl.arange(0, BLOCK_W // 8)[None, :]
-    address = (plane * height + a) * row_bytes + byte
-    tl.store(mask_ptr + address, packed.to(tl.uint8), mask=is_output & (byte < row_bytes))
+    gamma = tl.load(rate_ptr) if RATE_ON_DEVICE else rate
+    # P(u32 < threshold) = threshold / 2**32, threshold = floor(gamma * 2**32).
+    threshold = tl.minimum(tl.cast(gamma, tl.float64) * 4294967296.0, 4294967295.0).to(tl.uint32)
+    corner_units = corners_h * corners_w
+    lanes = tl.arange(0, BLOCK)
+
+    # Phase 1: seed words of the program's planes, to scratch.
+    n_seed = planes_per_program * seed_words
+    for start in range(0, n_seed, BLOCK):
+        e = start + lanes
+        local = e // seed_words
+        k = e - local * seed_words
+        plane = first + local
+        valid = (e < n_seed) & (plane < planes)
+        call = (plane * seed_words + k) * 8
+        bits = tl.zeros((BLOCK,), dtype=tl.uint32)
+        for i in tl.static_range(8):
+            r0, r1, r2, r3 = tl.randint4x(seed, call + i)
+            nibble = (r0 < threshold).to(tl.uint32)
+            nibble |= (r1 < threshold).to(tl.uint32) << 1
+            nibble |= (r2 < threshold).to(tl.uint32) << 2
+            nibble |= (r3 < threshold).to(tl.uint32) << 3
+            bits |= nibble << (4 * i)
+        # Bits past the plane's last corner are 0.
+        bits &= _low_bits(corner_units - 32 * k).to(tl.uint32)
+        tl.store(scratch_ptr + plane * seed_words + k, bits.to(tl.int32), mask=valid)
+    tl.debug_barrier()
+
+    # Phase 2: mask words, counted.
+    n_mask = planes_per_program * mask_words
+    rows_per_word = tl.cdiv(32, width) + 1
+    kept_total = tl.zeros((BLOCK,), dtype=tl.int32)
+    for start in range(0, n_mask, BLOCK):
+        e = start + lanes
+        local = e // mask_words
+        k = e - local * mask_words
+        plane = first + local
+        valid = (e < n_mask) & (plane < planes)
+        plane_base = plane * seed_words
+        unit = 32 * k
+        row0 = unit // width
+        col0 = unit - row0 * width
+        word = tl.zeros((BLOCK,), dtype=tl.uint64)
+        for r in range(0, rows_per_word):
+            row = row0 + r
+            col = tl.where(r == 0, col0, 0)
+            # Seed columns col - bw + 1 .. col + 63 - bw + 1, clipped at the row's start.
+            first_col = col - (BW - 1)
+            lead = tl.maximum(-first_col, 0)
+            window = tl.zeros((BLOCK,), dtype=tl.uint64)
+            for t in tl.static_range(BH):
+                a = row - (BH - 1) + t
+                on = valid & (a >= 0) & (a < corners_h)
+                seeds = _seed_window(
+                    scratch_ptr, plane_base, seed_words, a * corners_w + first_col + lead, on
+                )
+                # Only columns of row a (< Wc) count.
+                seeds &= _low_bits(corners_w - first_col - lead)
+                window |= tl.where(on, seeds << lead.to(tl.uint64), 0)
+            dropped = window
+            for s in tl.static_range(1, BW):
+                dropped |= window >> s
+            kept = ~dropped & _low_bits(tl.minimum(width - col, 32))
+            offset = row * width + col - unit
+            inside = valid & (row < height) & (offset < 32)
+            word |= tl.where(inside, kept << tl.minimum(offset, 63).to(tl.uint64), 0)
+        word32 = (word & 0xFFFFFFFF).to(tl.uint32)
+        kept_total += tl.where(valid, _popcount(word32), 0)
+        tl.store(mask_ptr + plane * mask_words + k, word32.to(tl.int32), mask=valid)
+    # The program's planes are one sample's.
+    sample = first // mask_channels
+    tl.atomic_add(count_ptr + sample, tl.sum(kept_total), sem="relaxed")
 
 
-@triton.jit(
-    do_not_specialize=["batch", "channels", "height", "width", "mask_channels", "row_bytes"]
-)
+@triton.jit(do_not_specialize=["batch", "channels", "planes", "planes_per_program"])
 def dropblock_apply_kernel(
     x_ptr,
     mask_ptr,
     count_ptr,
-    inverse_keep_ptr,
+    keep_ptr,
+    inverse_keep,
     y_ptr,
     batch,
     channels,
-    height,
-    width,
-    mask_channels,
-    row_bytes,
+    planes,
+    planes_per_program,
+    plane_units,
+    mask_words,
     NORMALIZE: tl.constexpr,
+    SHARED: tl.constexpr,
+    KEEP_ON_DEVICE: tl.constexpr,
     BLOCK: tl.constexpr,
     BATCH_BLOCK: tl.constexpr,
 ):
-    block = tl.program_id(0)
-    sample = tl.program_id(1)
-    plane_units = height * width
-    sample_units = channels * plane_units
-    # One factor per program (a program stays inside one sample), in float64 from exact counts.
+    first = tl.program_id(0).to(tl.int64) * planes_per_program
+    sample = first // channels
+    sample_units = tl.cast(plane_units, tl.int64)
+    if not SHARED:
+        sample_units *= channels
+    # One factor per program (its planes are one sample's), in float64 from exact counts.
     if NORMALIZE == 2:
-        factor = tl.load(inverse_keep_ptr).to(tl.float32)
+        if KEEP_ON_DEVICE:
+            factor = 1.0 / tl.load(keep_ptr).to(tl.float64)
+        else:
+            factor = tl.cast(inverse_keep, tl.float64)
     else:
         if NORMALIZE == 1:
             kept = tl.load(count_ptr + sample).to(tl.int64)
-            total = (mask_channels * plane_units).to(tl.int64)
+            total = sample_units
         else:
             samples = tl.arange(0, BATCH_BLOCK)
             counts = tl.load(count_ptr + samples, mask=samples < batch, other=0)
             kept = tl.sum(counts.to(tl.int64))
-            total = batch.to(tl.int64) * mask_channels * plane_units
+            total = batch * sample_units
         ratio = total.to(tl.float64) / tl.maximum(kept, 1).to(tl.float64)
-        factor = tl.where(kept > 0, ratio, 0.0).to(tl.float32)
-    offs = block * BLOCK + tl.arange(0, BLOCK)
-    inside = offs < sample_units
-    channel = offs // plane_units
-    rest = offs - channel * plane_units
-    row = rest // width
-    col = rest - row * width
-    plane = sample * mask_channels + channel % mask_channels
-    byte = tl.load(mask_ptr + (plane * height + row) * row_bytes + col // 8, mask=inside, other=0)
-    keep = ((byte.to(tl.int32) >> (col % 8)) & 1) != 0
-    base = sample.to(tl.int64) * sample_units
-    x = tl.load(x_ptr + base + offs, mask=inside, other=0.0).to(tl.float32)
-    # where, not a multiply by 0: dropped units are 0 whatever x holds (as in the sparse path).
-    y = tl.where(keep, x * factor, 0.0)
-    tl.store(y_ptr + base + offs, y.to(y_ptr.dtype.element_ty), mask=inside)
+        factor = tl.where(kept > 0, ratio, 0.0)
+    factor = tl.cast(factor, tl.float32)
+    words = tl.arange(0, BLOCK // 32)
+    bit = tl.arange(0, 32)
+    unit = words[:, None] * 32 + bit[None, :]
+    last = tl.minimum(first + planes_per_program, planes)
+    for plane in range(first, last):
+        mask_plane = plane
+        if SHARED:
+            mask_plane = sample
+        for start in range(0, plane_units, BLOCK):
+            offs = start + unit
+            inside = offs < plane_units
+            word_index = start // 32 + words
+            bits = tl.load(
+                mask_ptr + mask_plane * mask_words + word_index,
+                mask=word_index < mask_words,
+                other=0,
+            )
+            keep = ((bits[:, None] >> bit[None, :]) & 1) != 0
+            base = plane * plane_units
+            x = tl.load(x_ptr + base + offs, mask=inside, other=0.0).to(tl.float32)
+            # where, not a multiply by 0: dropped units are 0 whatever x holds (as in the sparse path).
+            y = tl.where(keep, x * factor, 0.0)
+            tl.store(y_ptr + base + offs, y.to(y_ptr.dtype.element_ty), mask=inside)

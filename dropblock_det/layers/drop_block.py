@@ -17,7 +17,7 @@ rate whose expected dropped fraction is exactly ``1 - keep_prob``: unit ``(i, j)
 Backends, one private module each, all with these semantics: "sparse" (:mod:`._sparse`: seeds as a
 sorted list, blocks by index fills; fastest on CPU, one host sync per call on accelerators),
 "dense" (:mod:`._dense`: dense noise and a max-pool, no host sync), "triton" (:mod:`._triton`: a
-fused bit-mask kernel and a masked rescale, no host sync). "auto" picks per device
+fused bit-mask kernel and a masked rescale, no host sync; CUDA's "auto"). "auto" picks per device
 (:data:`._backend.AUTO_BACKEND`); a backend that cannot serve a call falls back to "dense".
 """
 
@@ -26,7 +26,7 @@ import numbers
 import torch
 from torch import nn
 
-from ._backend import BACKENDS, resolve_backend, run_backend
+from ._backend import BACKENDS, capturing, resolve_backend, run_backend
 from ._keep_prob import KeepProb, check_keep_prob, share_keep_prob
 from ._seed_rate import clip_block, host_gamma
 
@@ -139,14 +139,16 @@ def drop_block_2d(
     _check_input(x)
     if not training:
         return x
-    # Inside a compiled graph a tensor keep_prob stays data (no recompiles when it changes), so it
-    # is neither read nor checked here.
-    if not (torch.compiler.is_compiling() and isinstance(keep_prob, torch.Tensor)):
+    # Inside a compiled graph or a CUDA graph capture a tensor keep_prob stays data (no
+    # recompiles, and replays follow its new value, 1.0 included), so it is neither read nor
+    # checked here.
+    on_device = torch.compiler.is_compiling() or capturing(x)
+    if not (on_device and isinstance(keep_prob, torch.Tensor)):
         keep_prob = check_keep_prob(keep_prob)
         if keep_prob == 1.0 or x.numel() == 0:
             return x
     block_h, block_w = clip_block(block_size, *x.shape[-2:])
-    backend = resolve_backend(backend, x, block_h, share_channels)
+    backend = resolve_backend(backend, x, block_h, share_channels, block_w)
     return run_backend(
         backend, x, keep_prob, block_h, block_w, share_channels, gamma, normalize, generator
     )
@@ -259,8 +261,10 @@ class DropBlock2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return x
-        # Compiled graphs read the buffer as data; eager code uses the Python value.
-        keep_prob = self._keep_prob if torch.compiler.is_compiling() else self.keep_prob
+        # Compiled graphs and CUDA graph captures read the buffer as data (a replay follows the
+        # schedule's fill); eager code uses the Python value.
+        on_device = torch.compiler.is_compiling() or capturing(x)
+        keep_prob = self._keep_prob if on_device else self.keep_prob
         return drop_block_2d(
             x,
             keep_prob,
