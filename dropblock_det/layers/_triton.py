@@ -46,6 +46,9 @@ _DILATE_BELOW_WIDTH = 32
 # Elements per apply program: the factor is computed once per program.
 _APPLY_UNITS_PER_PROGRAM = 16384
 _APPLY_BLOCKS = (1024, 512, 256)
+# Apply runs flat over several planes where per-plane blocks leave more than 1 lane in this many
+# idle (the flat loop's per-vector plane index costs about that share of an element's work).
+_FLAT_IDLE_SHARE = 8
 # Programs enough to fill a large GPU (132 SMs x several programs each) before grouping planes.
 _MIN_PROGRAMS = 1024
 
@@ -87,13 +90,15 @@ def _fewest_idle_lanes(units: int) -> int:
 def apply_launch(batch: int, channels: int, plane_units: int):
     """Launch geometry of the apply kernel: (grid, planes per program, BLOCK, num_warps, FLAT).
 
-    Per plane (``FLAT`` false) when a block tiles the plane exactly or the plane size is no
-    multiple of ``APPLY_VEC``; otherwise the program's planes run as one flat range, so that small
-    planes leave no block partly idle.
+    Per plane (``FLAT`` false) unless blocks over the plane leave more than one lane in
+    ``_FLAT_IDLE_SHARE`` idle and the plane size is a multiple of ``APPLY_VEC``; then the program's
+    planes run as one flat range, whose plane index per vector costs less than those idle lanes.
     """
     planes = batch * channels
+    block = _fewest_idle_lanes(plane_units)
+    padded = triton.cdiv(plane_units, block) * block
     flat = False
-    if plane_units % _fewest_idle_lanes(plane_units) and plane_units % APPLY_VEC.value == 0:
+    if (padded - plane_units) * _FLAT_IDLE_SHARE > padded and plane_units % APPLY_VEC.value == 0:
         per_program = _planes_per_program(planes, channels, plane_units, _APPLY_UNITS_PER_PROGRAM)
         block = _fewest_idle_lanes(per_program * plane_units)
         flat = per_program * plane_units + block <= FLAT_UNITS_LIMIT
