@@ -157,7 +157,7 @@ def test_more_than_65535_planes_launch_on_grid_axis_0(monkeypatch):
     for mask_channels in (2048, 1):  # per-channel and shared masks
         grid, per_program, _, _ = backend.mask_launch(33, mask_channels, 80, 80, 7, 7)
         assert len(grid) == 1 and grid[0] * per_program >= 33 * mask_channels
-    grid, per_program, _, _ = backend.apply_launch(33, 2048, 6400)
+    grid, per_program, *_ = backend.apply_launch(33, 2048, 6400)
     assert len(grid) == 1 and grid[0] * per_program >= 33 * 2048 > 65535
     # The mask kernel run on 67584 tiny planes; few programs of one wide chunk each keep the
     # interpreter quick.
@@ -195,8 +195,16 @@ def _seed_of(generator_seed):
 @pytest.mark.parametrize("normalize", ["batch", "sample", "expected"])
 @pytest.mark.parametrize("share_channels", [False, True])
 @pytest.mark.parametrize("gamma", ["paper", "exact"])
-def test_output_is_input_times_replayed_mask_times_exact_factor(normalize, share_channels, gamma):
-    batch, channels, height, width = 3, 2, 11, 14
+# Apply per plane (154 units: no multiple of 8), and flat: programs of 4 planes of 160 units in
+# blocks of 256 that straddle the planes.
+@pytest.mark.parametrize("shape,flat", [((3, 2, 11, 14), False), ((2, 4, 10, 16), True)])
+def test_output_is_input_times_replayed_mask_times_exact_factor(
+    normalize, share_channels, gamma, shape, flat, monkeypatch
+):
+    batch, channels, height, width = shape
+    monkeypatch.setattr(backend, "_MIN_PROGRAMS", 1)
+    _, per_program, block, _, is_flat = backend.apply_launch(batch, channels, height * width)
+    assert is_flat == flat and (not flat or per_program * height * width > block)
     x = torch.rand(batch, channels, height, width, generator=seeded_generator(1))
     x = (x + 0.5).requires_grad_()
     keep_prob, block = 0.7, 5

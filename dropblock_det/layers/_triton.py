@@ -21,6 +21,8 @@ from torch.library import triton_op, wrap_triton
 
 from ._seed_rate import host_gamma, seed_rate_tensor
 from ._triton_kernels import (
+    APPLY_VEC,
+    FLAT_UNITS_LIMIT,
     MAX_BLOCK_W,
     NORMALIZE_CODES,
     dropblock_apply_kernel,
@@ -37,9 +39,16 @@ _INT32_LIMIT = 2**31 - 1
 # program's prologue, few enough that a batch of large planes still fills the GPU.
 _MASK_BLOCK = 128
 _MASK_WORDS_PER_PROGRAM = 1024
+# Maps narrower than this have mask words that span three rows or more: there the seed rows are
+# OR-ed once into a scratch string (the kernel's DILATE) instead of bh times per mask row, for
+# one more scratch write and read of about a bit per unit.
+_DILATE_BELOW_WIDTH = 32
 # Elements per apply program: the factor is computed once per program.
 _APPLY_UNITS_PER_PROGRAM = 16384
 _APPLY_BLOCKS = (1024, 512, 256)
+# Apply runs flat over several planes where per-plane blocks leave more than 1 lane in this many
+# idle (the flat loop's per-vector plane index costs about that share of an element's work).
+_FLAT_IDLE_SHARE = 8
 # Programs enough to fill a large GPU (132 SMs x several programs each) before grouping planes.
 _MIN_PROGRAMS = 1024
 
@@ -73,16 +82,34 @@ def mask_launch(
     return (triton.cdiv(planes, per_program),), per_program, seed_words, mask_words
 
 
+def _fewest_idle_lanes(units: int) -> int:
+    """The apply block with the fewest idle lanes over ``units`` (ties: the larger block)."""
+    return min(_APPLY_BLOCKS, key=lambda b: (triton.cdiv(units, b) * b, -b))
+
+
 def apply_launch(batch: int, channels: int, plane_units: int):
-    """Launch geometry of the apply kernel: (grid, planes per program, BLOCK, num_warps)."""
+    """Launch geometry of the apply kernel: (grid, planes per program, BLOCK, num_warps, FLAT).
+
+    Per plane (``FLAT`` false) unless blocks over the plane leave more than one lane in
+    ``_FLAT_IDLE_SHARE`` idle and the plane size is a multiple of ``APPLY_VEC``; then the program's
+    planes run as one flat range, whose plane index per vector costs less than those idle lanes.
+    """
     planes = batch * channels
-    # The block with the fewest idle lanes on this plane size (ties: the larger block).
-    block = min(_APPLY_BLOCKS, key=lambda b: (triton.cdiv(plane_units, b) * b, -b))
-    per_program = _planes_per_program(
-        planes, channels, triton.cdiv(plane_units, block) * block, _APPLY_UNITS_PER_PROGRAM
-    )
+    block = _fewest_idle_lanes(plane_units)
+    padded = triton.cdiv(plane_units, block) * block
+    flat = False
+    if (padded - plane_units) * _FLAT_IDLE_SHARE > padded and plane_units % APPLY_VEC.value == 0:
+        per_program = _planes_per_program(planes, channels, plane_units, _APPLY_UNITS_PER_PROGRAM)
+        block = _fewest_idle_lanes(per_program * plane_units)
+        flat = per_program * plane_units + block <= FLAT_UNITS_LIMIT
+    if not flat:
+        block = _fewest_idle_lanes(plane_units)
+        per_program = _planes_per_program(
+            planes, channels, triton.cdiv(plane_units, block) * block, _APPLY_UNITS_PER_PROGRAM
+        )
     # 8 elements per thread: one 128-bit vector of fp16, two of fp32.
-    return (triton.cdiv(planes, per_program),), per_program, block, max(1, block // 256)
+    grid = (triton.cdiv(planes, per_program),)
+    return grid, per_program, block, max(1, block // 256), flat
 
 
 def triton_serves(x: torch.Tensor, block_h: int, share_channels: bool, block_w: int = 1) -> bool:
@@ -115,6 +142,12 @@ def _launch_mask(launcher, x, seed, rate, block_h, block_w, mask_channels):
     )
     planes = batch * mask_channels
     scratch = torch.empty((planes, seed_words), dtype=torch.int32, device=x.device)
+    dilate = width < _DILATE_BELOW_WIDTH and block_h > 1
+    dilated_words = _words(height * (width - block_w + 1)) if dilate else 0
+    # Without DILATE the kernel never reads it: the seed scratch stands in (no empty pointer).
+    dilated = scratch
+    if dilate:
+        dilated = torch.empty((planes, dilated_words), dtype=torch.int32, device=x.device)
     mask = torch.empty((planes, mask_words), dtype=torch.int32, device=x.device)
     counts = torch.zeros((batch,), dtype=torch.int32, device=x.device)
     on_device = isinstance(rate, torch.Tensor)
@@ -123,6 +156,7 @@ def _launch_mask(launcher, x, seed, rate, block_h, block_w, mask_channels):
         rate if on_device else seed,
         0.0 if on_device else rate,
         scratch,
+        dilated,
         mask,
         counts,
         planes,
@@ -133,10 +167,12 @@ def _launch_mask(launcher, x, seed, rate, block_h, block_w, mask_channels):
         height - block_h + 1,
         width - block_w + 1,
         seed_words,
+        dilated_words,
         mask_words,
         BH=block_h,
         BW=block_w,
         RATE_ON_DEVICE=on_device,
+        DILATE=dilate,
         BLOCK=_MASK_BLOCK,
         num_warps=_MASK_BLOCK // 32,
     )
@@ -151,7 +187,7 @@ def _launch_apply(launcher, x, mask, counts, keep_prob, normalize):
     batch, channels, height, width = x.shape
     x = x.contiguous()
     y = torch.empty_like(x)
-    grid, per_program, block, warps = apply_launch(batch, channels, height * width)
+    grid, per_program, block, warps, flat = apply_launch(batch, channels, height * width)
     on_device = isinstance(keep_prob, torch.Tensor)
     launcher(dropblock_apply_kernel)[grid](
         x,
@@ -171,6 +207,7 @@ def _launch_apply(launcher, x, mask, counts, keep_prob, normalize):
         KEEP_ON_DEVICE=on_device,
         BLOCK=block,
         BATCH_BLOCK=triton.next_power_of_2(batch),
+        FLAT=flat,
         num_warps=warps,
     )
     return y

@@ -15,16 +15,22 @@ how the planes are split among programs, and the stream is replayed bit for bit 
 tests.
 
 Mask kernel, one program per group of mask planes of one sample: phase 1 stores the seed words to
-a scratch buffer; after a block barrier, phase 2 builds each 32-unit mask word from the rows it
+a scratch buffer; after a block barrier, phase 3 builds each 32-unit mask word from the rows it
 covers: for each row, the seed rows ``i - bh + 1 .. i`` are OR-ed as 64-bit windows (columns
-``c - bw + 1 .. c + 31``), and the window is dilated by ``bw - 1`` shift-ORs. Kept units are counted
-by popcount (shift-and-mask: no portable builtin) and added per sample with one atomic per
-program.
+``c - bw + 1 .. c + 31``), and the window is dilated by ``bw - 1`` shift-ORs. With ``DILATE``
+(narrow maps, where a mask word spans three rows or more), phase 2 first ORs the seed rows once
+into an ``H x Wc`` string (bit ``(i, b)``: any seed at ``(i - bh + 1 .. i, b)``, ``OR_t S << t Wc``
+in the flat string), stored to a second scratch buffer behind another barrier, and phase 3 reads
+one window of it per row. Kept units are counted by popcount (shift-and-mask: no portable
+builtin) and added per sample with one atomic per program.
 
-Apply kernel, one program per group of planes of one sample, blocks of whole mask words: one
-factor per program, x read and y written in full 128-bit vectors when the plane size is a multiple
-of 16 (Triton specialises the divisibility of integer arguments), the bit of unit ``32 k + t`` by a
-shift of a word loaded once per 32 units; no per-element division.
+Apply kernel, one program per group of planes of one sample: one factor per program, x read and
+y written in full 128-bit vectors when the plane size is a multiple of 16 (Triton specialises the
+divisibility of integer arguments); no per-element division. Per plane (``FLAT`` false), in blocks
+of whole mask words, the bit of unit ``32 k + t`` by a shift of a word loaded once per 32 units;
+flat (small planes whose size is a multiple of ``APPLY_VEC``, which no block tiles), the
+program's planes as one range in blocks that straddle planes, one mask word loaded per vector of
+``APPLY_VEC`` units.
 """
 
 import triton
@@ -32,6 +38,12 @@ import triton.language as tl
 
 # Normalisation codes of the apply kernel (the ``NORMALIZE`` constexpr).
 NORMALIZE_CODES = {"batch": 0, "sample": 1, "expected": 2}
+
+# Units of one flat apply vector (a 128-bit vector of fp16/bf16, two of fp32): a plane size that is
+# a multiple of it lets the flat apply loop run over several planes at once.
+APPLY_VEC = tl.constexpr(8)
+# The largest range of units a flat apply program covers (its float32 plane index stays exact).
+FLAT_UNITS_LIMIT = 2**20
 
 # The widest block the 64-bit seed window of the mask kernel dilates (32 columns + bw - 1).
 MAX_BLOCK_W = 33
@@ -76,6 +88,7 @@ def dropblock_mask_kernel(
     rate_ptr,
     rate,
     scratch_ptr,
+    dilated_ptr,
     mask_ptr,
     count_ptr,
     planes,
@@ -86,10 +99,12 @@ def dropblock_mask_kernel(
     corners_h,
     corners_w,
     seed_words,
+    dilated_words,
     mask_words,
     BH: tl.constexpr,
     BW: tl.constexpr,
     RATE_ON_DEVICE: tl.constexpr,
+    DILATE: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     first = tl.program_id(0).to(tl.int64) * planes_per_program
@@ -122,7 +137,30 @@ def dropblock_mask_kernel(
         tl.store(scratch_ptr + plane * seed_words + k, bits.to(tl.int32), mask=valid)
     tl.debug_barrier()
 
-    # Phase 2: mask words, counted.
+    # Phase 2 (DILATE): the seeds dilated down the rows, an H x Wc string: bit (i, b) is the OR
+    # of seed bits (i - t, b), t < bh, so that each mask row reads one row of it, not bh rows.
+    if DILATE:
+        n_dilated = planes_per_program * dilated_words
+        for start in range(0, n_dilated, BLOCK):
+            e = start + lanes
+            local = e // dilated_words
+            k = e - local * dilated_words
+            plane = first + local
+            valid = (e < n_dilated) & (plane < planes)
+            plane_base = plane * seed_words
+            bits = tl.zeros((BLOCK,), dtype=tl.uint64)
+            for t in tl.static_range(BH):
+                # Seed bit q - t Wc for dilated bit q; rows above the first have none.
+                position = 32 * k - t * corners_w
+                lead = tl.minimum(tl.maximum(-position, 0), 32)
+                on = valid & (lead < 32)
+                seeds = _seed_window(scratch_ptr, plane_base, seed_words, position + lead, on)
+                bits |= tl.where(on, seeds << lead.to(tl.uint64), 0)
+            dilated = (bits & 0xFFFFFFFF).to(tl.uint32).to(tl.int32)
+            tl.store(dilated_ptr + plane * dilated_words + k, dilated, mask=valid)
+        tl.debug_barrier()
+
+    # Phase 3: mask words, counted.
     n_mask = planes_per_program * mask_words
     rows_per_word = tl.cdiv(32, width) + 1
     kept_total = tl.zeros((BLOCK,), dtype=tl.int32)
@@ -132,7 +170,6 @@ def dropblock_mask_kernel(
         k = e - local * mask_words
         plane = first + local
         valid = (e < n_mask) & (plane < planes)
-        plane_base = plane * seed_words
         unit = 32 * k
         row0 = unit // width
         col0 = unit - row0 * width
@@ -143,16 +180,31 @@ def dropblock_mask_kernel(
             # Seed columns col - bw + 1 .. col + 63 - bw + 1, clipped at the row's start.
             first_col = col - (BW - 1)
             lead = tl.maximum(-first_col, 0)
-            window = tl.zeros((BLOCK,), dtype=tl.uint64)
-            for t in tl.static_range(BH):
-                a = row - (BH - 1) + t
-                on = valid & (a >= 0) & (a < corners_h)
+            # Only columns of a seed row (< Wc) count.
+            columns = _low_bits(corners_w - first_col - lead)
+            if DILATE:
+                on = valid & (row < height)
                 seeds = _seed_window(
-                    scratch_ptr, plane_base, seed_words, a * corners_w + first_col + lead, on
+                    dilated_ptr,
+                    plane * dilated_words,
+                    dilated_words,
+                    row * corners_w + first_col + lead,
+                    on,
                 )
-                # Only columns of row a (< Wc) count.
-                seeds &= _low_bits(corners_w - first_col - lead)
-                window |= tl.where(on, seeds << lead.to(tl.uint64), 0)
+                window = tl.where(on, (seeds & columns) << lead.to(tl.uint64), 0)
+            else:
+                window = tl.zeros((BLOCK,), dtype=tl.uint64)
+                for t in tl.static_range(BH):
+                    a = row - (BH - 1) + t
+                    on = valid & (a >= 0) & (a < corners_h)
+                    seeds = _seed_window(
+                        scratch_ptr,
+                        plane * seed_words,
+                        seed_words,
+                        a * corners_w + first_col + lead,
+                        on,
+                    )
+                    window |= tl.where(on, (seeds & columns) << lead.to(tl.uint64), 0)
             dropped = window
             for s in tl.static_range(1, BW):
                 dropped |= window >> s
@@ -187,6 +239,7 @@ def dropblock_apply_kernel(
     KEEP_ON_DEVICE: tl.constexpr,
     BLOCK: tl.constexpr,
     BATCH_BLOCK: tl.constexpr,
+    FLAT: tl.constexpr,
 ):
     first = tl.program_id(0).to(tl.int64) * planes_per_program
     sample = first // channels
@@ -211,26 +264,58 @@ def dropblock_apply_kernel(
         ratio = total.to(tl.float64) / tl.maximum(kept, 1).to(tl.float64)
         factor = tl.where(kept > 0, ratio, 0.0)
     factor = tl.cast(factor, tl.float32)
-    words = tl.arange(0, BLOCK // 32)
-    bit = tl.arange(0, 32)
-    unit = words[:, None] * 32 + bit[None, :]
-    last = tl.minimum(first + planes_per_program, planes)
-    for plane in range(first, last):
-        mask_plane = plane
-        if SHARED:
-            mask_plane = sample
-        for start in range(0, plane_units, BLOCK):
-            offs = start + unit
-            inside = offs < plane_units
-            word_index = start // 32 + words
+    # The loops stay in the kernel's body (no helper): benchmarks/gpu_estimate.py weights each
+    # instruction by how often its kernel line runs.
+    if FLAT:
+        # The program's planes as one flat range, in vectors of APPLY_VEC units: the plane size is
+        # a multiple of it, so a vector lies in one plane and one mask word. A vector's plane is
+        # its offset times the float32 reciprocal of the plane size, truncated after adding half a
+        # unit: exact below FLAT_UNITS_LIMIT (the product's error stays under half a unit of the
+        # quotient), and no integer division.
+        base = first * plane_units
+        units = (tl.minimum(first + planes_per_program, planes) - first).to(tl.int32) * plane_units
+        reciprocal = 1.0 / plane_units.to(tl.float32)
+        vectors = tl.arange(0, BLOCK // APPLY_VEC) * APPLY_VEC
+        lane = tl.arange(0, APPLY_VEC)
+        for start in range(0, units, BLOCK):
+            offset = start + vectors
+            local = ((offset.to(tl.float32) + 0.5) * reciprocal).to(tl.int32)
+            unit = offset - local * plane_units
+            if SHARED:
+                mask_plane = sample
+            else:
+                mask_plane = first + local
             bits = tl.load(
-                mask_ptr + mask_plane * mask_words + word_index,
-                mask=word_index < mask_words,
-                other=0,
+                mask_ptr + mask_plane * mask_words + (unit >> 5), mask=offset < units, other=0
             )
-            keep = ((bits[:, None] >> bit[None, :]) & 1) != 0
-            base = plane * plane_units
+            keep = ((bits[:, None] >> ((unit & 31)[:, None] + lane[None, :])) & 1) != 0
+            offs = offset[:, None] + lane[None, :]
+            inside = offs < units
             x = tl.load(x_ptr + base + offs, mask=inside, other=0.0).to(tl.float32)
-            # where, not a multiply by 0: dropped units are 0 whatever x holds (as in the sparse path).
             y = tl.where(keep, x * factor, 0.0)
             tl.store(y_ptr + base + offs, y.to(y_ptr.dtype.element_ty), mask=inside)
+    else:
+        words = tl.arange(0, BLOCK // 32)
+        bit = tl.arange(0, 32)
+        unit = words[:, None] * 32 + bit[None, :]
+        last = tl.minimum(first + planes_per_program, planes)
+        for plane in range(first, last):
+            mask_plane = plane
+            if SHARED:
+                mask_plane = sample
+            for start in range(0, plane_units, BLOCK):
+                offs = start + unit
+                inside = offs < plane_units
+                word_index = start // 32 + words
+                bits = tl.load(
+                    mask_ptr + mask_plane * mask_words + word_index,
+                    mask=word_index < mask_words,
+                    other=0,
+                )
+                keep = ((bits[:, None] >> bit[None, :]) & 1) != 0
+                base = plane * plane_units
+                x = tl.load(x_ptr + base + offs, mask=inside, other=0.0).to(tl.float32)
+                # where, not a multiply by 0: dropped units are 0 whatever x holds (as in the
+                # sparse path).
+                y = tl.where(keep, x * factor, 0.0)
+                tl.store(y_ptr + base + offs, y.to(y_ptr.dtype.element_ty), mask=inside)
