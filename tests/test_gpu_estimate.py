@@ -2,7 +2,7 @@
 
 ``benchmarks/gpu_estimate.py`` compiles every launch of the operator's forward and backward for
 sm_90 and counts its SASS; the time estimate is ``max(instructions / issue rate, bytes /
-bandwidth)``. The budget: instructions within the floor's time (the floor reads x, writes y,
+bandwidth)``. The budget: instructions within 1.3x the floor's time (the floor reads x, writes y,
 reads dy, writes dx), bytes within 1.1x the floor's, the estimate within 1.3x the floor's time.
 """
 
@@ -104,9 +104,11 @@ def _describe(row):
 @pytest.mark.slow
 @pytest.mark.parametrize("mask", ["per-channel", "shared"])
 @pytest.mark.parametrize("dtype", ["fp16", "fp32"])
-def test_kernels_issue_no_more_instructions_than_the_floors_time_allows(budget_rows, mask, dtype):
+def test_kernels_issue_no_more_instructions_than_the_time_goal_allows(budget_rows, mask, dtype):
     (row,) = [r for r in budget_rows if r["mask"] == mask and r["dtype"] == dtype]
-    assert row["instructions_per_element"] <= row["instruction_budget"], _describe(row)
+    # instruction_budget is what the floor's time allows; the goal allows TIME_GOAL times that.
+    budget = TIME_GOAL * row["instruction_budget"]
+    assert row["instructions_per_element"] <= budget, f"{_describe(row)}, budget {budget:.1f}"
 
 
 @pytest.mark.slow
