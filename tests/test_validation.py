@@ -19,7 +19,9 @@ from PIL import Image
 import dropblock_det
 from dropblock_det.tools import annotations as annotation_checks
 from dropblock_det.tools.config import add_training_config
-from dropblock_det.tools.validation import InputError, check_training_inputs
+from dropblock_det.tools.train_net import parse_command_line
+from dropblock_det.tools.trainer import check_inputs
+from dropblock_det.tools.validation import InputError, check_head_batch_norm, check_training_inputs
 
 CATEGORIES = [{"id": 1, "name": "one"}, {"id": 7, "name": "seven"}]
 
@@ -82,7 +84,7 @@ def _cfg(train=(), test=(), num_classes=None):
     cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.META_ARCHITECTURE = "RetinaNet"
     cfg.MODEL.BACKBONE.NAME = "build_retinanet_resnet_fpn_backbone"
-    cfg.MODEL.FPN.IN_FEATURES = ["res3", "res4", "res5"]
+    cfg.MODEL.RESNETS.OUT_FEATURES = cfg.MODEL.FPN.IN_FEATURES = ["res3", "res4", "res5"]
     cfg.MODEL.RETINANET.NUM_CLASSES = len(CATEGORIES) if num_classes is None else num_classes
     cfg.DATASETS.TRAIN = tuple(train)
     cfg.DATASETS.TEST = tuple(test)
@@ -154,19 +156,27 @@ def _head_bn_cfg(train, ims_per_batch, max_size=96):
 
 def test_one_image_per_process_with_head_bn_on_a_1x1_level_is_refused(coco_dataset):
     name, _, _ = coco_dataset()
+    model = build_model(_head_bn_cfg(name, 1))
     with pytest.raises(
         InputError, match=r"SOLVER\.IMS_PER_BATCH = 1 over 1 process.*p7 level.*96 px"
     ):
-        check_training_inputs(_head_bn_cfg(name, 1))
+        check_head_batch_norm(_head_bn_cfg(name, 1), model)
     # Two processes sharing a batch of 2: still one image each.
     with pytest.raises(InputError, match=r"`SOLVER\.IMS_PER_BATCH 4`"):
-        check_training_inputs(_head_bn_cfg(name, 2), world_size=2)
-    check_training_inputs(_head_bn_cfg(name, 2))  # two images per process
-    check_training_inputs(_head_bn_cfg(name, 1, max_size=160))  # p7 is 2x2 on the long side
+        check_head_batch_norm(_head_bn_cfg(name, 2), model, world_size=2)
+    check_head_batch_norm(_head_bn_cfg(name, 2), model)  # two images per process
+    check_head_batch_norm(_head_bn_cfg(name, 1, max_size=160), model)  # p7 is 2x2 on the long side
     group_norm = _head_bn_cfg(name, 1)
     group_norm.MODEL.RETINANET.NORM = "GN"
-    check_training_inputs(group_norm)
-    check_training_inputs(_head_bn_cfg(name, 1), check_train=False)  # evaluation only
+    check_head_batch_norm(group_norm, build_model(group_norm))
+
+
+def test_train_net_refuses_the_head_bn_batch_for_training_only():
+    argv = ["--config-file", TINY_DROPBLOCK_CONFIG, "MODEL.DEVICE", "cpu"]
+    argv += ["SOLVER.IMS_PER_BATCH", "1", "DATASETS.TEST", "()"]
+    with pytest.raises(InputError, match=r"SOLVER\.IMS_PER_BATCH = 1 over 1 process"):
+        check_inputs(parse_command_line(argv))
+    check_inputs(parse_command_line(["--eval-only", *argv]))  # evaluation only
 
 
 def test_the_refused_head_bn_batch_really_fails_in_training(tiny_cfg):

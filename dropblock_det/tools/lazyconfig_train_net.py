@@ -208,11 +208,7 @@ def check_inputs(args):
     cfg = load_config(args)
     try:
         _, view = check_model_builds(lambda: build_model(cfg))
-        check_training_inputs(
-            view,
-            check_train=not args.eval_only and bool(view.DATASETS.TRAIN),
-            world_size=args.num_gpus * args.num_machines,
-        )
+        check_training_inputs(view, check_train=not args.eval_only and bool(view.DATASETS.TRAIN))
     except InputError as error:
         raise InputError(_lazy_message(error)) from error
 

@@ -37,7 +37,7 @@ from ..modeling import check_placements
 from .config import add_training_config, validate_training_config
 from .data import register_dropblock_digits
 from .evaluation import build_evaluator
-from .validation import InputError, check_training_inputs
+from .validation import InputError, check_head_batch_norm, check_training_inputs
 
 __all__ = [
     "EVAL_RESULTS_FILE",
@@ -200,10 +200,10 @@ def check_inputs(args):
     """
     register_datasets(args)
     cfg = build_cfg(args)
-    check_training_inputs(
-        cfg, check_train=not args.eval_only, world_size=args.num_gpus * args.num_machines
-    )
-    check_model(cfg)
+    check_training_inputs(cfg, check_train=not args.eval_only)
+    model = check_model(cfg)
+    if not args.eval_only:
+        check_head_batch_norm(cfg, model, world_size=args.num_gpus * args.num_machines)
 
 
 def check_model(cfg):
@@ -212,6 +212,9 @@ def check_model(cfg):
     Args:
         cfg (CfgNode): the run's config.
 
+    Returns:
+        nn.Module: the model, on the CPU.
+
     Raises:
         InputError: with the builder's or :func:`~dropblock_det.check_placements`' message.
     """
@@ -219,7 +222,7 @@ def check_model(cfg):
     cpu_cfg.defrost()
     cpu_cfg.MODEL.DEVICE = "cpu"  # the GPUs are the training processes'
     cpu_cfg.freeze()
-    check_model_builds(lambda: Trainer.build_model(cpu_cfg))
+    return check_model_builds(lambda: Trainer.build_model(cpu_cfg))
 
 
 def check_model_builds(build):
@@ -332,15 +335,17 @@ class Trainer(DefaultTrainer):
     """
 
     def __init__(self, cfg):
-        """DefaultTrainer's ``__init__``, line for line, but for the DDP wrapping.
-
-        Copied because DefaultTrainer wraps the model inside ``__init__`` with
-        ``create_ddp_model(model, broadcast_buffers=False)``, which DDP refuses for a CPU model,
-        and offers no method to override there; :func:`create_ddp_model_on_device` wraps it.
+        """DefaultTrainer's ``__init__``; with several CPU processes, its copy below.
 
         Args:
             cfg (CfgNode): the run's config.
         """
+        if comm.get_world_size() == 1 or cfg.MODEL.DEVICE != "cpu":
+            super().__init__(cfg)
+            return
+        # DefaultTrainer.__init__ wraps the model with create_ddp_model(model,
+        # broadcast_buffers=False), whose device_ids=[local rank] DDP refuses for a CPU model, and
+        # has no method to override there: the same steps, wrapped by create_ddp_model_on_device.
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
@@ -356,9 +361,7 @@ class Trainer(DefaultTrainer):
         self.checkpointer = DetectionCheckpointer(
             model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
         )
-        self.start_iter = 0
-        self.max_iter = cfg.SOLVER.MAX_ITER
-        self.cfg = cfg
+        self.start_iter, self.max_iter, self.cfg = 0, cfg.SOLVER.MAX_ITER, cfg
         self.register_hooks(self.build_hooks())
 
     @classmethod

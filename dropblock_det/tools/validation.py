@@ -7,11 +7,11 @@ input never costs a checkpoint or a metrics file already there.
 """
 
 import difflib
-import re
 
 import torch
 from detectron2.data import DatasetCatalog
-from detectron2.modeling import BACKBONE_REGISTRY, META_ARCH_REGISTRY
+from detectron2.modeling import BACKBONE_REGISTRY, META_ARCH_REGISTRY, RetinaNet
+from torch import nn
 
 from ..config import validate_dropblock_config
 from .annotations import DatasetChecker
@@ -19,34 +19,22 @@ from .config import validate_training_config
 from .errors import InputError
 from .evaluation import check_evaluator_type
 
-__all__ = ["InputError", "check_training_inputs"]
-
-# FPN backbone builders and the levels their top block adds above the last input (see
-# _fpn_levels): RetinaNet's LastLevelP6P7 two, R-CNN's LastLevelMaxPool one.
-_FPN_TOP_LEVELS = {
-    "build_retinanet_resnet_fpn_backbone": 2,
-    "build_retinanet_resnet_fpn_dropblock_backbone": 2,
-    "build_resnet_fpn_backbone": 1,
-    "build_resnet_fpn_dropblock_backbone": 1,
-}
+__all__ = ["InputError", "check_head_batch_norm", "check_training_inputs"]
 
 
-def check_training_inputs(cfg, *, check_train=True, check_test=True, world_size=1):
+def check_training_inputs(cfg, *, check_train=True, check_test=True):
     """Check the config and the datasets it names, raising on the first problem found.
 
-    Checks, in order: the model settings (device, registered builders, the ``MODEL.DROPBLOCK``
-    values and that the backbone and heads honour them); that every name in ``DATASETS.TRAIN`` /
-    ``DATASETS.TEST`` is registered with a COCO evaluator; each dataset's files, with
-    :class:`~dropblock_det.tools.annotations.DatasetChecker` (each json parsed at most once); and
-    that the head's ``NUM_CLASSES`` equals each dataset's number of categories. Nothing is written,
-    except that the embedded ``dropblock_digits_*`` datasets are generated if they do not exist yet.
+    Checks, in order: the device, the registered builders and the config values; that every name
+    in ``DATASETS.TRAIN`` / ``DATASETS.TEST`` is registered with a COCO evaluator; each dataset's
+    files (:class:`~dropblock_det.tools.annotations.DatasetChecker`, each json parsed once); and
+    that the head's ``NUM_CLASSES`` equals each dataset's number of categories. Nothing is
+    written, except that the embedded ``dropblock_digits_*`` datasets are generated if missing.
 
     Args:
         cfg (CfgNode): the final (merged) Detectron2 config.
         check_train (bool): check ``DATASETS.TRAIN`` (must be non-empty). False for ``--eval-only``.
         check_test (bool): check ``DATASETS.TEST``.
-        world_size (int): training processes over all machines; with ``check_train``, a batch of
-            one image per process is refused where BN in the RetinaNet head would see a 1x1 map.
 
     Raises:
         InputError: one message naming the config key or file at fault and what to do.
@@ -61,7 +49,6 @@ def check_training_inputs(cfg, *, check_train=True, check_test=True, world_size=
                 "DATASETS.TRAIN is empty, so there is nothing to train on. Set it to registered "
                 "dataset names in the config file, e.g. DATASETS.TRAIN \"('dropblock_digits_train',)\"."
             )
-        _check_head_batch_norm(cfg, world_size)
     if check_test:
         datasets_by_key["DATASETS.TEST"] = _dataset_names(cfg, "TEST")
 
@@ -134,57 +121,43 @@ def _check_model(cfg):
         ) from error
 
 
-def _check_head_batch_norm(cfg, world_size):
-    """Refuse one image per process where BN in the RetinaNet head would normalise a 1x1 map.
+def check_head_batch_norm(cfg, model, world_size=1):
+    """Refuse one training image per process where BN in the RetinaNet head sees a 1x1 map.
 
-    BatchNorm in training needs more than one value per channel; a 1x1 top FPN level with one image
+    BatchNorm in training needs more than one value per channel; a 1x1 top level with one image
     fails deep inside the first forward pass with PyTorch's "Expected more than 1 value per
-    channel", which names neither the batch nor the norm.
+    channel", which names neither the batch nor the norm. The levels and their strides are read
+    from the built model.
+
+    Args:
+        cfg (CfgNode): the run's config.
+        model (nn.Module): the model built from it.
+        world_size (int): training processes over all machines.
+
+    Raises:
+        InputError: naming SOLVER.IMS_PER_BATCH and MODEL.RETINANET.NORM.
     """
-    if "RetinaNet" not in cfg.MODEL.META_ARCHITECTURE or cfg.MODEL.RETINANET.NORM != "BN":
-        return
-    levels = _fpn_levels(cfg)
     world_size = max(world_size, 1)
-    if levels is None or cfg.SOLVER.IMS_PER_BATCH // world_size > 1:
+    if not isinstance(model, RetinaNet) or cfg.SOLVER.IMS_PER_BATCH // world_size > 1:
         return
+    if not any(type(m) is nn.BatchNorm2d for m in model.head.modules()):
+        return  # GN, SyncBN or no norm
     jitter = cfg.INPUT.get("SCALE_JITTER")
     if jitter is not None and jitter.ENABLED:
         size_key, longest_side = "INPUT.SCALE_JITTER.TARGET_SIZE", jitter.TARGET_SIZE
     else:
         size_key, longest_side = "INPUT.MAX_SIZE_TRAIN", cfg.INPUT.MAX_SIZE_TRAIN
-    top_stride = 2 ** int(levels[-1][1:])
-    if longest_side > top_stride:
+    shapes = model.backbone.output_shape()
+    top = max(model.head_in_features, key=lambda level: shapes[level].stride)
+    if longest_side > shapes[top].stride:
         return
     raise InputError(
         f"SOLVER.IMS_PER_BATCH = {cfg.SOLVER.IMS_PER_BATCH} over {world_size} process(es) gives "
-        f"each one image, but MODEL.RETINANET.NORM = 'BN' normalises the {levels[-1]} level, a "
+        f"each one image, but MODEL.RETINANET.NORM = 'BN' normalises the {top} level, a "
         f"1x1 map for images of at most {longest_side} px ({size_key}), and BatchNorm "
         "cannot train on a single value per channel. Use at least 2 images per process, e.g. "
         f"`SOLVER.IMS_PER_BATCH {2 * world_size}`, or MODEL.RETINANET.NORM 'GN'."
     )
-
-
-def _fpn_levels(cfg):
-    """The FPN levels a ResNet-FPN backbone produces, or None when unknown.
-
-    Detectron2's FPN names the output of ``resN`` (stride 2**N) ``pN``; RetinaNet's
-    ``LastLevelP6P7`` adds the two levels above the last one (``res3..res5`` give ``p3..p7``),
-    R-CNN's ``LastLevelMaxPool`` one (``res2..res5`` give ``p2..p6``).
-    """
-    top_levels = _FPN_TOP_LEVELS.get(cfg.MODEL.BACKBONE.NAME)
-    if top_levels is None:
-        return None
-    stages = []
-    for feature in cfg.MODEL.FPN.IN_FEATURES:
-        match = re.fullmatch(r"res(\d)", feature)
-        if match is None:
-            return None
-        stages.append(int(match.group(1)))
-    if not stages:
-        return None
-    return [f"p{s}" for s in sorted(stages)] + [
-        f"p{max(stages) + k}" for k in range(1, top_levels + 1)
-    ]
 
 
 def _check_registered(name, key):
