@@ -33,69 +33,58 @@ ROI_MASK_GROUP = "roi_mask"
 
 
 def add_dropblock_config(cfg):
-    """Add the ``MODEL.DROPBLOCK`` keys to a Detectron2 config (and nothing else).
-
-    Call it after ``get_cfg()`` and before ``merge_from_file``, as with any Detectron2 project.
+    """Add the ``MODEL.DROPBLOCK`` keys to a Detectron2 config, before ``merge_from_file``.
 
     Args:
         cfg (CfgNode): a Detectron2 config, modified in place.
     """
     _C = cfg
     _C.MODEL.DROPBLOCK = CN()
-    # Master switch. Off, the DropBlock builders build exactly the stock Detectron2 model (same
-    # modules, same state_dict, bit-identical detections).
+    # Master switch; off, the DropBlock builders build exactly the stock Detectron2 model.
     _C.MODEL.DROPBLOCK.ENABLED = False
-    # Target keep probability, reached at the end of the schedule ramp (paper: 0.9). In (0, 1].
+    # Target keep probability, reached at the end of the schedule (paper: 0.9). In (0, 1].
     _C.MODEL.DROPBLOCK.KEEP_PROB = 0.9
-    # Side of the square block of dropped units, one value for every feature map (paper: 7).
-    # Clipped per axis to the feature map; even sizes are allowed.
+    # Side of the square dropped block (paper: 7), clipped per axis to the map; even sizes allowed.
     _C.MODEL.DROPBLOCK.BLOCK_SIZE = 7
-    # Seed rate: "exact" solves for the rate whose expected dropped fraction is 1 - keep_prob;
-    # "paper" is the paper's formula, which lands ~5% under it because blocks overlap. The
-    # operator's own default is "paper" (a drop-in for the peers); a detector run asks for the
-    # rate it names.
+    # Seed rate: "exact" drops 1 - keep_prob in expectation; "paper" (the operator's default, a
+    # drop-in for the peers) drops ~5% less because blocks overlap.
     _C.MODEL.DROPBLOCK.GAMMA = "exact"
-    # True draws one mask per sample shared by all channels (cheaper, timm's default); False draws
-    # one mask per channel, as in the paper's Algorithm 1.
+    # True: one mask per sample shared by all channels (timm's default); False: one per channel
+    # (the paper's Algorithm 1).
     _C.MODEL.DROPBLOCK.SHARE_CHANNELS = False
-    # Rescaling of the kept units: "batch" (count(mask)/count_ones(mask) over the whole batch, as in
-    # the paper and the TF reference), "sample" (per sample) or "expected" (1 / keep_prob).
+    # Rescaling of the kept units: "batch" (count / count_ones over the batch, paper and TF
+    # reference), "sample" (per sample) or "expected" (1 / keep_prob).
     _C.MODEL.DROPBLOCK.NORMALIZE = "batch"
-    # Implementation: "auto" (the fastest measured on the tensor's device: "sparse" on CPU),
-    # "sparse", "dense" or "triton" (fused GPU kernels). Same semantics; each draws its own masks.
+    # "auto" (the fastest measured for the device), "sparse", "dense" or "triton" (GPU).
     _C.MODEL.DROPBLOCK.BACKEND = "auto"
     # ResNet stages that get DropBlock (the TF reference's groups 3 and 4 are res4 and res5).
     _C.MODEL.DROPBLOCK.STAGES = ["res4", "res5"]
-    # "block": inside every residual block of STAGES, after the conv1 and conv2 activations, after
-    # conv3's norm and on the shortcut branch before the addition (TF reference);
-    # "stage": once on the output of each stage in STAGES.
+    # "block": in every block of STAGES, after conv1's and conv2's activations, after conv3's norm
+    # and on the shortcut (TF reference); "stage": once on each stage's output.
     _C.MODEL.DROPBLOCK.PLACEMENT = "block"
-    # FPN output levels (any of p2..p7 the FPN produces) that get DropBlock. The paper uses none.
+    # FPN output levels (p2..p7) that get DropBlock. The paper uses none.
     _C.MODEL.DROPBLOCK.FPN = []
-    # DropBlock after each activation of the RetinaNet class and box subnets. The paper uses none.
+    # After each activation of the RetinaNet class and box subnets. The paper uses none.
     _C.MODEL.DROPBLOCK.HEAD = False
-    # R-CNN: DropBlock on the pooled RoI features the box head receives and after each mask-head
-    # conv (needs MODEL.ROI_BOX_HEAD.NAME "DropBlockFastRCNNConvFCHead" and, for masks,
-    # MODEL.ROI_MASK_HEAD.NAME "DropBlockMaskRCNNConvUpsampleHead"). The paper uses none.
+    # R-CNN: on the box head's pooled RoI features and after each mask-head conv (needs
+    # MODEL.ROI_BOX_HEAD.NAME "DropBlockFastRCNNConvFCHead", for masks MODEL.ROI_MASK_HEAD.NAME
+    # "DropBlockMaskRCNNConvUpsampleHead"). The paper uses none.
     _C.MODEL.DROPBLOCK.ROI_HEADS = False
-    # Per-stage drop rate of the TF reference: a stage d stages below the last of STAGES keeps
-    # 1 - (1 - keep_prob) / 4**d (res4 gets a quarter of res5's drop rate). FPN and head levels
-    # always use the unscaled keep_prob.
+    # TF reference: a stage d stages below the last of STAGES keeps 1 - (1 - keep_prob) / 4**d.
+    # FPN and head levels use keep_prob as is.
     _C.MODEL.DROPBLOCK.GROUP_SCALING = True
 
     _C.MODEL.DROPBLOCK.SCHEDULE = CN()
-    # keep_prob at iteration 0 (paper: 1.0, i.e. DropBlock starts switched off).
+    # keep_prob at iteration 0 (paper: 1.0, DropBlock off).
     _C.MODEL.DROPBLOCK.SCHEDULE.START = 1.0
-    # Fraction of the run over which keep_prob falls linearly from START (iteration 0) to
-    # KEEP_PROB (iteration RAMP * (SOLVER.MAX_ITER - 1)), then stays at KEEP_PROB. The last
-    # training step always runs at KEEP_PROB, as the paper's schedule ends at its target; a run of
-    # one iteration runs it at KEEP_PROB. 1.0 ramps over the whole run, as in the paper; 0.0 is
-    # constant.
+    # Fraction of the run over which keep_prob falls linearly from START to KEEP_PROB (reached at
+    # iteration RAMP * (MAX_ITER - 1), so the last step runs at KEEP_PROB): 1.0 as in the paper,
+    # 0.0 constant.
     _C.MODEL.DROPBLOCK.SCHEDULE.RAMP = 1.0
 
 
 def fail(key, value, expected):
-    """Raise the ValueError of an invalid config value, in the one format every check uses.
+    """Raise ``ValueError("cfg.<key> = <value> is invalid: <expected>.")``, every check's format.
 
     Args:
         key (str): the full key, e.g. "MODEL.DROPBLOCK.KEEP_PROB".
@@ -103,7 +92,7 @@ def fail(key, value, expected):
         expected (str): what is expected instead.
 
     Raises:
-        ValueError: ``cfg.<key> = <value> is invalid: <expected>.``
+        ValueError: always.
     """
     raise ValueError(f"cfg.{key} = {value!r} is invalid: {expected}.")
 
@@ -112,18 +101,10 @@ def _is_number(value):
     return not isinstance(value, bool) and isinstance(value, (int, float))
 
 
-def _check_names(key, names, valid):
-    names = list(names)
-    if any(n not in valid for n in names) or len(set(names)) != len(names):
-        fail(key, names, f"expected distinct names among {list(valid)}")
-
-
 def dropblock_settings(**values):
     """The ``MODEL.DROPBLOCK`` node on its own: defaults, then ``values``, checked.
 
-    What a LazyConfig holds in place of ``cfg.MODEL.DROPBLOCK``, e.g.
-    ``dropblock = L(dropblock_settings)(ENABLED=True, BLOCK_SIZE=3)``; the model builders and the
-    schedule hook take either.
+    A LazyConfig's ``dropblock = L(dropblock_settings)(ENABLED=True, BLOCK_SIZE=3)``.
 
     Args:
         **values: keys of ``MODEL.DROPBLOCK`` (``SCHEDULE`` as a dict of its keys).
@@ -149,10 +130,7 @@ def dropblock_settings(**values):
 
 
 def validate_dropblock_config(cfg):
-    """Check every ``MODEL.DROPBLOCK`` value, raising before any training time is spent.
-
-    Args:
-        cfg (CfgNode): a config that went through :func:`add_dropblock_config`.
+    """:func:`validate_dropblock_settings` on a yaml config's ``MODEL.DROPBLOCK``.
 
     Raises:
         ValueError: naming the offending key, its value and what is expected.
@@ -166,11 +144,7 @@ def validate_dropblock_config(cfg):
 
 
 def validate_dropblock_settings(settings):
-    """Check a ``MODEL.DROPBLOCK`` node (from a yaml config or a LazyConfig): every value check.
-
-    The model builders and the schedule hook trust their settings; the entry points call this (or
-    :func:`validate_dropblock_config`) once, and :func:`dropblock_settings` calls it on the node it
-    makes.
+    """Every value check of a ``MODEL.DROPBLOCK`` node; the builders and the hook trust it.
 
     Args:
         settings (CfgNode or Mapping): ``cfg.MODEL.DROPBLOCK`` or :func:`dropblock_settings`.
@@ -184,10 +158,9 @@ def validate_dropblock_settings(settings):
             fail(f"MODEL.DROPBLOCK.{key}", d[key], "expected True or False")
     if not (_is_number(d.KEEP_PROB) and 0.0 < d.KEEP_PROB <= 1.0):
         fail("MODEL.DROPBLOCK.KEEP_PROB", d.KEEP_PROB, "expected a number in (0, 1], e.g. 0.9")
-    start = d.SCHEDULE.START
+    start, ramp = d.SCHEDULE.START, d.SCHEDULE.RAMP
     if not (_is_number(start) and 0.0 < start <= 1.0):
         fail("MODEL.DROPBLOCK.SCHEDULE.START", start, "expected a number in (0, 1], e.g. 1.0")
-    ramp = d.SCHEDULE.RAMP
     if not (_is_number(ramp) and 0.0 <= ramp <= 1.0):
         fail("MODEL.DROPBLOCK.SCHEDULE.RAMP", ramp, "expected a fraction of the run in [0, 1]")
     bs = d.BLOCK_SIZE
@@ -201,8 +174,10 @@ def validate_dropblock_settings(settings):
     ):
         if d[key] not in valid:
             fail(f"MODEL.DROPBLOCK.{key}", d[key], f"expected one of {list(valid)}")
-    _check_names("MODEL.DROPBLOCK.STAGES", d.STAGES, RESNET_STAGES)
-    _check_names("MODEL.DROPBLOCK.FPN", d.FPN, FPN_LEVELS)
+    for key, valid in (("STAGES", RESNET_STAGES), ("FPN", FPN_LEVELS)):
+        names = list(d[key])
+        if any(n not in valid for n in names) or len(set(names)) != len(names):
+            fail(f"MODEL.DROPBLOCK.{key}", names, f"expected distinct names among {list(valid)}")
     if d.ENABLED and not (d.STAGES or d.FPN or d.HEAD or d.ROI_HEADS):
         raise ValueError(
             "cfg.MODEL.DROPBLOCK.ENABLED is True but the config asks for DropBlock nowhere: choose "
@@ -215,13 +190,11 @@ def dropblock_settings_of(cfg):
     """The DropBlock settings of a yaml config, of a LazyConfig root, or the node itself.
 
     Args:
-        cfg (CfgNode or DictConfig): a yaml config with ``MODEL.DROPBLOCK``, a LazyConfig root
-            (its ``dropblock`` node, made by :func:`dropblock_settings`, is instantiated), or the
-            settings node.
+        cfg (CfgNode or DictConfig): a yaml config, a LazyConfig root (its ``dropblock`` node is
+            instantiated) or the settings node.
 
     Returns:
-        CfgNode or None: the ``MODEL.DROPBLOCK`` node; None for a LazyConfig without a
-        ``dropblock`` node (a baseline).
+        CfgNode or None: the settings; None for a LazyConfig without a ``dropblock`` node.
     """
     if "MODEL" in cfg:
         return cfg.MODEL.DROPBLOCK
@@ -234,13 +207,11 @@ def dropblock_settings_of(cfg):
 def requested_groups(cfg, *, backbone_only: bool = False) -> dict[str, str]:
     """The DropBlock groups the config asks for, each with the key that asks for it.
 
-    The one answer to "which groups does this config ask for": the model check, the schedule's
-    summary, the search space and the report all use it.
+    The one answer used by the builders, the model check, the search space and the report.
 
     Args:
-        cfg (CfgNode or DictConfig): a yaml config or a LazyConfig root (see
-            :func:`dropblock_settings_of`); for a LazyConfig, masks count when its model has a
-            ``roi_heads.mask_head``.
+        cfg (CfgNode or DictConfig): as for :func:`dropblock_settings_of`; in a LazyConfig, masks
+            count when its model has a ``roi_heads.mask_head``.
         backbone_only (bool): only the backbone's groups (STAGES and FPN).
 
     Returns:
@@ -256,13 +227,11 @@ def requested_groups(cfg, *, backbone_only: bool = False) -> dict[str, str]:
             groups[HEAD_GROUP] = "MODEL.DROPBLOCK.HEAD"
         if d.ROI_HEADS:
             groups[ROI_BOX_GROUP] = "MODEL.DROPBLOCK.ROI_HEADS"
-            if _mask_on(cfg):
+            if "MODEL" in cfg:
+                mask_on = cfg.MODEL.MASK_ON
+            else:
+                roi_heads = cfg.get("model", {}).get("roi_heads") if "model" in cfg else None
+                mask_on = roi_heads is not None and roi_heads.get("mask_head") is not None
+            if mask_on:
                 groups[ROI_MASK_GROUP] = "MODEL.DROPBLOCK.ROI_HEADS"
     return groups
-
-
-def _mask_on(cfg) -> bool:
-    if "MODEL" in cfg:
-        return bool(cfg.MODEL.MASK_ON)
-    roi_heads = cfg.get("model", {}).get("roi_heads") if "model" in cfg else None
-    return roi_heads is not None and roi_heads.get("mask_head") is not None

@@ -12,7 +12,7 @@ from .config import HEAD_GROUP, ROI_BOX_GROUP, ROI_MASK_GROUP, dropblock_setting
 from .layers import KeepProb, share_keep_prob
 from .modeling import dropblock_modules, group_keep_prob
 
-__all__ = ["DropBlockSchedule", "describe_group"]
+__all__ = ["KEEP_PROB_METRIC", "DropBlockSchedule"]
 
 logger = logging.getLogger(__name__)
 
@@ -20,26 +20,18 @@ logger = logging.getLogger(__name__)
 KEEP_PROB_METRIC = "dropblock/keep_prob"
 
 
-_GROUP_KINDS = (("res", "ResNet stage"), ("p", "FPN level"))
-_NAMED_GROUPS = {
+# Where each group sits, for the start-up summary.
+_GROUP_PLACES = {
     HEAD_GROUP: "RetinaNet head",
     ROI_BOX_GROUP: "RoI box head input",
     ROI_MASK_GROUP: "mask head convs",
 }
 
 
-def describe_group(group: str | None) -> str:
-    """Where a DropBlock group sits, in words (e.g. "ResNet stage res4").
-
-    Args:
-        group (str or None): the group name (None for a DropBlock2d no placement built).
-
-    Returns:
-        str: the description.
-    """
-    if group in _NAMED_GROUPS:
-        return _NAMED_GROUPS[group]
-    for prefix, kind in _GROUP_KINDS:
+def _where(group: str | None) -> str:
+    if group in _GROUP_PLACES:
+        return _GROUP_PLACES[group]
+    for prefix, kind in (("res", "ResNet stage"), ("p", "FPN level")):
         if group and group.startswith(prefix):
             return f"{kind} {group}"
     return f"group {group}"
@@ -49,20 +41,16 @@ class DropBlockSchedule(HookBase):
     """Sets every DropBlock's keep_prob from the iteration count before each training step.
 
     keep_prob falls linearly from ``start`` at step 0 to ``keep_prob`` at step
-    ``ramp * (max_iter - 1)``, then stays there (paper §3: "decrease linearly from 1 to the
-    target"; the TF reference ramps over the whole run, ``ramp`` 1.0). The last training step
-    runs at ``keep_prob``, as the paper's schedule ends at its target. DropBlocks in a ResNet stage get it through GROUP_SCALING (see
-    :func:`~dropblock_det.modeling.group_keep_prob`), FPN and head DropBlocks get it as is. The
-    unscaled value is written as ``dropblock/keep_prob`` to the EventStorage.
+    ``ramp * (max_iter - 1)``, then stays there (paper §3; the TF reference ramps over the whole
+    run, ``ramp`` 1.0), so the last step runs at the target. ResNet stages get it scaled by
+    GROUP_SCALING (:func:`~dropblock_det.modeling.group_keep_prob`); the unscaled value is written
+    to the EventStorage as ``dropblock/keep_prob``.
 
-    Between steps it switches DropBlock off (keep_prob 1), so that only training steps drop: hooks
-    that run the model in train mode after a step, such as Detectron2's PreciseBN, collect BN
-    statistics without DropBlock, as inference will see them.
-
-    The hook keeps no state: the value depends only on ``trainer.iter`` and ``trainer.max_iter``,
-    so a run resumed from a checkpoint continues the schedule exactly. Register it on every rank
-    (each rank has its own model replica), before the hooks whose ``after_step`` should see
-    DropBlock off.
+    Between steps DropBlock is off (keep_prob 1): hooks that run the model in train mode after a
+    step, such as PreciseBN, collect BN statistics as inference will see them. The hook keeps no
+    state (the value depends only on ``trainer.iter`` and ``trainer.max_iter``), so a resumed run
+    continues the schedule exactly. Register it on every rank, before the hooks whose
+    ``after_step`` should see DropBlock off.
     """
 
     @configurable
@@ -84,8 +72,7 @@ class DropBlockSchedule(HookBase):
             ramp (float): fraction of the run over which it falls (MODEL.DROPBLOCK.SCHEDULE.RAMP).
             stages (Sequence[str]): MODEL.DROPBLOCK.STAGES, for GROUP_SCALING.
             group_scaling (bool): MODEL.DROPBLOCK.GROUP_SCALING.
-            model (nn.Module or None): the model to schedule; None uses ``trainer.model``
-                (DDP-wrapped or not: the DropBlocks are found among its modules).
+            model (nn.Module or None): the model to schedule; None uses ``trainer.model``.
         """
         self._keep_prob, self._start, self._ramp = float(keep_prob), float(start), float(ramp)
         self._stages = tuple(stages)
@@ -96,11 +83,11 @@ class DropBlockSchedule(HookBase):
 
     @classmethod
     def from_config(cls, cfg, model=None):
-        """The ``__init__`` arguments from the DropBlock settings.
+        """The ``__init__`` arguments from a yaml config or its ``MODEL.DROPBLOCK`` node.
 
         Args:
             cfg (CfgNode): a config with the ``MODEL.DROPBLOCK`` keys, or that node itself (a
-                LazyConfig's ``dropblock``, see :func:`dropblock_det.config.dropblock_settings`).
+                LazyConfig's ``dropblock``).
             model (nn.Module or None): see ``__init__``.
 
         Returns:
@@ -117,11 +104,7 @@ class DropBlockSchedule(HookBase):
         }
 
     def keep_prob_at(self, iteration: int, max_iter: int, group: str | None = None) -> float:
-        """The keep probability the hook sets before training step ``iteration``.
-
-        The ramp spans the steps 0 .. ``max_iter - 1``: step 0 runs at ``start``, every step from
-        ``ramp * (max_iter - 1)`` on at ``keep_prob``, so the last training step always runs at
-        the target (a one-step run too).
+        """The keep probability the hook sets before training step ``iteration`` (see the class).
 
         Args:
             iteration (int): the step about to run, in [0, max_iter).
@@ -132,8 +115,8 @@ class DropBlockSchedule(HookBase):
         Returns:
             float: the keep probability.
         """
-        where = iteration / (max_iter - 1) if max_iter > 1 else 1.0
-        progress = min(where / self._ramp, 1.0) if self._ramp > 0 else 1.0
+        fraction = iteration / (max_iter - 1) if max_iter > 1 else 1.0
+        progress = min(fraction / self._ramp, 1.0) if self._ramp > 0 else 1.0
         keep_prob = (
             self._keep_prob
             if progress >= 1.0
@@ -174,7 +157,7 @@ class DropBlockSchedule(HookBase):
         first, last = (self.keep_prob_at(i, max_iter, group) for i in (0, max_iter - 1))
         reached = math.ceil(self._ramp * (max_iter - 1))
         return (
-            f"DropBlock {describe_group(group)}: {len(modules)} module(s), block "
+            f"DropBlock {_where(group)}: {len(modules)} module(s), block "
             f"{sorted({m.block_size for m in modules})}, keep_prob {first:.4g} -> {last:.4g} from "
             f"iteration 0 to {reached} of 0..{max_iter - 1}"
         )

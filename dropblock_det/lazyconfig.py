@@ -1,10 +1,8 @@
 """DropBlock in a LazyConfig: :func:`add_dropblock` turns a model-zoo config into its DropBlock twin.
 
-Detectron2's LazyConfigs build models from ``_target_`` nodes rather than registry names, so the
-yaml route (``MODEL.BACKBONE.NAME`` and the head names) does not reach them. :func:`add_dropblock`
-swaps the targets a ResNet detector is made of for the DropBlock builders of
-:mod:`dropblock_det.modeling`, which take the same arguments, and adds the ``dropblock`` node
-(the ``MODEL.DROPBLOCK`` keys, by the same names) that they and the schedule hook read::
+LazyConfigs build models from ``_target_`` nodes, not registry names: :func:`add_dropblock` swaps
+the targets of a ResNet detector for the DropBlock builders of :mod:`dropblock_det.modeling`
+(same arguments) and adds the ``dropblock`` node (the ``MODEL.DROPBLOCK`` keys) they read::
 
     from detectron2 import model_zoo
     from dropblock_det.lazyconfig import add_dropblock
@@ -34,7 +32,7 @@ from .modeling import (
     roi_dropblock_factory,
 )
 
-__all__ = ["DROPBLOCK_KEY", "add_dropblock"]
+__all__ = ["DROPBLOCK_KEY", "add_dropblock", "lazy_target"]
 
 # The root key of the DropBlock settings in a LazyConfig (``cfg.dropblock``).
 DROPBLOCK_KEY = "dropblock"
@@ -47,14 +45,11 @@ _STAGE_ARGS = ("norm", "stride_in_1x1")
 def add_dropblock(cfg, **settings):
     """Turn a LazyConfig of a ResNet detector into its DropBlock twin, in place.
 
-    Swaps, where the config has Detectron2's stock node: the ResNet stages
-    (``ResNet.make_default_stages`` → :func:`~dropblock_det.modeling.make_dropblock_stages`), the
-    FPN (→ :func:`~dropblock_det.modeling.dropblock_fpn`), RetinaNet and its head (→
-    ``DropBlockRetinaNet``, :func:`~dropblock_det.modeling.retinanet_head`), and the R-CNN box
-    head(s) and mask head (→ ``DropBlockFastRCNNConvFCHead``,
-    ``DropBlockMaskRCNNConvUpsampleHead``). Every other value (norms, freeze_at, LSJ's SyncBN,
-    the dataloader, the schedule) stays. Then sets ``cfg.dropblock`` to the settings. Calling it
-    again only replaces the settings.
+    Swaps each stock node it finds: ``ResNet.make_default_stages`` → ``make_dropblock_stages``,
+    ``FPN`` → ``dropblock_fpn``, ``RetinaNet`` and its head → ``DropBlockRetinaNet`` and
+    ``retinanet_head``, the R-CNN box and mask heads → their DropBlock subclasses. Every other
+    value stays (norms, freeze_at, the dataloader, the schedule). Then sets ``cfg.dropblock`` to
+    the settings; calling it again only replaces them.
 
     Args:
         cfg (DictConfig): a LazyConfig root with ``model``, e.g. from
@@ -74,10 +69,10 @@ def add_dropblock(cfg, **settings):
     dropblock_settings(**settings)  # refuse a bad key or value now, not when training starts
     model = cfg.model
     _swap_backbone(model.backbone)
-    if _target(model) is RetinaNet:
+    if lazy_target(model) is RetinaNet:
         model._target_ = DropBlockRetinaNet
     head = model.get("head")
-    if head is not None and _target(head) in (RetinaNetHead, retinanet_head):
+    if head is not None and lazy_target(head) in (RetinaNetHead, retinanet_head):
         head._target_ = retinanet_head
         head.dropblock = _SETTINGS
     roi_heads = model.get("roi_heads")
@@ -95,31 +90,31 @@ def add_dropblock(cfg, **settings):
     return cfg
 
 
-def _target(node):
-    """The callable a LazyCall node builds (a saved config holds its import path)."""
+def lazy_target(node):
+    """The callable a LazyCall node builds (a saved config holds its import path), or None."""
     target = node.get("_target_") if hasattr(node, "get") else None
     return locate(target) if isinstance(target, str) else target
 
 
 def _swap_backbone(backbone):
-    resnet = backbone.bottom_up if _target(backbone) in (FPN, dropblock_fpn) else backbone
-    if _target(resnet) is not ResNet:
-        found = _target(resnet)
+    resnet = backbone.bottom_up if lazy_target(backbone) in (FPN, dropblock_fpn) else backbone
+    if lazy_target(resnet) is not ResNet:
+        found = lazy_target(resnet)
         raise ValueError(
             f"add_dropblock: model.backbone builds {getattr(found, '__name__', found)!r}; "
             "DropBlock's placements need Detectron2's ResNet, or an FPN on it "
             "(model.backbone.bottom_up)."
         )
-    if _target(backbone) is FPN:
+    if lazy_target(backbone) is FPN:
         backbone._target_ = dropblock_fpn
         backbone.dropblock = _SETTINGS
     stages = resnet.stages
-    if _target(stages) is make_dropblock_stages:
+    if lazy_target(stages) is make_dropblock_stages:
         return
-    if _target(stages) is not ResNet.make_default_stages:
+    if lazy_target(stages) is not ResNet.make_default_stages:
         raise ValueError(
             "add_dropblock: model.backbone's ResNet stages are built by "
-            f"{_target(stages)!r}; only ResNet.make_default_stages can be swapped for "
+            f"{lazy_target(stages)!r}; only ResNet.make_default_stages can be swapped for "
             "dropblock_det.modeling.make_dropblock_stages."
         )
     depth = stages.depth
@@ -148,7 +143,7 @@ def _swap_backbone(backbone):
 
 
 def _swap_roi_head(head, stock, dropblock_head, group):
-    if head is None or _target(head) not in (stock, dropblock_head):
+    if head is None or lazy_target(head) not in (stock, dropblock_head):
         return
     head._target_ = dropblock_head
     head.make_dropblock = L(roi_dropblock_factory)(dropblock=_SETTINGS, group=group)

@@ -28,16 +28,10 @@ from .groups import (
 from .resnet import (
     DropBlockBasicBlock,
     DropBlockBottleneckBlock,
-    build_dropblock_resnet,
     build_resnet_dropblock_backbone,
     make_dropblock_stages,
 )
-from .retinanet import (
-    DropBlockRetinaNet,
-    DropBlockRetinaNetHead,
-    add_head_dropblocks,
-    retinanet_head,
-)
+from .retinanet import DropBlockRetinaNet, add_head_dropblocks, retinanet_head
 from .roi_heads import (
     DropBlockFastRCNNConvFCHead,
     DropBlockMaskRCNNConvUpsampleHead,
@@ -55,10 +49,8 @@ __all__ = [
     "DropBlockFastRCNNConvFCHead",
     "DropBlockMaskRCNNConvUpsampleHead",
     "DropBlockRetinaNet",
-    "DropBlockRetinaNetHead",
     "add_head_dropblocks",
     "build_dropblock",
-    "build_dropblock_resnet",
     "build_resnet_dropblock_backbone",
     "build_resnet_fpn_dropblock_backbone",
     "build_retinanet_resnet_fpn_dropblock_backbone",

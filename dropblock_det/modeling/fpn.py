@@ -14,11 +14,10 @@ from torch import nn
 
 from ..config import requested_groups
 from .groups import DROPBLOCK_BACKBONES, build_dropblock
-from .resnet import build_dropblock_resnet
+from .resnet import build_resnet_dropblock_backbone
 
 __all__ = [
     "DropBlockFPN",
-    "build_dropblock_resnet_fpn",
     "build_resnet_fpn_dropblock_backbone",
     "build_retinanet_resnet_fpn_dropblock_backbone",
     "dropblock_fpn",
@@ -87,19 +86,32 @@ def dropblock_fpn(dropblock, **fpn_kwargs) -> FPN:
     return DropBlockFPN(dropblocks=dropblocks, **fpn_kwargs)
 
 
-def build_dropblock_resnet_fpn(cfg, input_shape: ShapeSpec, make_top_block) -> FPN:
-    """A ResNet-FPN with DropBlock from ``cfg.MODEL.DROPBLOCK``, built as Detectron2 builds it.
+def _build_resnet_fpn(cfg, input_shape: ShapeSpec, stock_twin: str, make_top_block) -> FPN:
+    """The ResNet-FPN of ``stock_twin`` with DropBlock, built as Detectron2's builder builds it.
 
     Args:
         cfg (CfgNode): the config.
         input_shape (ShapeSpec): the image input shape.
-        make_top_block (callable): ``bottom_up -> top block`` (LastLevelP6P7, LastLevelMaxPool),
-            called where Detectron2's builder constructs it.
+        stock_twin (str): the stock builder mirrored, e.g. "build_resnet_fpn_backbone".
+        make_top_block (callable): ``bottom_up -> top block``, called where Detectron2 builds it.
 
     Returns:
         FPN: see :func:`dropblock_fpn`.
+
+    Raises:
+        ValueError: naming MODEL.BACKBONE.NAME, when the meta-architecture is built with the other
+            FPN (a different top block and levels).
     """
-    bottom_up = build_dropblock_resnet(cfg, input_shape)
+    arch = META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)
+    for family, stock in _FPN_BACKBONE_OF:
+        if isinstance(arch, type) and issubclass(arch, family) and stock != stock_twin:
+            raise ValueError(
+                f"cfg.MODEL.BACKBONE.NAME = {DROPBLOCK_BACKBONES[stock_twin]!r} builds the FPN of "
+                f"{stock_twin!r}, but MODEL.META_ARCHITECTURE = {cfg.MODEL.META_ARCHITECTURE!r} "
+                f"is built with {stock!r} (a different top block and levels). Set "
+                f"MODEL.BACKBONE.NAME to {DROPBLOCK_BACKBONES[stock]!r}."
+            )
+    bottom_up = build_resnet_dropblock_backbone(cfg, input_shape)
     return dropblock_fpn(
         cfg.MODEL.DROPBLOCK,
         bottom_up=bottom_up,
@@ -111,50 +123,22 @@ def build_dropblock_resnet_fpn(cfg, input_shape: ShapeSpec, make_top_block) -> F
     )
 
 
-def _check_top_block(cfg, stock_twin: str):
-    """Refuse a DropBlock FPN backbone whose top block is not the meta-architecture's stock one.
-
-    Args:
-        cfg (CfgNode): the config.
-        stock_twin (str): the stock builder the DropBlock backbone in use mirrors.
-
-    Raises:
-        ValueError: naming MODEL.BACKBONE.NAME and the DropBlock backbone to use instead.
-    """
-    arch = META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)
-    for family, stock in _FPN_BACKBONE_OF:
-        if isinstance(arch, type) and issubclass(arch, family) and stock != stock_twin:
-            raise ValueError(
-                f"cfg.MODEL.BACKBONE.NAME = {DROPBLOCK_BACKBONES[stock_twin]!r} builds the FPN of "
-                f"{stock_twin!r}, but MODEL.META_ARCHITECTURE = {cfg.MODEL.META_ARCHITECTURE!r} "
-                f"is built with {stock!r} (a different top block and levels). Set "
-                f"MODEL.BACKBONE.NAME to {DROPBLOCK_BACKBONES[stock]!r}."
-            )
-
-
-def _retinanet_top_block(cfg):
-    def make(bottom_up):
-        return LastLevelP6P7(bottom_up.output_shape()["res5"].channels, cfg.MODEL.FPN.OUT_CHANNELS)
-
-    return make
-
-
 @BACKBONE_REGISTRY.register()
 def build_retinanet_resnet_fpn_dropblock_backbone(cfg, input_shape: ShapeSpec):
-    """Detectron2's RetinaNet ResNet-FPN backbone (P3–P7) with DropBlock.
+    """Detectron2's RetinaNet ResNet-FPN backbone (P3–P7, ``LastLevelP6P7``) with DropBlock.
 
     Args:
         cfg (CfgNode): a config that went through :func:`dropblock_det.add_dropblock_config`.
         input_shape (ShapeSpec): the image input shape.
 
     Returns:
-        FPN: the backbone; exactly ``build_retinanet_resnet_fpn_backbone`` when DropBlock is off.
-
-    Raises:
-        ValueError: naming MODEL.BACKBONE.NAME, for a meta-architecture built with another FPN.
+        FPN: the backbone; the same modules as Detectron2's when DropBlock is off.
     """
-    _check_top_block(cfg, "build_retinanet_resnet_fpn_backbone")
-    return build_dropblock_resnet_fpn(cfg, input_shape, _retinanet_top_block(cfg))
+
+    def top_block(bottom_up):
+        return LastLevelP6P7(bottom_up.output_shape()["res5"].channels, cfg.MODEL.FPN.OUT_CHANNELS)
+
+    return _build_resnet_fpn(cfg, input_shape, "build_retinanet_resnet_fpn_backbone", top_block)
 
 
 @BACKBONE_REGISTRY.register()
@@ -166,10 +150,8 @@ def build_resnet_fpn_dropblock_backbone(cfg, input_shape: ShapeSpec):
         input_shape (ShapeSpec): the image input shape.
 
     Returns:
-        FPN: the backbone; the same modules as ``build_resnet_fpn_backbone`` when DropBlock is off.
-
-    Raises:
-        ValueError: naming MODEL.BACKBONE.NAME, for a meta-architecture built with another FPN.
+        FPN: the backbone; the same modules as Detectron2's when DropBlock is off.
     """
-    _check_top_block(cfg, "build_resnet_fpn_backbone")
-    return build_dropblock_resnet_fpn(cfg, input_shape, lambda bottom_up: LastLevelMaxPool())
+    return _build_resnet_fpn(
+        cfg, input_shape, "build_resnet_fpn_backbone", lambda bottom_up: LastLevelMaxPool()
+    )

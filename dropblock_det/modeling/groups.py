@@ -1,10 +1,8 @@
 """DropBlock groups in a Detectron2 model: building one, its keep_prob, finding and checking them.
 
-Every DropBlock a placement builds comes from :func:`build_dropblock` with its group: the ResNet
-stage it sits in ("res2" … "res5"), the FPN level it drops ("p2" … "p7"), "head", "roi_box" or
-"roi_mask". The group decides the keep_prob (:func:`group_keep_prob`) and is what the schedule hook
-sets as one. :func:`check_placements` is the one check that a built model holds every group its
-config asks for.
+Every placement builds its DropBlocks with :func:`build_dropblock` and a group: the ResNet stage
+("res2" … "res5"), the FPN level ("p2" … "p7"), "head", "roi_box" or "roi_mask". The group sets
+the keep_prob (:func:`group_keep_prob`); the schedule hook sets each group as one.
 """
 
 import functools
@@ -34,18 +32,13 @@ DROPBLOCK_BACKBONES = {
 }
 
 
-def _stage_index(stage: str) -> int:
-    return int(stage[len("res") :])
-
-
 def group_keep_prob(keep_prob: float, group: str, stages: Iterable[str], group_scaling: bool):
     """Keep probability of one DropBlock group, with the TF reference's per-stage scaling.
 
     With ``group_scaling`` a ResNet stage ``d`` stages below the deepest stage of ``stages``
     keeps ``1 - (1 - keep_prob) / 4**d`` (tensorflow/tpu ``resnet_main.py``: res4 gets a quarter
-    of res5's drop rate when both are chosen). The distance counts stage numbers, not positions in
-    ``stages``, so STAGES [res3, res5] gives res3 a sixteenth of res5's drop rate. Every other
-    group (FPN levels, heads) gets the unscaled ``keep_prob``.
+    of res5's drop rate); STAGES [res3, res5] gives res3 a sixteenth. Every other group (FPN
+    levels, heads) gets the unscaled ``keep_prob``.
 
     Args:
         keep_prob (float): the unscaled keep probability, in (0, 1].
@@ -59,24 +52,23 @@ def group_keep_prob(keep_prob: float, group: str, stages: Iterable[str], group_s
     stages = list(stages)
     if not group_scaling or group not in stages:
         return float(keep_prob)
-    distance = max(_stage_index(s) for s in stages) - _stage_index(group)
+    # "res<N>": the distance counts stage numbers.
+    distance = max(int(s[3:]) for s in stages) - int(group[3:])
     return 1.0 - (1.0 - float(keep_prob)) / 4**distance
 
 
 def build_dropblock(settings, group: str) -> DropBlock2d:
-    """Build one parameter-free DropBlock2d for ``group`` from the DropBlock settings.
+    """One parameter-free DropBlock2d of ``group``, at the group's target keep_prob.
 
-    The module starts at the group's target keep_prob (the end of the schedule), so a model used
-    outside :class:`~dropblock_det.DropBlockSchedule` trains with a constant keep_prob, as the TF
-    detection code does; the hook overwrites it before every training step.
+    Outside :class:`~dropblock_det.DropBlockSchedule` a model so trains at a constant keep_prob,
+    as the TF detection code does.
 
     Args:
-        settings (CfgNode): ``cfg.MODEL.DROPBLOCK``, or
-            :func:`dropblock_det.config.dropblock_settings` in a LazyConfig.
-        group (str): the group this module belongs to (see :func:`group_keep_prob`).
+        settings (CfgNode): ``cfg.MODEL.DROPBLOCK``, or a LazyConfig's ``dropblock``.
+        group (str): the group of the module.
 
     Returns:
-        DropBlock2d: the module, with ``group`` set.
+        DropBlock2d: the module.
     """
     d = settings
     return DropBlock2d(
@@ -91,28 +83,15 @@ def build_dropblock(settings, group: str) -> DropBlock2d:
 
 
 def make_dropblock_factory(settings, group: str) -> Callable[[], DropBlock2d]:
-    """A no-argument callable building the DropBlocks of ``group`` (``make_dropblock``).
-
-    Args:
-        settings (CfgNode): the DropBlock settings (see :func:`build_dropblock`).
-        group (str): the group.
-
-    Returns:
-        callable: ``() -> DropBlock2d``.
-    """
+    """The placements' ``make_dropblock``: ``() -> build_dropblock(settings, group)``."""
     return functools.partial(build_dropblock, settings, group)
 
 
 def set_children(module: nn.Module, children: list[tuple[str, nn.Module]]):
-    """Make ``children`` the children of ``module``, in this order.
+    """Make the (name, module) pairs ``children`` the children of ``module``, in this order.
 
-    How the head placements insert DropBlock into Detectron2's ``nn.Sequential`` heads and subnets:
-    their stock forward runs the children in order, so a DropBlock registered at its place runs
-    there, and with no state of its own it leaves every state_dict key as it was.
-
-    Args:
-        module (nn.Module): the container (an ``nn.Sequential``).
-        children (list[tuple[str, nn.Module]]): (name, module) pairs, its old children among them.
+    The head placements insert DropBlocks into Detectron2's ``nn.Sequential`` heads so: the stock
+    forward runs the children in order, and a DropBlock adds no state_dict entry.
     """
     for name, _ in list(module.named_children()):
         delattr(module, name)
@@ -121,9 +100,7 @@ def set_children(module: nn.Module, children: list[tuple[str, nn.Module]]):
 
 
 def dropblock_modules(model: nn.Module) -> list[tuple[str, DropBlock2d, str | None]]:
-    """Every DropBlock2d in ``model``, with its name and group; the one answer to "where is it".
-
-    ``named_modules`` reaches through a DistributedDataParallel wrapper to the inner model.
+    """Every DropBlock2d in ``model`` (through a DDP wrapper too), with its name and group.
 
     Args:
         model (nn.Module): a model, wrapped or not.
@@ -162,11 +139,10 @@ _BUILDER_HINTS = {
 def check_placements(model: nn.Module, cfg):
     """Refuse settings or a built model that lacks a DropBlock group the config asks for.
 
-    Call it once, where the model is built (the trainer's ``build_model``, the LazyConfig tool
-    after ``instantiate(cfg.model)``). It checks the ``MODEL.DROPBLOCK`` values, then that every
-    group of :func:`~dropblock_det.config.requested_groups` has DropBlocks in ``model``: a
-    stage the ResNet does not build, an FPN level the FPN does not produce, a stock backbone or
-    head that ignores the settings all leave a group empty.
+    Called once, where the model is built (the trainer's ``build_model``, the LazyConfig tool
+    after ``instantiate(cfg.model)``): checks the ``MODEL.DROPBLOCK`` values, then that every
+    group of :func:`~dropblock_det.config.requested_groups` has DropBlocks in ``model`` (a stage
+    the ResNet does not build, an FPN level it lacks, a stock backbone or head leave it empty).
 
     Args:
         model (nn.Module): the built model (DDP-wrapped or not).
@@ -203,7 +179,7 @@ def check_placements(model: nn.Module, cfg):
                 "Detectron2 backbone that ignores MODEL.DROPBLOCK"
             )
     else:
-        built_from, hint = "the LazyConfig's model", lazy_hint
+        built_from, hint = "the LazyConfig's model node", lazy_hint
     raise ValueError(
         f"cfg.{key} asks for DropBlock in {groups}, but the model built from {built_from} has none "
         f"there{_what_it_has(model, key)}: set {hint}."

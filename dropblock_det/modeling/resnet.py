@@ -1,11 +1,9 @@
 """Detectron2's ResNet with DropBlock: the block classes, the stages and the plain backbone.
 
-:class:`DropBlockBottleneckBlock` and :class:`DropBlockBasicBlock` subclass Detectron2's blocks and
-are built by ``ResNet.make_stage``, as TridentNet's blocks are. PLACEMENT "block" drops at the TF
-reference's points inside every block of MODEL.DROPBLOCK.STAGES; "stage" drops once, at the output
-of the stage's last block (what feeds the next stage and the FPN lateral). The DropBlock children
-hold no parameters, so the state_dict keys are those of the stock blocks; with ENABLED off the
-builders build exactly the stock stages.
+The DropBlock blocks subclass Detectron2's and are built by ``ResNet.make_stage``, as TridentNet's
+are. PLACEMENT "block" drops at the TF reference's points in every block of the chosen stages;
+"stage" once, on the last block's output. The DropBlocks hold no parameters, so the state_dict
+keys are the stock blocks'.
 """
 
 from collections.abc import Callable, Sequence
@@ -28,7 +26,6 @@ from .groups import make_dropblock_factory
 __all__ = [
     "DropBlockBasicBlock",
     "DropBlockBottleneckBlock",
-    "build_dropblock_resnet",
     "build_resnet_dropblock_backbone",
     "make_dropblock_stages",
 ]
@@ -61,8 +58,8 @@ class _DropBlockPoints:
             *args: positional arguments of the Detectron2 block.
             **kwargs: its keyword arguments.
             make_dropblock (callable): returns a new parameter-free DropBlock module.
-            dropblock_points (Sequence[str] or None): the points that drop; None for every point
-                but "output" (PLACEMENT "block"). The others hold an ``nn.Identity``.
+            dropblock_points (Sequence[str] or None): the points that drop (the others hold an
+                ``nn.Identity``); None for every point but "output" (PLACEMENT "block").
         """
         super().__init__(*args, **kwargs)
         chosen = self.points[:-1] if dropblock_points is None else tuple(dropblock_points)
@@ -81,9 +78,8 @@ class _DropBlockPoints:
 class DropBlockBottleneckBlock(_DropBlockPoints, BottleneckBlock):
     """Detectron2's ``BottleneckBlock`` with DropBlock where the TF reference puts it.
 
-    tensorflow/tpu ``resnet_model.py`` ``bottleneck_block`` drops after conv1's and conv2's
-    BN+ReLU, after conv3's BN and on the shortcut branch (projection or identity) before the
-    addition; "output" drops the block's output (PLACEMENT "stage", last block only).
+    tensorflow/tpu ``bottleneck_block`` drops after conv1's and conv2's BN+ReLU, after conv3's BN
+    and on the shortcut before the addition; "output" drops the block's output (PLACEMENT "stage").
     """
 
     points = ("conv1", "conv2", "conv3", "shortcut", "output")
@@ -102,9 +98,8 @@ class DropBlockBottleneckBlock(_DropBlockPoints, BottleneckBlock):
 class DropBlockBasicBlock(_DropBlockPoints, BasicBlock):
     """Detectron2's ``BasicBlock`` (R-18/34) with DropBlock at the TF reference's points.
 
-    The bottleneck pattern mapped onto two convolutions: after conv1's norm+ReLU, after conv2's
-    norm (the last one before the addition) and on the shortcut branch before the addition;
-    "output" as for :class:`DropBlockBottleneckBlock`.
+    The bottleneck pattern on two convs: after conv1's norm+ReLU, after conv2's norm and on the
+    shortcut; "output" as for :class:`DropBlockBottleneckBlock`.
     """
 
     points = ("conv1", "conv2", "shortcut", "output")
@@ -118,48 +113,11 @@ class DropBlockBasicBlock(_DropBlockPoints, BasicBlock):
         return self.dropblock_output(F.relu_(out))
 
 
+# The DropBlock subclass of each stock block class a stage may be built with.
 _DROPBLOCK_BLOCK_CLASSES = {
     BottleneckBlock: DropBlockBottleneckBlock,
     BasicBlock: DropBlockBasicBlock,
 }
-
-
-def _dropblock_block_class(block_class: type, stage: str) -> type:
-    """The DropBlock subclass of a stock Detectron2 block class.
-
-    Args:
-        block_class (type): the class Detectron2's ResNet would build the stage with.
-        stage (str): the stage name, for the message.
-
-    Returns:
-        type: :class:`DropBlockBottleneckBlock` or :class:`DropBlockBasicBlock`.
-
-    Raises:
-        ValueError: for any other block (deformable bottlenecks), naming the keys to change.
-    """
-    if block_class not in _DROPBLOCK_BLOCK_CLASSES:
-        raise ValueError(
-            f"cfg.MODEL.DROPBLOCK.STAGES names {stage}, whose {block_class.__name__} blocks take "
-            f"no DropBlock (only BottleneckBlock and BasicBlock; see "
-            f"MODEL.RESNETS.DEFORM_ON_PER_STAGE). Remove {stage} from MODEL.DROPBLOCK.STAGES."
-        )
-    return _DROPBLOCK_BLOCK_CLASSES[block_class]
-
-
-def _stage_points_per_block(placement: str, num_blocks: int) -> list[tuple[str, ...] | None]:
-    """The ``dropblock_points`` of each block of a stage, for ``ResNet.make_stage``.
-
-    Args:
-        placement (str): MODEL.DROPBLOCK.PLACEMENT, "block" or "stage".
-        num_blocks (int): blocks in the stage.
-
-    Returns:
-        list: None (the in-block points) for every block with "block"; with "stage", no point
-        but for ("output",) on the last block.
-    """
-    if placement == "block":
-        return [None] * num_blocks
-    return [()] * (num_blocks - 1) + [("output",)]
 
 
 def make_dropblock_stages(
@@ -179,26 +137,11 @@ def make_dropblock_stages(
 ) -> list[list[nn.Module]]:
     """The four stages of Detectron2's ResNet, with DropBlock blocks in ``dropblock.STAGES``.
 
-    The stage loop of Detectron2's ``build_resnet_backbone`` (as TridentNet's
-    ``build_trident_resnet_backbone`` does), with each chosen stage built by ``ResNet.make_stage``
-    from the DropBlock subclass of its block class. The arguments are the ``MODEL.RESNETS`` keys
-    in lower case; pass the result to ``ResNet(stem, stages, ...)``, in Python or as a LazyConfig
-    ``L(make_dropblock_stages)(...)``.
-
-    Args:
-        depth (int): 18, 34, 50, 101 or 152.
-        dropblock (CfgNode): the DropBlock settings (``cfg.MODEL.DROPBLOCK``); ENABLED off builds
-            stock stages.
-        norm (str): MODEL.RESNETS.NORM.
-        stem_out_channels (int): MODEL.RESNETS.STEM_OUT_CHANNELS.
-        res2_out_channels (int): MODEL.RESNETS.RES2_OUT_CHANNELS.
-        num_groups (int): MODEL.RESNETS.NUM_GROUPS.
-        width_per_group (int): MODEL.RESNETS.WIDTH_PER_GROUP.
-        stride_in_1x1 (bool): MODEL.RESNETS.STRIDE_IN_1X1.
-        res5_dilation (int): MODEL.RESNETS.RES5_DILATION.
-        deform_on_per_stage (Sequence[bool]): MODEL.RESNETS.DEFORM_ON_PER_STAGE.
-        deform_modulated (bool): MODEL.RESNETS.DEFORM_MODULATED.
-        deform_num_groups (int): MODEL.RESNETS.DEFORM_NUM_GROUPS.
+    The stage loop of Detectron2's ``build_resnet_backbone`` (as TridentNet's builder does), each
+    chosen stage built by ``ResNet.make_stage`` from the DropBlock subclass of its block class.
+    ``depth`` and the keyword arguments are the ``MODEL.RESNETS`` keys in lower case;
+    ``dropblock`` is ``cfg.MODEL.DROPBLOCK`` (ENABLED off builds stock stages). Pass the result to
+    ``ResNet(stem, stages, ...)``, in Python or as ``L(make_dropblock_stages)(...)``.
 
     Returns:
         list[list[CNNBlockBase]]: the blocks of res2..res5.
@@ -243,10 +186,21 @@ def make_dropblock_stages(
                     deform_num_groups=deform_num_groups,
                 )
         if stage in chosen:
-            kwargs["block_class"] = _dropblock_block_class(kwargs["block_class"], stage)
+            block_class = kwargs["block_class"]
+            if block_class not in _DROPBLOCK_BLOCK_CLASSES:
+                raise ValueError(
+                    f"cfg.MODEL.DROPBLOCK.STAGES names {stage}, whose {block_class.__name__} "
+                    "blocks take no DropBlock (only BottleneckBlock and BasicBlock; see "
+                    f"MODEL.RESNETS.DEFORM_ON_PER_STAGE). Remove {stage} from "
+                    "MODEL.DROPBLOCK.STAGES."
+                )
+            kwargs["block_class"] = _DROPBLOCK_BLOCK_CLASSES[block_class]
             kwargs["make_dropblock"] = make_dropblock_factory(dropblock, stage)
-            kwargs["dropblock_points_per_block"] = _stage_points_per_block(
-                dropblock.PLACEMENT, num_blocks
+            # "block": the in-block points (None) of every block; "stage": the last one's output.
+            kwargs["dropblock_points_per_block"] = (
+                [None] * num_blocks
+                if dropblock.PLACEMENT == "block"
+                else [()] * (num_blocks - 1) + [("output",)]
             )
         stages.append(ResNet.make_stage(**kwargs))
         in_channels = out_channels
@@ -255,17 +209,19 @@ def make_dropblock_stages(
     return stages
 
 
-def build_dropblock_resnet(cfg, input_shape: ShapeSpec) -> ResNet:
+@BACKBONE_REGISTRY.register()
+def build_resnet_dropblock_backbone(cfg, input_shape: ShapeSpec) -> ResNet:
     """Detectron2's ``build_resnet_backbone``, with DropBlock blocks in MODEL.DROPBLOCK.STAGES.
 
-    Use it as the bottom-up network of one's own backbone builders.
+    The plain backbone of the C4 R-CNN models (whose res5 belongs to ``Res5ROIHeads``, so STAGES
+    can name res2-res4 there), and the bottom-up network of the FPN backbones.
 
     Args:
-        cfg (CfgNode): a config with the ``MODEL.DROPBLOCK`` keys.
+        cfg (CfgNode): a config that went through :func:`dropblock_det.add_dropblock_config`.
         input_shape (ShapeSpec): the image input shape.
 
     Returns:
-        ResNet: the network.
+        ResNet: the network; the same modules as ``build_resnet_backbone`` when DropBlock is off.
 
     Raises:
         ValueError: naming the key, for a chosen stage whose blocks take no DropBlock.
@@ -289,20 +245,3 @@ def build_dropblock_resnet(cfg, input_shape: ShapeSpec) -> ResNet:
         deform_num_groups=r.DEFORM_NUM_GROUPS,
     )
     return ResNet(stem, stages, out_features=r.OUT_FEATURES, freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT)
-
-
-@BACKBONE_REGISTRY.register()
-def build_resnet_dropblock_backbone(cfg, input_shape: ShapeSpec):
-    """Detectron2's plain ResNet backbone (the C4 R-CNN models') with DropBlock.
-
-    In C4 models res5 belongs to the RoI heads (``Res5ROIHeads``), not to this backbone, so
-    MODEL.DROPBLOCK.STAGES can name res2–res4 here.
-
-    Args:
-        cfg (CfgNode): a config that went through :func:`dropblock_det.add_dropblock_config`.
-        input_shape (ShapeSpec): the image input shape.
-
-    Returns:
-        ResNet: the backbone; the same modules as ``build_resnet_backbone`` when DropBlock is off.
-    """
-    return build_dropblock_resnet(cfg, input_shape)

@@ -1,4 +1,9 @@
-"""Detectron2's RetinaNet with DropBlock in its head: the head and the registered meta-architecture."""
+"""Detectron2's RetinaNet with DropBlock in its head: the head and the registered meta-architecture.
+
+RetinaNetHead hard-codes its subnets' ``nn.ReLU``; the DropBlocks are children inserted after
+them in the built head, so the stock head's modules, state_dict keys and random initialisation
+stay as they are.
+"""
 
 from collections.abc import Callable
 
@@ -9,16 +14,14 @@ from torch import nn
 from ..config import HEAD_GROUP, requested_groups
 from .groups import make_dropblock_factory, set_children
 
-__all__ = ["DropBlockRetinaNet", "DropBlockRetinaNetHead", "add_head_dropblocks", "retinanet_head"]
+__all__ = ["DropBlockRetinaNet", "add_head_dropblocks", "retinanet_head"]
 
 
 def add_head_dropblocks(head: RetinaNetHead, make_dropblock: Callable[[], nn.Module]):
     """Put a DropBlock after every activation of a RetinaNet head's class and box subnets.
 
     Each ``nn.ReLU`` child ``"<k>"`` of ``cls_subnet`` / ``bbox_subnet`` is followed by a child
-    ``"<k>_dropblock"``; the convs, norms and ReLUs keep their names, so every state_dict key and
-    the random initialisation stay the stock head's. The head's BN (a per-level
-    ``CycleBatchNormList``) is untouched.
+    ``"<k>_dropblock"``; the head's norms (a per-level ``CycleBatchNormList`` for BN) are untouched.
 
     Args:
         head (RetinaNetHead): the head, changed in place.
@@ -33,29 +36,11 @@ def add_head_dropblocks(head: RetinaNetHead, make_dropblock: Callable[[], nn.Mod
         set_children(subnet, children)
 
 
-class DropBlockRetinaNetHead(RetinaNetHead):
-    """Detectron2's ``RetinaNetHead`` with a DropBlock after every subnet activation.
-
-    The stock head with :func:`add_head_dropblocks` applied, for code that builds heads itself.
-    """
-
-    def __init__(self, *args, make_dropblock: Callable[[], nn.Module], **kwargs):
-        """Build the stock head, with a DropBlock after each subnet activation.
-
-        Args:
-            *args: positional arguments of :class:`RetinaNetHead` (or ``cfg, input_shape``).
-            **kwargs: its keyword arguments.
-            make_dropblock (callable): returns a new parameter-free DropBlock module.
-        """
-        super().__init__(*args, **kwargs)
-        add_head_dropblocks(self, make_dropblock)
-
-
 def retinanet_head(dropblock, **head_kwargs) -> RetinaNetHead:
     """Detectron2's RetinaNetHead, with DropBlock in its subnets when ``dropblock`` asks.
 
-    The LazyConfig form of the head placement: ``head=L(retinanet_head)(dropblock=..., ...)``; the
-    same head as the yaml ``DropBlockRetinaNet`` builds.
+    The LazyConfig form, ``head=L(retinanet_head)(dropblock=..., ...)``, of the head
+    ``DropBlockRetinaNet`` builds.
 
     Args:
         dropblock (CfgNode): the DropBlock settings; ENABLED and HEAD on add the DropBlocks.
@@ -74,14 +59,13 @@ def retinanet_head(dropblock, **head_kwargs) -> RetinaNetHead:
 class DropBlockRetinaNet(RetinaNet):
     """Detectron2's :class:`RetinaNet`, with DropBlock in its head's subnets when HEAD is on.
 
-    Pair it with the ``build_retinanet_resnet_fpn_dropblock_backbone`` backbone for DropBlock in
-    the ResNet and FPN. With ENABLED or HEAD off it is stock RetinaNet; in eval mode it is
-    bit-identical to RetinaNet with the same weights.
+    Pair it with ``build_retinanet_resnet_fpn_dropblock_backbone`` for DropBlock in the ResNet and
+    FPN. With ENABLED or HEAD off it is stock RetinaNet.
     """
 
     @classmethod
     def from_config(cls, cfg):
-        """Build RetinaNet's arguments from ``cfg``, with the DropBlock head when asked for.
+        """RetinaNet's arguments from ``cfg``, its head with DropBlock when HEAD is on.
 
         Args:
             cfg (CfgNode): a config that went through :func:`dropblock_det.add_dropblock_config`.

@@ -28,8 +28,8 @@ __all__ = [
 def roi_dropblock_factory(dropblock, group: str) -> Callable[[], DropBlock2d] | None:
     """The ``make_dropblock`` argument of the DropBlock RoI heads, or None for no DropBlock.
 
-    The one rule for both construction paths: the yaml heads' ``from_config`` calls it, and a
-    LazyConfig passes ``make_dropblock=L(roi_dropblock_factory)(dropblock=..., group=...)``.
+    The yaml heads' ``from_config`` calls it; a LazyConfig passes
+    ``make_dropblock=L(roi_dropblock_factory)(dropblock=..., group=...)``.
 
     Args:
         dropblock (CfgNode): the DropBlock settings; ENABLED and ROI_HEADS on give a factory.
@@ -42,10 +42,6 @@ def roi_dropblock_factory(dropblock, group: str) -> Callable[[], DropBlock2d] | 
     if ROI_BOX_GROUP in requested_groups(dropblock):
         return make_dropblock_factory(dropblock, group)
     return None
-
-
-def _roi_dropblock_from_config(cfg, group):
-    return roi_dropblock_factory(cfg.MODEL.DROPBLOCK, group)
 
 
 @ROI_BOX_HEAD_REGISTRY.register()
@@ -75,7 +71,7 @@ class DropBlockFastRCNNConvFCHead(FastRCNNConvFCHead):
     def from_config(cls, cfg, input_shape):
         """The stock head's arguments, with the DropBlock factory of MODEL.DROPBLOCK.ROI_HEADS."""
         ret = super().from_config(cfg, input_shape)
-        ret["make_dropblock"] = _roi_dropblock_from_config(cfg, ROI_BOX_GROUP)
+        ret["make_dropblock"] = roi_dropblock_factory(cfg.MODEL.DROPBLOCK, ROI_BOX_GROUP)
         return ret
 
 
@@ -111,5 +107,5 @@ class DropBlockMaskRCNNConvUpsampleHead(MaskRCNNConvUpsampleHead):
     def from_config(cls, cfg, input_shape):
         """The stock head's arguments, with the DropBlock factory of MODEL.DROPBLOCK.ROI_HEADS."""
         ret = super().from_config(cfg, input_shape)
-        ret["make_dropblock"] = _roi_dropblock_from_config(cfg, ROI_MASK_GROUP)
+        ret["make_dropblock"] = roi_dropblock_factory(cfg.MODEL.DROPBLOCK, ROI_MASK_GROUP)
         return ret

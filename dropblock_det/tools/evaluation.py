@@ -1,13 +1,10 @@
 """COCO box and mask AP with faster-coco-eval's C++ COCOeval, through Detectron2's public API.
 
-The registry build of Detectron2 ships without its compiled ``COCOeval_opt``, so its
-:class:`~detectron2.evaluation.COCOEvaluator` runs pycocotools' pure-Python ``COCOeval``, which
-takes minutes on val2017-sized output. :class:`FasterCOCOEvaluator` is a ``DatasetEvaluator`` that
-converts predictions with Detectron2's ``instances_to_coco_json``, scores them with faster-coco-eval's
-``COCOeval_faster`` (same numbers, see ``benchmarks/bench_coco_eval.py``) and returns
-COCOEvaluator's dict. :func:`build_evaluator` follows the dataset's ``evaluator_type`` as
-Detectron2's ``tools/train_net.py`` does; ``cfg.TEST.FAST_COCO_EVAL`` (default True) chooses
-between ours and Detectron2's COCOEvaluator with pycocotools.
+Detectron2's registry build lacks its compiled ``COCOeval_opt``, so ``COCOEvaluator`` falls back
+to pycocotools' pure-Python ``COCOeval`` (minutes on val2017). :class:`FasterCOCOEvaluator` is a
+``DatasetEvaluator`` scoring Detectron2's ``instances_to_coco_json`` output with faster-coco-eval's
+``COCOeval_faster`` (same numbers) and returning COCOEvaluator's dict; ``TEST.FAST_COCO_EVAL``
+chooses it or COCOEvaluator in :func:`build_evaluator`.
 """
 
 import contextlib
@@ -86,10 +83,9 @@ def faster_cocoeval(coco_gt, coco_dt, iou_type):
 class FasterCOCOEvaluator(DatasetEvaluator):
     """Box/mask AP of a COCO-format dataset with faster-coco-eval, returning COCOEvaluator's dict.
 
-    ``evaluate`` returns ``{task: {"AP", "AP50", "AP75", "APs", "APm", "APl", "AP-<class>"...}}``
-    on the 0-100 scale, NaN where COCO cannot compute a metric, ``{}`` without predictions and off
-    the main process. With ``output_dir`` it writes COCOEvaluator's files there
-    (``instances_predictions.pth``, ``coco_instances_results.json``). :attr:`backend` names it.
+    ``{task: {"AP", "AP50", "AP75", "APs", "APm", "APl", "AP-<class>"...}}`` on the 0-100 scale,
+    NaN where COCO cannot compute a metric, ``{}`` without predictions and off the main process;
+    with ``output_dir``, COCOEvaluator's files there. :attr:`backend` names it.
     """
 
     def __init__(
@@ -264,11 +260,10 @@ def coco_eval_backend(cfg):
 
 
 def build_coco_evaluator(cfg, dataset_name, output_dir=None):
-    """Build the COCO evaluator of ``dataset_name`` on the backend of :func:`coco_eval_backend`.
+    """The COCO evaluator of ``dataset_name`` on :func:`coco_eval_backend`'s backend.
 
-    TEST.FAST_COCO_EVAL True: :class:`FasterCOCOEvaluator`, or without faster-coco-eval (warning
-    once) Detectron2's COCOEvaluator with its default COCOeval. False: COCOEvaluator with
-    pycocotools' official COCOeval. Tasks: bbox, plus segm when ``cfg.MODEL.MASK_ON``.
+    Without faster-coco-eval, TEST.FAST_COCO_EVAL True warns once. Tasks: bbox, plus segm with
+    ``cfg.MODEL.MASK_ON``.
 
     Args:
         cfg (CfgNode): a config that went through ``add_training_config``.
@@ -303,7 +298,7 @@ def build_coco_evaluator(cfg, dataset_name, output_dir=None):
 
 
 def build_evaluator(cfg, dataset_name, output_dir=None):
-    """Build the evaluator of ``dataset_name`` from its ``evaluator_type``, as train_net.py does.
+    """The evaluator of ``dataset_name`` from its ``evaluator_type``, as train_net.py picks it.
 
     Args:
         cfg (CfgNode): a config that went through ``add_training_config``.

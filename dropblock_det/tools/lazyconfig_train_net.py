@@ -1,18 +1,13 @@
-"""The command line of ``tools/lazyconfig_train_net.py``: Detectron2's LazyConfig training, with
-DropBlock's schedule hook and the checks, logs and evaluator of ``tools/train_net.py``.
+"""``tools/lazyconfig_train_net.py``: Detectron2's LazyConfig template with DropBlock's hook.
 
-Detectron2's LazyConfig template (``do_train``/``do_test`` over ``SimpleTrainer``) with what the
-yaml tool has: ``--coco-dataset``; the input checks of :func:`~.validation.check_training_inputs`
-and a first build of the model, before ``launch``, so that a bad setting exits with status 2 and
-one message before anything is written; :class:`~dropblock_det.DropBlockSchedule` before the LR
-scheduler, its one line per DropBlock group and keep_prob on the console; Detectron2's
-``COCOEvaluator`` nodes evaluated by :func:`~.evaluation.build_evaluator` (faster-coco-eval), and
-``eval_results.json``. The config needs ``model``, ``dataloader``, ``optimizer``,
-``lr_multiplier`` and ``train``; ``dropblock`` (see :func:`dropblock_det.lazyconfig.add_dropblock`)
-is optional: without it the run is the stock model's.
+Detectron2's ``do_train``/``do_test`` over ``SimpleTrainer``, plus what the yaml tool has: the
+input checks and a first model build before ``launch`` (exit status 2 before anything is written),
+:class:`~dropblock_det.DropBlockSchedule` before the LR scheduler with keep_prob on the console,
+the evaluator of :func:`~.evaluation.build_evaluator` for ``COCOEvaluator`` nodes, and
+``eval_results.json``. A config without a ``dropblock`` node (see
+:func:`dropblock_det.lazyconfig.add_dropblock`) trains the stock model.
 """
 
-import logging
 import os
 import re
 import sys
@@ -21,32 +16,28 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import LazyConfig, get_cfg, instantiate
 from detectron2.engine import AMPTrainer, SimpleTrainer, default_setup, default_writers, hooks
 from detectron2.evaluation import COCOEvaluator, inference_on_dataset, print_csv_format
-from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN, RetinaNet
+from detectron2.modeling import META_ARCH_REGISTRY, RetinaNet
 from detectron2.utils import comm
 from detectron2.utils.events import CommonMetricPrinter
 from detectron2.utils.logger import setup_logger
-from detectron2.utils.registry import locate
 
 from ..config import add_dropblock_config, dropblock_settings_of
 from ..hooks import DropBlockSchedule
-from ..lazyconfig import DROPBLOCK_KEY
+from ..lazyconfig import DROPBLOCK_KEY, lazy_target
 from ..modeling import check_placements
+from . import train_net
 from .config import add_training_config
 from .evaluation import build_evaluator
-from .train_net import launch_on_every_rank, parse_command_line
 from .trainer import (
     KeepProbOnConsole,
     check_model_builds,
     create_ddp_model_on_device,
+    record_eval_results,
     register_datasets,
-    trained_iterations,
-    write_eval_results,
 )
 from .validation import InputError, check_training_inputs
 
 __all__ = ["build_model", "check_inputs", "cli", "do_test", "do_train", "load_config", "main"]
-
-logger = logging.getLogger(__name__)
 
 # The yaml keys the shared checks name, and the LazyConfig keys that hold the same values.
 _LAZY_KEYS = (
@@ -56,7 +47,6 @@ _LAZY_KEYS = (
     ("MODEL.RETINANET.NUM_CLASSES", "model.num_classes"),
     ("MODEL.ROI_HEADS.NUM_CLASSES", "model.roi_heads.num_classes"),
     ("MODEL.DEVICE", "train.device"),
-    ("SOLVER.IMS_PER_BATCH", "dataloader.train.total_batch_size"),
 )
 # CommonMetricPrinter's default window_size, in iterations (also DefaultTrainer's writer period).
 _PRINTER_WINDOW = 20
@@ -110,11 +100,7 @@ def checked_dropblock_settings(cfg):
 
 
 def _checks_view(cfg, model):
-    """The yaml keys the shared checks and evaluator read, filled from a LazyConfig and its model.
-
-    The placements are judged on the built model (``check_placements``), so the view names
-    builders that pass the name-based checks.
-    """
+    """The yaml keys the shared checks and evaluator read, filled from a LazyConfig and its model."""
     view = get_cfg()
     add_dropblock_config(view)
     add_training_config(view)
@@ -123,9 +109,11 @@ def _checks_view(cfg, model):
         view.MODEL.DROPBLOCK = settings
     view.OUTPUT_DIR = cfg.train.output_dir
     view.MODEL.DEVICE = cfg.train.device
-    view.MODEL.BACKBONE.NAME = "build_resnet_dropblock_backbone"
-    view.MODEL.ROI_BOX_HEAD.NAME = "DropBlockFastRCNNConvFCHead"
-    view.MODEL.META_ARCHITECTURE = _meta_architecture_name(model)
+    # The registered name of the model's class (or a base), which the class-count check reads.
+    registered = {obj: name for name, obj in META_ARCH_REGISTRY}
+    view.MODEL.META_ARCHITECTURE = next(
+        (registered[c] for c in type(model).__mro__ if c in registered), "ProposalNetwork"
+    )
     if isinstance(model, RetinaNet):
         view.MODEL.RETINANET.NUM_CLASSES = model.num_classes
     roi_heads = getattr(model, "roi_heads", None)
@@ -134,22 +122,11 @@ def _checks_view(cfg, model):
         view.MODEL.MASK_ON = bool(getattr(roi_heads, "mask_on", False))
     view.DATASETS.TRAIN = _dataset_names(cfg.dataloader.get("train"))
     view.DATASETS.TEST = _dataset_names(cfg.dataloader.get("test"))
-    if "total_batch_size" in cfg.dataloader.get("train", {}):
-        view.SOLVER.IMS_PER_BATCH = cfg.dataloader.train.total_batch_size
     evaluator = cfg.dataloader.get("evaluator")
-    if evaluator is not None and _target(evaluator) is COCOEvaluator:
+    if evaluator is not None and lazy_target(evaluator) is COCOEvaluator:
         # COCOEvaluator's use_fast_impl=False asks for pycocotools, as TEST.FAST_COCO_EVAL False.
         view.TEST.FAST_COCO_EVAL = bool(evaluator.get("use_fast_impl", True))
     return view
-
-
-def _meta_architecture_name(model):
-    if isinstance(model, RetinaNet):
-        return "DropBlockRetinaNet"  # the checks' name for any RetinaNet
-    if isinstance(model, GeneralizedRCNN):
-        return "GeneralizedRCNN"
-    registered = {obj: name for name, obj in META_ARCH_REGISTRY}
-    return next((registered[c] for c in type(model).__mro__ if c in registered), "ProposalNetwork")
 
 
 def _dataset_names(loader):
@@ -158,11 +135,6 @@ def _dataset_names(loader):
     if names is None:
         return ()
     return (names,) if isinstance(names, str) else tuple(names)
-
-
-def _target(node):
-    target = node.get("_target_")
-    return locate(target) if isinstance(target, str) else target
 
 
 def _lazy_message(error):
@@ -191,7 +163,7 @@ def build_model(cfg):
     """
     model = instantiate(cfg.model)
     view = _checks_view(cfg, model)
-    check_placements(model, view)
+    check_placements(model, cfg)
     return model, view
 
 
@@ -216,8 +188,8 @@ def check_inputs(args):
 def do_test(cfg, model, view, iteration=None):
     """Evaluate ``model`` on ``cfg.dataloader.test`` and write ``eval_results.json``.
 
-    A Detectron2 ``COCOEvaluator`` node is evaluated by :func:`~.evaluation.build_evaluator` (as
-    in the yaml tool); any other evaluator node is instantiated as it is.
+    A ``COCOEvaluator`` node is replaced by :func:`~.evaluation.build_evaluator`'s evaluator, as
+    in the yaml tool; any other evaluator node is instantiated as it is.
 
     Args:
         cfg (DictConfig): the LazyConfig.
@@ -233,7 +205,7 @@ def do_test(cfg, model, view, iteration=None):
     node = cfg.dataloader.get("evaluator")
     if node is None:
         return None
-    if _target(node) is COCOEvaluator:
+    if lazy_target(node) is COCOEvaluator:
         name = node.dataset_name
         output_dir = node.get("output_dir") or os.path.join(cfg.train.output_dir, "inference", name)
         evaluator = build_evaluator(view, name, output_dir)
@@ -241,11 +213,7 @@ def do_test(cfg, model, view, iteration=None):
         evaluator = instantiate(node)
     results = inference_on_dataset(model, instantiate(cfg.dataloader.test), evaluator)
     print_csv_format(results)
-    if iteration is None:
-        iteration = trained_iterations(cfg.train.max_iter)
-    if comm.is_main_process():
-        path = write_eval_results(cfg.train.output_dir, results, iteration)
-        logger.info("Evaluation results written to %s", path)
+    record_eval_results(cfg.train.output_dir, results, iteration, cfg.train.max_iter)
     return results
 
 
@@ -299,10 +267,8 @@ def do_train(args, cfg):
 def _writers(output_dir, max_iter, period):
     """Detectron2's ``default_writers``, the console printer's window no longer than the period.
 
-    The printer shows the median of each ``[metric]`` scalar over the iterations of its window;
-    the yaml trainer writes once per window. With the same window over a shorter
-    ``train.log_period``, keep_prob would be the median of several prints, not the value of the
-    printed iteration.
+    The printer shows each ``[metric]`` scalar's median over its window: a window longer than
+    ``train.log_period`` would print a median of keep_probs, not the printed iteration's value.
     """
     window = min(period, _PRINTER_WINDOW)
     return [
@@ -340,22 +306,8 @@ def main(args):
 
 
 def cli(argv=None):
-    """Parse the command line, check the inputs, then run :func:`main` on every rank.
-
-    Args:
-        argv (list[str] or None): the arguments; None reads ``sys.argv``.
-
-    Returns:
-        int: the exit status (2 for a bad flag, config value or dataset file).
-    """
-    args = parse_command_line(argv)
-    try:
-        check_inputs(args)
-    except InputError as error:
-        print(f"lazyconfig_train_net.py: error: {error}", file=sys.stderr)
-        return 2
-    launch_on_every_rank(main, args)
-    return 0
+    """``train_net.cli`` with this tool's :func:`check_inputs` and :func:`main`."""
+    return train_net.cli(argv, main=main, check_inputs=check_inputs, tool="lazyconfig_train_net.py")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,7 @@
-"""The command line of ``tools/train_net.py`` (also ``python -m dropblock_det.tools.train_net``).
+"""The command line of ``tools/train_net.py``: Detectron2's parser and ``launch`` over :mod:`.trainer`.
 
-Detectron2's ``default_argument_parser`` (plus ``--coco-dataset NAME JSON_FILE IMAGE_ROOT``) and
-``launch`` over :mod:`.trainer`: the inputs are checked once per machine before ``launch``, then
-:func:`~.trainer.main` runs on every rank.
+The inputs are checked once per machine before ``launch``, then :func:`~.trainer.main` runs on
+every rank.
 """
 
 import sys
@@ -22,11 +21,7 @@ __all__ = [
 
 
 def build_parser():
-    """Detectron2's ``default_argument_parser`` plus ``--coco-dataset``.
-
-    Returns:
-        argparse.ArgumentParser: the parser of ``tools/train_net.py``.
-    """
+    """Detectron2's ``default_argument_parser`` plus ``--coco-dataset``."""
     return add_coco_dataset_argument(default_argument_parser())
 
 
@@ -74,35 +69,31 @@ def parse_command_line(argv=None):
     return args
 
 
-def cli(argv=None, *, main=trainer.main):
+def cli(argv=None, *, main=trainer.main, check_inputs=trainer.check_inputs, tool="train_net.py"):
     """Parse the command line, check the inputs, then run ``main`` on every rank.
 
     Args:
         argv (list[str] or None): the arguments; None reads ``sys.argv``.
         main (callable): the per-rank function, ``main(args)``; picklable by name when several
             processes are launched.
+        check_inputs (callable): ``check_inputs(args)``, raising :class:`InputError`.
+        tool (str): the name the error message starts with.
 
     Returns:
         int: the exit status (2 for a bad flag, config value or dataset file).
     """
     args = parse_command_line(argv)
     try:
-        trainer.check_inputs(args)
+        check_inputs(args)
     except InputError as error:
-        print(f"train_net.py: error: {error}", file=sys.stderr)
+        print(f"{tool}: error: {error}", file=sys.stderr)
         return 2
     launch_on_every_rank(main, args)
     return 0
 
 
 def launch_on_every_rank(main, args):
-    """Run ``main(args)`` in each process Detectron2's ``launch`` starts for the command line.
-
-    Args:
-        main (callable): the per-rank function.
-        args (argparse.Namespace): with Detectron2's ``--num-gpus``, ``--num-machines``,
-            ``--machine-rank`` and ``--dist-url``.
-    """
+    """Run ``main(args)`` in each process Detectron2's ``launch`` starts for the command line."""
     launch(
         main,
         args.num_gpus,

@@ -1,7 +1,6 @@
-"""Training and evaluation with Detectron2's DefaultTrainer: config setup, Trainer and main.
+"""Training and evaluation with Detectron2's DefaultTrainer: config setup, checks, Trainer, main.
 
-``tools/train_net.py`` is a thin command line over :func:`check_inputs`, :func:`main` and
-Detectron2's ``launch``; everything it runs lives here so that tests and other tools reuse it.
+What ``tools/train_net.py`` runs, here so that tests and the other tools reuse it.
 """
 
 import json
@@ -13,8 +12,14 @@ import weakref
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
-from detectron2.data import DatasetMapper, build_detection_train_loader
+from detectron2.data import (
+    DatasetCatalog,
+    DatasetMapper,
+    MetadataCatalog,
+    build_detection_train_loader,
+)
 from detectron2.data import transforms as T
+from detectron2.data.datasets import register_coco_instances
 from detectron2.engine import (
     AMPTrainer,
     DefaultTrainer,
@@ -35,7 +40,7 @@ from ..config import add_dropblock_config, validate_dropblock_config
 from ..hooks import KEEP_PROB_METRIC, DropBlockSchedule
 from ..modeling import check_placements
 from .config import add_training_config, validate_training_config
-from .data import register_dropblock_digits
+from .data import TRAIN_DATASET, VAL_DATASET, register_dropblock_digits
 from .evaluation import build_evaluator
 from .validation import InputError, check_head_batch_norm, check_training_inputs
 
@@ -49,6 +54,7 @@ __all__ = [
     "check_model_builds",
     "create_ddp_model_on_device",
     "main",
+    "record_eval_results",
     "register_datasets",
     "setup_cfg",
     "write_eval_results",
@@ -66,10 +72,7 @@ MODEL_BUILD_ERRORS = (ValueError, AssertionError, KeyError)
 
 
 def build_cfg(args):
-    """Build the frozen config of a run, without side effects.
-
-    get_cfg → add_dropblock_config → add_training_config → merge ``args.config_file`` → merge
-    ``args.opts`` → freeze.
+    """The frozen config of a run: get_cfg, our keys, ``--config-file``, the options; no side effect.
 
     Args:
         args (argparse.Namespace): from Detectron2's ``default_argument_parser``.
@@ -107,10 +110,7 @@ def _yacs_message(error):
 
 
 def setup_cfg(args):
-    """Build the config (see :func:`build_cfg`), then run Detectron2's ``default_setup``.
-
-    ``default_setup`` sets up logging, seeds the RNGs from ``cfg.SEED`` and writes
-    ``OUTPUT_DIR/config.yaml`` on the main process.
+    """:func:`build_cfg`, its values checked, then Detectron2's ``default_setup`` (logs, seeds).
 
     Args:
         args (argparse.Namespace): from Detectron2's ``default_argument_parser``.
@@ -128,12 +128,11 @@ def setup_cfg(args):
 
 
 def register_datasets(args):
-    """Register the datasets a run may name, in the calling process.
+    """Register the embedded datasets and each ``--coco-dataset`` in this process's catalogs.
 
-    The embedded ``dropblock_digits_*`` datasets, then each ``--coco-dataset NAME JSON_FILE
-    IMAGE_ROOT`` through Detectron2's ``register_coco_instances`` (absolute paths, evaluator type
-    "coco"). Called before ``launch`` (for the input checks) and again in every training process:
-    the catalogs are per process. Registering the same NAME with the same files again is a no-op.
+    Each ``--coco-dataset NAME JSON_FILE IMAGE_ROOT`` goes through ``register_coco_instances``
+    (absolute paths). Called before ``launch`` and in every training process; registering the
+    same NAME with the same files again is a no-op.
 
     Args:
         args (argparse.Namespace): the command line; ``args.coco_dataset`` is a list of
@@ -144,11 +143,6 @@ def register_datasets(args):
             IMAGE_ROOT not a folder, or NAME is an embedded dataset's or already registered to
             other files.
     """
-    from detectron2.data import DatasetCatalog, MetadataCatalog
-    from detectron2.data.datasets import register_coco_instances
-
-    from .data import TRAIN_DATASET, VAL_DATASET
-
     register_dropblock_digits()
     for name, json_file, image_root in getattr(args, "coco_dataset", None) or ():
         flag = f"--coco-dataset {name} {json_file} {image_root}"
@@ -187,10 +181,7 @@ def register_datasets(args):
 
 
 def check_inputs(args):
-    """Check the config, the datasets it names and the model it builds before anything is written.
-
-    Run once per machine, before ``launch`` (the dataset checks parse the annotation files, which
-    takes a while for COCO and need not be repeated on every rank).
+    """Check the config, the datasets and the model it builds, once per machine before ``launch``.
 
     Args:
         args (argparse.Namespace): from Detectron2's ``default_argument_parser``.
@@ -228,10 +219,8 @@ def check_model(cfg):
 def check_model_builds(build):
     """Build the model once, turning a setting the builders refuse into an :class:`InputError`.
 
-    Some settings only the builders can judge (a backbone whose FPN does not fit the
-    meta-architecture, a DropBlock stage the ResNet does not build, a placement the model lacks);
-    building the model before ``launch`` refuses them before the run writes anything. Shared by
-    the yaml and LazyConfig tools.
+    Some settings only the builders can judge (an FPN that does not fit the meta-architecture, a
+    stage the ResNet does not build, a placement the model lacks). Shared by both tools.
 
     Args:
         build (callable): ``() -> nn.Module``, building the model the run would train.
@@ -259,11 +248,10 @@ def _is_bare_key_error(error):
 
 
 def create_ddp_model_on_device(model, **kwargs):
-    """Detectron2's ``create_ddp_model``, also for a model on the CPU.
+    """Detectron2's ``create_ddp_model``, with ``device_ids=None`` for a CPU model (gloo).
 
-    ``create_ddp_model`` passes ``device_ids=[local rank]`` unless told otherwise, which
-    DistributedDataParallel refuses for a CPU model (``launch`` without GPUs uses gloo); such a
-    model is wrapped with ``device_ids=None``.
+    DDP refuses the ``device_ids=[local rank]`` that ``create_ddp_model`` passes by default for a
+    model on the CPU. Shared by both tools.
 
     Args:
         model (nn.Module): the model, on its training device.
@@ -306,14 +294,32 @@ def write_eval_results(output_dir, results, iteration=None):
     return path
 
 
+def record_eval_results(output_dir, results, iteration, max_iter):
+    """On the main process, write ``eval_results.json`` and log its path; shared by both tools.
+
+    Args:
+        output_dir (str): the run's output folder.
+        results (dict): the evaluation results.
+        iteration (int or None): the training steps the weights have had. None: those of the
+            running training (Detectron2's EvalHook evaluates after step ``i``, ``i + 1`` steps
+            done, and in ``after_train``, the storage at ``max_iter``), None outside training.
+        max_iter (int): the run's number of iterations.
+    """
+    if iteration is None:
+        try:
+            iteration = min(get_event_storage().iter + 1, max_iter)
+        except AssertionError:  # Detectron2's answer when no EventStorage is open
+            pass
+    if comm.is_main_process():
+        path = write_eval_results(output_dir, results, iteration)
+        logger.info("Evaluation results written to %s", path)
+
+
 class KeepProbOnConsole(EventWriter):
     """Puts keep_prob on Detectron2's console metrics line.
 
-    Detectron2's ``CommonMetricPrinter`` prints the losses, lr, time and memory, plus the window
-    median of every scalar whose name contains ``[metric]``. Listed before the printer, this writer
-    copies the schedule's latest ``dropblock/keep_prob`` (kept under that name in metrics.json and
-    TensorBoard) to :data:`CONSOLE_KEEP_PROB` each time the writers run, so that the printer's
-    window holds that one value and the line shows keep_prob as it is now.
+    ``CommonMetricPrinter`` prints the window median of every scalar named ``*[metric]*``. Listed
+    before it, this writer copies the step's ``dropblock/keep_prob`` to :data:`CONSOLE_KEEP_PROB`.
     """
 
     def write(self):
@@ -331,7 +337,7 @@ class KeepProbOnConsole(EventWriter):
 class Trainer(DefaultTrainer):
     """Detectron2's DefaultTrainer with the COCO evaluator and the DropBlock schedule hook.
 
-    Multi-process training also runs on CPUs (gloo), e.g. to test it on a machine without GPUs.
+    Multi-process training also runs on CPUs (gloo), e.g. to test it without GPUs.
     """
 
     def __init__(self, cfg):
@@ -366,34 +372,16 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_model(cls, cfg):
-        """Build the model and check that it holds every DropBlock the config asks for.
-
-        Args:
-            cfg (CfgNode): the run's config.
-
-        Returns:
-            nn.Module: the model.
-
-        Raises:
-            ValueError: naming the key, when a requested placement is missing from the model.
-        """
+        """Detectron2's model, checked by :func:`~dropblock_det.check_placements`."""
         model = super().build_model(cfg)
         check_placements(model, cfg)
         return model
 
     @classmethod
     def build_optimizer(cls, cfg, model):
-        """Detectron2's SGD, or AdamW when ``cfg.SOLVER.OPTIMIZER`` is "ADAMW".
+        """Detectron2's SGD, or with SOLVER.OPTIMIZER "ADAMW" AdamW on the same parameter groups.
 
-        AdamW gets the same parameter groups as Detectron2's SGD (SOLVER.WEIGHT_DECAY_NORM,
-        BIAS_LR_FACTOR, WEIGHT_DECAY_BIAS) and the same gradient clipping.
-
-        Args:
-            cfg (CfgNode): the run's config.
-            model (nn.Module): the model to optimise.
-
-        Returns:
-            torch.optim.Optimizer: the optimizer.
+        Both get Detectron2's gradient clipping.
 
         Raises:
             ValueError: naming SOLVER.OPTIMIZER when it is neither "SGD" nor "ADAMW".
@@ -418,19 +406,10 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
-        """Detectron2's train loader, with the paper's scale jitter when INPUT.SCALE_JITTER is on.
+        """Detectron2's train loader; with INPUT.SCALE_JITTER, the paper's scale jitter (§4.3).
 
-        The jitter (DropBlock paper §4.3, tensorflow/tpu ``resize_and_crop``): resize so that the
-        image fits in ``TARGET_SIZE * s`` with ``s`` uniform in [MIN_SCALE, MAX_SCALE], keeping
-        the aspect ratio, then take a random ``TARGET_SIZE`` square crop, padding what is missing;
-        then INPUT.RANDOM_FLIP. Boxes cut away by the crop are dropped. Off, it is Detectron2's
-        ResizeShortestEdge from INPUT.MIN_SIZE_TRAIN / MAX_SIZE_TRAIN.
-
-        Args:
-            cfg (CfgNode): the run's config.
-
-        Returns:
-            iterable: the training data loader.
+        The jitter (see ``add_training_config``) then INPUT.RANDOM_FLIP; boxes cut away by the
+        crop are dropped.
         """
         jitter = cfg.INPUT.SCALE_JITTER
         if not jitter.ENABLED:
@@ -453,30 +432,13 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
-        """The evaluator the dataset's ``evaluator_type`` names (see ``evaluation.build_evaluator``).
-
-        Args:
-            cfg (CfgNode): the run's config.
-            dataset_name (str): one of ``cfg.DATASETS.TEST``.
-            output_folder (str or None): where the predictions are written; defaults to
-                ``OUTPUT_DIR/inference/<dataset_name>``.
-
-        Returns:
-            DatasetEvaluator: the evaluator.
-        """
+        """:func:`~.evaluation.build_evaluator`'s, writing to ``OUTPUT_DIR/inference/<name>``."""
         if output_folder is None:
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         return build_evaluator(cfg, dataset_name, output_folder)
 
     def build_hooks(self):
-        """Detectron2's default hooks, with :class:`DropBlockSchedule` when DropBlock is on.
-
-        The schedule goes before the LRScheduler hook, on every rank: it acts in ``before_step``,
-        so each step runs with the keep_prob of its own iteration.
-
-        Returns:
-            list[HookBase]: the hooks.
-        """
+        """Detectron2's default hooks, with :class:`DropBlockSchedule` when DropBlock is on."""
         ret = super().build_hooks()
         if self.cfg.MODEL.DROPBLOCK.ENABLED:
             index = next(
@@ -486,11 +448,7 @@ class Trainer(DefaultTrainer):
         return ret
 
     def build_writers(self):
-        """Detectron2's writers, with keep_prob on the console line when DropBlock is on.
-
-        Returns:
-            list[EventWriter]: the writers.
-        """
+        """Detectron2's writers, with keep_prob on the console line when DropBlock is on."""
         writers = super().build_writers()
         return [KeepProbOnConsole(), *writers] if self.cfg.MODEL.DROPBLOCK.ENABLED else writers
 
@@ -502,39 +460,15 @@ class Trainer(DefaultTrainer):
             cfg (CfgNode): the run's config.
             model (nn.Module): the model to evaluate.
             evaluators (list[DatasetEvaluator] or None): see ``DefaultTrainer.test``.
-            iteration (int or None): how many training iterations the weights have had; None
-                reads it from the running training (see :func:`trained_iterations`), as when
-                DefaultTrainer's EvalHook calls ``test(cfg, model)``.
+            iteration (int or None): the training steps the weights have had; None reads them from
+                the running training (see :func:`record_eval_results`).
 
         Returns:
             dict: Detectron2's results, e.g. ``{"bbox": {"AP": ...}}`` for one test dataset.
         """
         results = super().test(cfg, model, evaluators)
-        if iteration is None:
-            iteration = trained_iterations(cfg.SOLVER.MAX_ITER)
-        if comm.is_main_process():
-            path = write_eval_results(cfg.OUTPUT_DIR, results, iteration)
-            logger.info("Evaluation results written to %s", path)
+        record_eval_results(cfg.OUTPUT_DIR, results, iteration, cfg.SOLVER.MAX_ITER)
         return results
-
-
-def trained_iterations(max_iter):
-    """How many steps the weights of the running training have had; None outside training.
-
-    Detectron2's EvalHook evaluates in ``after_step`` of iteration ``i`` (``i + 1`` steps done)
-    and in ``after_train``, where the storage's iteration already equals ``max_iter``.
-
-    Args:
-        max_iter (int): the run's number of iterations.
-
-    Returns:
-        int or None: the steps done, None when no training's EventStorage is open.
-    """
-    try:
-        storage = get_event_storage()
-    except AssertionError:  # Detectron2's answer when no EventStorage is open
-        return None
-    return min(storage.iter + 1, max_iter)
 
 
 def main(args, trainer_class=Trainer):
