@@ -63,16 +63,7 @@ def faster_coco_eval_version():
 
 
 def faster_cocoeval(coco_gt, coco_dt, iou_type):
-    """Build the COCOeval of one task: faster-coco-eval's for bbox/segm, pycocotools' otherwise.
-
-    Args:
-        coco_gt (pycocotools.coco.COCO): ground truth.
-        coco_dt (pycocotools.coco.COCO): detections, from ``coco_gt.loadRes``.
-        iou_type (str): "bbox", "segm" or "keypoints".
-
-    Returns:
-        COCOeval: ``COCOeval_faster`` for :data:`FASTER_COCO_EVAL_IOU_TYPES`, else ``COCOeval``.
-    """
+    """The COCOeval of one task: ``COCOeval_faster`` for bbox/segm, pycocotools' otherwise."""
     if iou_type not in FASTER_COCO_EVAL_IOU_TYPES:
         return COCOeval(coco_gt, coco_dt, iou_type)
     from faster_coco_eval import COCOeval_faster
@@ -236,9 +227,6 @@ class FasterCOCOEvaluator(DatasetEvaluator):
 def coco_eval_backend(cfg):
     """Name the COCOeval that :func:`build_coco_evaluator` uses for ``cfg`` in this environment.
 
-    Args:
-        cfg (CfgNode): a config that went through ``add_training_config``.
-
     Returns:
         str: ``"faster-coco-eval <version>"``, ``"detectron2 COCOeval_opt"`` (TEST.FAST_COCO_EVAL
         True, faster-coco-eval missing, Detectron2's C++ built) or ``"pycocotools"``.
@@ -263,15 +251,7 @@ def build_coco_evaluator(cfg, dataset_name, output_dir=None):
     """The COCO evaluator of ``dataset_name`` on :func:`coco_eval_backend`'s backend.
 
     Without faster-coco-eval, TEST.FAST_COCO_EVAL True warns once. Tasks: bbox, plus segm with
-    ``cfg.MODEL.MASK_ON``.
-
-    Args:
-        cfg (CfgNode): a config that went through ``add_training_config``.
-        dataset_name (str): a registered dataset, e.g. one of ``cfg.DATASETS.TEST``.
-        output_dir (str or None): where predictions are dumped; None dumps nothing.
-
-    Returns:
-        DatasetEvaluator: FasterCOCOEvaluator or COCOEvaluator.
+    ``cfg.MODEL.MASK_ON``; predictions are dumped in ``output_dir`` (None: nowhere).
     """
     global _warned_missing_package
     backend = coco_eval_backend(cfg)
@@ -298,32 +278,13 @@ def build_coco_evaluator(cfg, dataset_name, output_dir=None):
 
 
 def build_evaluator(cfg, dataset_name, output_dir=None):
-    """The evaluator of ``dataset_name`` from its ``evaluator_type``, as train_net.py picks it.
-
-    Args:
-        cfg (CfgNode): a config that went through ``add_training_config``.
-        dataset_name (str): a registered dataset.
-        output_dir (str or None): as for :func:`build_coco_evaluator`.
-
-    Returns:
-        DatasetEvaluator: :func:`build_coco_evaluator`'s, for evaluator_type "coco".
-
-    Raises:
-        ValueError: for any other or a missing evaluator_type.
-    """
+    """:func:`build_coco_evaluator` for a dataset of evaluator_type "coco", else ValueError."""
     check_evaluator_type(dataset_name)
     return build_coco_evaluator(cfg, dataset_name, output_dir)
 
 
 def check_evaluator_type(dataset_name):
-    """Refuse a dataset whose ``evaluator_type`` this plugin does not evaluate.
-
-    Args:
-        dataset_name (str): a registered dataset.
-
-    Raises:
-        ValueError: naming the dataset and its evaluator_type, for anything but "coco".
-    """
+    """Raise ValueError, naming the dataset, for an ``evaluator_type`` other than "coco"."""
     evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type")
     if evaluator_type == "coco":
         return

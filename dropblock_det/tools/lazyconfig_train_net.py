@@ -53,17 +53,7 @@ _PRINTER_WINDOW = 20
 
 
 def load_config(args):
-    """Load ``--config-file`` and apply the ``key=value`` overrides.
-
-    Args:
-        args (argparse.Namespace): the command line.
-
-    Returns:
-        DictConfig: the LazyConfig.
-
-    Raises:
-        InputError: for a missing config file.
-    """
+    """Load ``--config-file`` and apply the ``key=value`` overrides; InputError without the file."""
     if not args.config_file or not os.path.isfile(args.config_file):
         raise InputError(
             f"--config-file {args.config_file!r} does not exist or is not a file; give a "
@@ -73,13 +63,7 @@ def load_config(args):
 
 
 def checked_dropblock_settings(cfg):
-    """The config's DropBlock settings (``cfg.dropblock`` instantiated), None without the node.
-
-    Args:
-        cfg (DictConfig): the LazyConfig.
-
-    Returns:
-        CfgNode or None: the settings.
+    """``cfg.dropblock`` instantiated, None without the node.
 
     Raises:
         InputError: for an invalid value, or overrides of a ``dropblock`` node the config lacks.
@@ -149,17 +133,10 @@ def _lazy_message(error):
 
 
 def build_model(cfg):
-    """Instantiate ``cfg.model`` and check that it holds every DropBlock the config asks for.
-
-    Args:
-        cfg (DictConfig): the LazyConfig.
+    """Instantiate ``cfg.model`` (on the CPU) and :func:`~dropblock_det.check_placements` it.
 
     Returns:
-        tuple(nn.Module, CfgNode): the model (on the CPU) and the yaml view of the config that the
-        shared checks and the evaluator read.
-
-    Raises:
-        ValueError: naming the key, when a requested placement is missing from the model.
+        tuple(nn.Module, CfgNode): the model and the yaml view the shared checks and evaluator read.
     """
     model = instantiate(cfg.model)
     view = _checks_view(cfg, model)
@@ -168,14 +145,7 @@ def build_model(cfg):
 
 
 def check_inputs(args):
-    """Check the config, the model it builds and the datasets it names before anything is written.
-
-    Args:
-        args (argparse.Namespace): the command line.
-
-    Raises:
-        InputError: naming the flag, config key or file at fault.
-    """
+    """Check the config, the model it builds and the datasets it names; InputError naming them."""
     register_datasets(args)
     cfg = load_config(args)
     try:
@@ -189,17 +159,8 @@ def do_test(cfg, model, view, iteration=None):
     """Evaluate ``model`` on ``cfg.dataloader.test`` and write ``eval_results.json``.
 
     A ``COCOEvaluator`` node is replaced by :func:`~.evaluation.build_evaluator`'s evaluator, as
-    in the yaml tool; any other evaluator node is instantiated as it is.
-
-    Args:
-        cfg (DictConfig): the LazyConfig.
-        model (nn.Module): the model.
-        view (CfgNode): :func:`build_model`'s view of the config.
-        iteration (int or None): the training steps the weights have had; None reads them from
-            the running training.
-
-    Returns:
-        dict or None: the evaluator's results; None without an evaluator.
+    in the yaml tool; any other is instantiated. ``iteration`` as for
+    :func:`~.trainer.record_eval_results`. Returns the results, None without an evaluator.
     """
     # No evaluator (absent, or `dataloader.evaluator=null` on the command line): no inference.
     node = cfg.dataloader.get("evaluator")
@@ -218,12 +179,7 @@ def do_test(cfg, model, view, iteration=None):
 
 
 def do_train(args, cfg):
-    """Train as Detectron2's LazyConfig template does, with the DropBlock schedule hook.
-
-    Args:
-        args (argparse.Namespace): the command line (``--resume``).
-        cfg (DictConfig): the LazyConfig.
-    """
+    """Train as Detectron2's LazyConfig template does, with the DropBlock schedule hook."""
     model, view = build_model(cfg)
     model.to(cfg.train.device)
     cfg.optimizer.params.model = model
@@ -282,14 +238,7 @@ def _writers(output_dir, max_iter, period):
 
 
 def main(args):
-    """Train (or with ``--eval-only`` evaluate) one LazyConfig run; ``launch`` runs it per rank.
-
-    Args:
-        args (argparse.Namespace): the command line.
-
-    Returns:
-        dict or None: the evaluation results under ``--eval-only``.
-    """
+    """Train (or with ``--eval-only`` evaluate and return the results) one run, on every rank."""
     register_datasets(args)
     cfg = load_config(args)
     default_setup(cfg, args)

@@ -26,14 +26,7 @@ def build_parser():
 
 
 def add_coco_dataset_argument(parser):
-    """Add ``--coco-dataset NAME JSON_FILE IMAGE_ROOT`` (repeatable) to a parser.
-
-    Args:
-        parser (argparse.ArgumentParser): modified in place.
-
-    Returns:
-        argparse.ArgumentParser: ``parser``; ``args.coco_dataset`` is a list of triples.
-    """
+    """Add ``--coco-dataset NAME JSON_FILE IMAGE_ROOT`` (repeatable) to ``parser`` and return it."""
     parser.add_argument(
         "--coco-dataset",
         nargs=3,
@@ -49,18 +42,7 @@ def add_coco_dataset_argument(parser):
 
 
 def parse_command_line(argv=None):
-    """Parse the command line of ``tools/train_net.py`` or ``tools/lazyconfig_train_net.py``.
-
-    Args:
-        argv (list[str] or None): the arguments; None reads ``sys.argv``.
-
-    Returns:
-        argparse.Namespace: the arguments.
-
-    Raises:
-        SystemExit: status 2 with argparse's usage message, e.g. for ``--coco-dataset`` after
-            the config options.
-    """
+    """Parse ``argv`` (None: ``sys.argv``) as either tool's command line; argparse exits on error."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if "--coco-dataset" in (args.opts or []):

@@ -36,7 +36,7 @@ from detectron2.utils import comm
 from detectron2.utils.events import EventWriter, get_event_storage
 from detectron2.utils.logger import setup_logger
 
-from ..config import add_dropblock_config, validate_dropblock_config
+from ..config import add_dropblock_config
 from ..hooks import KEEP_PROB_METRIC, DropBlockSchedule
 from ..modeling import check_placements
 from .config import add_training_config, validate_training_config
@@ -74,12 +74,6 @@ MODEL_BUILD_ERRORS = (ValueError, AssertionError, KeyError)
 def build_cfg(args):
     """The frozen config of a run: get_cfg, our keys, ``--config-file``, the options; no side effect.
 
-    Args:
-        args (argparse.Namespace): from Detectron2's ``default_argument_parser``.
-
-    Returns:
-        CfgNode: the frozen config.
-
     Raises:
         InputError: when ``--config-file`` is missing or names no file.
     """
@@ -110,17 +104,8 @@ def _yacs_message(error):
 
 
 def setup_cfg(args):
-    """:func:`build_cfg`, its values checked, then Detectron2's ``default_setup`` (logs, seeds).
-
-    Args:
-        args (argparse.Namespace): from Detectron2's ``default_argument_parser``.
-
-    Returns:
-        CfgNode: the frozen config.
-    """
+    """:func:`build_cfg`, then ``default_setup``; the values were checked by :func:`check_inputs`."""
     cfg = build_cfg(args)
-    validate_dropblock_config(cfg)
-    validate_training_config(cfg)
     default_setup(cfg, args)
     # The package's own lines (evaluation backend, files written) on the console and in log.txt.
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="dropblock_det")
@@ -134,14 +119,9 @@ def register_datasets(args):
     (absolute paths). Called before ``launch`` and in every training process; registering the
     same NAME with the same files again is a no-op.
 
-    Args:
-        args (argparse.Namespace): the command line; ``args.coco_dataset`` is a list of
-            ``[NAME, JSON_FILE, IMAGE_ROOT]`` (absent or None: none).
-
     Raises:
         InputError: naming ``--coco-dataset`` and the value when JSON_FILE is not a file,
-            IMAGE_ROOT not a folder, or NAME is an embedded dataset's or already registered to
-            other files.
+            IMAGE_ROOT not a folder, or NAME is an embedded dataset's or taken by other files.
     """
     register_dropblock_digits()
     for name, json_file, image_root in getattr(args, "coco_dataset", None) or ():
@@ -183,9 +163,6 @@ def register_datasets(args):
 def check_inputs(args):
     """Check the config, the datasets and the model it builds, once per machine before ``launch``.
 
-    Args:
-        args (argparse.Namespace): from Detectron2's ``default_argument_parser``.
-
     Raises:
         InputError: naming the flag, config key or file at fault.
     """
@@ -198,17 +175,7 @@ def check_inputs(args):
 
 
 def check_model(cfg):
-    """Build the model of ``cfg`` once on the CPU, as the training will, and check it.
-
-    Args:
-        cfg (CfgNode): the run's config.
-
-    Returns:
-        nn.Module: the model, on the CPU.
-
-    Raises:
-        InputError: with the builder's or :func:`~dropblock_det.check_placements`' message.
-    """
+    """Build the model of ``cfg`` once on the CPU, as the training will: :func:`check_model_builds`."""
     cpu_cfg = cfg.clone()
     cpu_cfg.defrost()
     cpu_cfg.MODEL.DEVICE = "cpu"  # the GPUs are the training processes'
@@ -217,19 +184,10 @@ def check_model(cfg):
 
 
 def check_model_builds(build):
-    """Build the model once, turning a setting the builders refuse into an :class:`InputError`.
+    """``build()`` the model, turning a setting the builders refuse into an :class:`InputError`.
 
     Some settings only the builders can judge (an FPN that does not fit the meta-architecture, a
     stage the ResNet does not build, a placement the model lacks). Shared by both tools.
-
-    Args:
-        build (callable): ``() -> nn.Module``, building the model the run would train.
-
-    Returns:
-        nn.Module: the model.
-
-    Raises:
-        InputError: with the builder's message, for any of :data:`MODEL_BUILD_ERRORS`.
     """
     try:
         return build()
@@ -252,13 +210,6 @@ def create_ddp_model_on_device(model, **kwargs):
 
     DDP refuses the ``device_ids=[local rank]`` that ``create_ddp_model`` passes by default for a
     model on the CPU. Shared by both tools.
-
-    Args:
-        model (nn.Module): the model, on its training device.
-        **kwargs: the arguments of ``create_ddp_model``.
-
-    Returns:
-        nn.Module: the model, wrapped in DistributedDataParallel when there are several processes.
     """
     if all(p.device.type == "cpu" for p in model.parameters()):
         kwargs.setdefault("device_ids", None)
@@ -266,12 +217,7 @@ def create_ddp_model_on_device(model, **kwargs):
 
 
 def write_eval_results(output_dir, results, iteration=None):
-    """Write ``output_dir/eval_results.json`` atomically (temporary file, then ``os.replace``).
-
-    Args:
-        output_dir (str): the run's OUTPUT_DIR.
-        results (dict): what :meth:`Trainer.test` returns, e.g. ``{"bbox": {"AP": ...}}``.
-        iteration (int or None): the training iteration evaluated; None when unknown.
+    """Write ``{"iteration", "results"}`` to ``output_dir/eval_results.json`` atomically.
 
     Returns:
         str: the path written.
@@ -297,13 +243,9 @@ def write_eval_results(output_dir, results, iteration=None):
 def record_eval_results(output_dir, results, iteration, max_iter):
     """On the main process, write ``eval_results.json`` and log its path; shared by both tools.
 
-    Args:
-        output_dir (str): the run's output folder.
-        results (dict): the evaluation results.
-        iteration (int or None): the training steps the weights have had. None: those of the
-            running training (Detectron2's EvalHook evaluates after step ``i``, ``i + 1`` steps
-            done, and in ``after_train``, the storage at ``max_iter``), None outside training.
-        max_iter (int): the run's number of iterations.
+    ``iteration`` is the training steps the weights have had; None reads those of the running
+    training (EvalHook evaluates after step ``i``, ``i + 1`` steps done, and in ``after_train``
+    at ``max_iter``), and stays None outside training.
     """
     if iteration is None:
         try:
@@ -341,11 +283,7 @@ class Trainer(DefaultTrainer):
     """
 
     def __init__(self, cfg):
-        """DefaultTrainer's ``__init__``; with several CPU processes, its copy below.
-
-        Args:
-            cfg (CfgNode): the run's config.
-        """
+        """DefaultTrainer's ``__init__``; with several CPU processes, its copy below."""
         if comm.get_world_size() == 1 or cfg.MODEL.DEVICE != "cpu":
             super().__init__(cfg)
             return
@@ -454,33 +392,17 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def test(cls, cfg, model, evaluators=None, *, iteration=None):
-        """Evaluate as DefaultTrainer does, then write ``OUTPUT_DIR/eval_results.json``.
-
-        Args:
-            cfg (CfgNode): the run's config.
-            model (nn.Module): the model to evaluate.
-            evaluators (list[DatasetEvaluator] or None): see ``DefaultTrainer.test``.
-            iteration (int or None): the training steps the weights have had; None reads them from
-                the running training (see :func:`record_eval_results`).
-
-        Returns:
-            dict: Detectron2's results, e.g. ``{"bbox": {"AP": ...}}`` for one test dataset.
-        """
+        """Evaluate as DefaultTrainer does, then :func:`record_eval_results` (``iteration``)."""
         results = super().test(cfg, model, evaluators)
         record_eval_results(cfg.OUTPUT_DIR, results, iteration, cfg.SOLVER.MAX_ITER)
         return results
 
 
 def main(args, trainer_class=Trainer):
-    """Train (or with ``--eval-only`` evaluate) one run; the function ``launch`` runs per rank.
-
-    Args:
-        args (argparse.Namespace): from Detectron2's ``default_argument_parser``.
-        trainer_class (type): :class:`Trainer` or a subclass (e.g. with more hooks).
+    """Train (or with ``--eval-only`` evaluate) one run with ``trainer_class``, on every rank.
 
     Returns:
-        dict or None: the evaluation results with ``--eval-only``; after training, what
-        DefaultTrainer's ``train`` returns (the last results when TEST.EXPECTED_RESULTS is set).
+        dict or None: the evaluation results with ``--eval-only``, else what ``train`` returns.
     """
     register_datasets(args)
     cfg = setup_cfg(args)

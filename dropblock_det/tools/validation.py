@@ -1,9 +1,6 @@
-"""Input checks that run before any training time is spent.
+"""Input checks before any training time is spent: one :class:`InputError` naming the key or file.
 
-:func:`check_training_inputs` reads the config, the dataset catalogs and the annotation files and
-raises one :class:`InputError` that names the offending config key or file and says what to do.
-It only reads: it runs before the trainer creates or opens anything in ``OUTPUT_DIR``, so a bad
-input never costs a checkpoint or a metrics file already there.
+They only read, before the trainer creates or opens anything in ``OUTPUT_DIR``.
 """
 
 import difflib
@@ -82,10 +79,6 @@ def _dataset_names(cfg, split):
 def _close_matches_hint(name, candidates):
     matches = difflib.get_close_matches(name, list(candidates), n=3, cutoff=0.6)
     return f" Did you mean {', '.join(repr(m) for m in matches)}?" if matches else ""
-
-
-def _override_hint(key, example):
-    return f"Fix it in the config file or override it on the command line, e.g. `{key} {example}`."
 
 
 def _check_model(cfg):
@@ -176,20 +169,14 @@ def _check_num_classes(cfg, name, key, num_categories):
     if num_categories is None:
         return
     # RetinaNet's heads read MODEL.RETINANET.NUM_CLASSES, R-CNN's MODEL.ROI_HEADS.NUM_CLASSES.
-    if "RetinaNet" in cfg.MODEL.META_ARCHITECTURE:
-        num_classes_key, num_classes = (
-            "MODEL.RETINANET.NUM_CLASSES",
-            cfg.MODEL.RETINANET.NUM_CLASSES,
-        )
-    elif "RCNN" in cfg.MODEL.META_ARCHITECTURE:
-        num_classes_key, num_classes = (
-            "MODEL.ROI_HEADS.NUM_CLASSES",
-            cfg.MODEL.ROI_HEADS.NUM_CLASSES,
-        )
-    else:
+    arch = cfg.MODEL.META_ARCHITECTURE
+    head = "RETINANET" if "RetinaNet" in arch else "ROI_HEADS" if "RCNN" in arch else None
+    if head is None:
         return
+    num_classes_key, num_classes = f"MODEL.{head}.NUM_CLASSES", cfg.MODEL[head].NUM_CLASSES
     if num_classes != num_categories:
         raise InputError(
             f"{num_classes_key} = {num_classes} but {key} dataset {name!r} has "
-            f"{num_categories} categories. " + _override_hint(num_classes_key, num_categories)
+            f"{num_categories} categories. Fix it in the config file or override it on the "
+            f"command line, e.g. `{num_classes_key} {num_categories}`."
         )
