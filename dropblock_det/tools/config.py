@@ -1,9 +1,4 @@
-"""Config keys of the training tools (not DropBlock's): evaluation backend, optimizer, augmentation.
-
-:func:`add_training_config` adds them for :class:`~dropblock_det.tools.trainer.Trainer`;
-:func:`validate_training_config` is their one check. DropBlock's own keys come from
-:func:`dropblock_det.add_dropblock_config`.
-"""
+"""Config keys of the training tools (not DropBlock's): evaluation backend, optimizer, augmentation."""
 
 from detectron2.config import CfgNode as CN
 
@@ -16,11 +11,7 @@ OPTIMIZERS = ("SGD", "ADAMW")
 
 
 def add_training_config(cfg):
-    """Add ``TEST.FAST_COCO_EVAL``, ``SOLVER.OPTIMIZER`` and ``INPUT.SCALE_JITTER.*`` to a config.
-
-    Args:
-        cfg (CfgNode): a Detectron2 config, modified in place.
-    """
+    """Add ``TEST.FAST_COCO_EVAL``, ``SOLVER.OPTIMIZER`` and ``INPUT.SCALE_JITTER.*`` to ``cfg``."""
     _C = cfg
     # Evaluate COCO with faster-coco-eval's COCOeval when it is installed (same numbers, many
     # times faster than pycocotools' pure-Python COCOeval that the registry build falls back to).
@@ -40,14 +31,7 @@ def add_training_config(cfg):
 
 
 def validate_training_config(cfg):
-    """Check the keys of :func:`add_training_config`.
-
-    Args:
-        cfg (CfgNode): a config that went through :func:`add_training_config`.
-
-    Raises:
-        ValueError: naming the offending key, its value and what is expected.
-    """
+    """The one check of the keys of :func:`add_training_config`: ValueError naming the key."""
     if "FAST_COCO_EVAL" not in cfg.TEST:
         raise ValueError(
             "cfg.TEST.FAST_COCO_EVAL is missing: call "

@@ -32,6 +32,7 @@ from .trainer import (
     KeepProbOnConsole,
     check_model_builds,
     create_ddp_model_on_device,
+    error_message,
     record_eval_results,
     register_datasets,
 )
@@ -123,9 +124,7 @@ def _dataset_names(loader):
 
 def _lazy_message(error):
     """An error of the shared checks, with the LazyConfig's keys and override syntax."""
-    message = (
-        error.args[0] if len(error.args) == 1 and isinstance(error.args[0], str) else str(error)
-    )
+    message = error_message(error)
     for yaml_key, lazy_key in _LAZY_KEYS:
         message = re.sub(rf"`{re.escape(yaml_key)} ([^`]+)`", rf"`{lazy_key}=\1`", message)
         message = message.replace(yaml_key, lazy_key)

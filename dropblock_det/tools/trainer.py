@@ -53,6 +53,7 @@ __all__ = [
     "check_model",
     "check_model_builds",
     "create_ddp_model_on_device",
+    "error_message",
     "main",
     "record_eval_results",
     "register_datasets",
@@ -89,17 +90,17 @@ def build_cfg(args):
     try:
         cfg.merge_from_file(args.config_file)
     except (KeyError, ValueError, AssertionError) as error:
-        raise InputError(f"--config-file {args.config_file!r}: {_yacs_message(error)}") from error
+        raise InputError(f"--config-file {args.config_file!r}: {error_message(error)}") from error
     try:
         cfg.merge_from_list(args.opts or [])
     except (KeyError, ValueError, AssertionError) as error:
-        raise InputError(f"command-line options: {_yacs_message(error)}") from error
+        raise InputError(f"command-line options: {error_message(error)}") from error
     cfg.freeze()
     return cfg
 
 
-def _yacs_message(error):
-    # str() of a KeyError is the repr of its argument; show the plain message.
+def error_message(error):
+    """An exception's message; for a KeyError, not the repr ``str()`` gives."""
     return error.args[0] if len(error.args) == 1 and isinstance(error.args[0], str) else str(error)
 
 
@@ -197,7 +198,7 @@ def check_model_builds(build):
         # A bare KeyError holds only the missing name (a feature, a registry entry): say so.
         message = f"no {error.args[0]!r} (KeyError)" if _is_bare_key_error(error) else None
         raise InputError(
-            f"the model cannot be built from this config: {message or _yacs_message(error)}"
+            f"the model cannot be built from this config: {message or error_message(error)}"
         ) from error
 
 
