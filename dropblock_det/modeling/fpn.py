@@ -1,9 +1,8 @@
 """Detectron2's ResNet-FPN backbones with DropBlock, and the FPN whose outputs it drops.
 
 The registered builders mirror ``build_retinanet_resnet_fpn_backbone`` (P3–P7) and
-``build_resnet_fpn_backbone`` (P2–P6): the same modules in the same order (so the same random
-initialisation under the same seed), with the DropBlock blocks of :mod:`.resnet` in
-MODEL.DROPBLOCK.STAGES and a :class:`DropBlockFPN` when MODEL.DROPBLOCK.FPN is set.
+``build_resnet_fpn_backbone`` (P2–P6) module for module (so the same initialisation under the same
+seed), with the blocks of :mod:`.resnet` and a :class:`DropBlockFPN` where the settings ask.
 """
 
 from detectron2.layers import ShapeSpec
@@ -54,14 +53,7 @@ class DropBlockFPN(FPN):
         self.dropblock = nn.ModuleDict({k: m for k, m in dropblocks.items() if k in levels})
 
     def forward(self, x):
-        """Run the FPN and drop blocks of the chosen levels.
-
-        Args:
-            x (Tensor): the image batch, as for :meth:`FPN.forward`.
-
-        Returns:
-            dict[str, Tensor]: the FPN levels, the chosen ones after DropBlock.
-        """
+        """:meth:`FPN.forward`, the chosen levels after their DropBlock."""
         features = super().forward(x)
         return {
             level: self.dropblock[level](feature) if level in self.dropblock else feature
@@ -70,15 +62,7 @@ class DropBlockFPN(FPN):
 
 
 def dropblock_fpn(dropblock, **fpn_kwargs) -> FPN:
-    """Detectron2's FPN, or a :class:`DropBlockFPN` when ``dropblock`` asks for FPN levels.
-
-    Args:
-        dropblock (CfgNode): the DropBlock settings.
-        **fpn_kwargs: the arguments of :class:`FPN`.
-
-    Returns:
-        FPN: the network.
-    """
+    """``FPN(**fpn_kwargs)``, or a :class:`DropBlockFPN` when ``dropblock`` asks for FPN levels."""
     levels = [g for g, key in requested_groups(dropblock).items() if key == "MODEL.DROPBLOCK.FPN"]
     if not levels:
         return FPN(**fpn_kwargs)
