@@ -21,17 +21,10 @@ _CONTOUR_KEYS = ("MODEL.DROPBLOCK.BLOCK_SIZE", "MODEL.DROPBLOCK.KEEP_PROB")
 
 
 def format_ap(value, signed=False) -> str:
-    """An AP (or a difference or spread of APs, on COCO's 0-100 scale) with enough digits.
+    """An AP, or a difference (``signed``: with ``+``) or spread of APs, with enough digits.
 
-    One decimal from 1 AP up; below, two significant digits (0.70, 0.012, 0.0012; from 0.001 down
-    in scientific notation), so that a small AP never reads as 0.0. Report and console use it.
-
-    Args:
-        value (float or None): the value; None is shown as ``–``.
-        signed (bool): with a ``+`` on positive values (differences).
-
-    Returns:
-        str: the text.
+    One decimal from 1 AP up; below, two significant digits (0.70, 0.012, 0.0012; under 0.001 in
+    scientific notation), so that a small AP never reads as 0.0. None is shown as ``–``.
     """
     if value is None:
         return "–"

@@ -107,20 +107,12 @@ def check_storage_url(url: str) -> None:
 
 
 def open_storage(url: str, heartbeat_s: float, max_retry: int, retry: bool = True):
-    """An RDB storage with heartbeats (a trial silent for 3 intervals is stale).
+    """An RDB storage with heartbeats every ``heartbeat_s``; silent for 3 of them, a trial is stale.
 
-    Two workers that create the schema of an empty database at the same instant race (PostgreSQL
-    answers one of them with a duplicate ``CREATE TYPE``): a failed attempt is simply repeated,
-    by then the other worker's schema is there.
-
-    Args:
-        url (str): an SQLAlchemy URL.
-        heartbeat_s (float): heartbeat interval.
-        max_retry (int): how often a stale trial is re-queued.
-        retry (bool): re-queue stale trials (the search study); False only fails them (runs).
-
-    Returns:
-        optuna.storages.RDBStorage: the storage.
+    Stale trials are re-queued up to ``max_retry`` times (the search study), or with ``retry``
+    False only failed (the runs). Two workers that create the schema of an empty database at the
+    same instant race (PostgreSQL answers one with a duplicate ``CREATE TYPE``): a failed attempt
+    is repeated, by then the other worker's schema is there.
     """
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
     callback = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry) if retry else None
@@ -142,14 +134,10 @@ def open_storage(url: str, heartbeat_s: float, max_retry: int, retry: bool = Tru
 
 
 def paired_stats(a, b) -> dict[str, float | None]:
-    """Mean, sd, paired t, two-sided p and 95% CI of the differences ``a - b``.
+    """``mean``, ``sd``, paired ``t``, two-sided ``p``, 95% CI (``ci_low``, ``ci_high``) of ``a - b``.
 
-    Args:
-        a, b (Sequence[float]): paired values (same seeds, same order).
-
-    Returns:
-        dict: ``mean``, ``sd``, ``t``, ``p``, ``ci_low``, ``ci_high`` (None where undefined: fewer
-        than two pairs, or all differences equal).
+    ``a`` and ``b`` are paired (same seeds, same order); a figure is None where undefined (fewer
+    than two pairs, or all differences equal).
     """
     diffs = [x - y for x, y in zip(a, b, strict=True)]
     out = dict.fromkeys(("mean", "sd", "t", "p", "ci_low", "ci_high"))
