@@ -46,16 +46,17 @@ def format_duration(seconds: float) -> str:
 
 
 def hide_password(text: str) -> str:
-    """``text``, a storage URL's password (if it is one with a password) shown as ``***``."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
+    """``text``, the password of a storage URL in it (if any) shown as ``***``.
 
-    if "@" not in text:
-        return text
-    try:
-        return make_url(text).render_as_string(hide_password=True)
-    except (ArgumentError, ValueError):
-        return text
+    Everything between the user name and the last ``@`` is hidden, also a password that holds an
+    ``@`` (which SQLAlchemy's own URL parser would split there, showing the rest).
+    """
+    if "://" in text and "@" in text:
+        scheme, rest = text.split("://", 1)
+        credentials, host = rest.rsplit("@", 1)
+        if ":" in credentials:
+            return f"{scheme}://{credentials.split(':', 1)[0]}:***@{host}"
+    return text
 
 
 def _mean_sd(values) -> str:
