@@ -43,7 +43,9 @@ QUICK_OPTS = (
     "SOLVER.IMS_PER_BATCH", "2",
     "SOLVER.WARMUP_ITERS", "1",
     "SOLVER.STEPS", "(3,)",
-    "TEST.EVAL_PERIOD", "2",
+    # The final evaluation only: one evaluation less per training (the pruner test evaluates
+    # during training).
+    "TEST.EVAL_PERIOD", "0",
     "DATASETS.TEST", f"('{SMALL_VAL}',)",
     # Every box counts, so that a 4-iteration model's AP is a number rather than "no detections".
     "MODEL.RETINANET.SCORE_THRESH_TEST", "0.0",
@@ -569,7 +571,9 @@ def test_median_pruner_stops_a_worse_trial_and_its_training(small_val_env, tmp_p
     # A score threshold of 1.0 keeps no detection (AP 0); 0.0 keeps them all (AP > 0). Sampler
     # seed 10 draws 0.0 first, then 1.0, which the median of the first trial must prune.
     space = {"MODEL.RETINANET.SCORE_THRESH_TEST": {"choices": [0.0, 1.0]}}
-    opts = [*QUICK_OPTS, "SOLVER.MAX_ITER", "12", "SOLVER.STEPS", "(10,)", "TEST.EVAL_PERIOD", "4"]
+    max_iter = 8  # evaluations at iterations 4 and 8
+    opts = [*QUICK_OPTS, "SOLVER.MAX_ITER", str(max_iter), "SOLVER.STEPS", "(6,)"]
+    opts += ["TEST.EVAL_PERIOD", "4"]
     argv = tune_argv(
         tmp_path / "out",
         space=write_space(str(tmp_path), space),
@@ -595,9 +599,9 @@ def test_median_pruner_stops_a_worse_trial_and_its_training(small_val_env, tmp_p
     assert second.state == TrialState.PRUNED
     pruned = [r for r in runs.get_trials() if r.state == TrialState.PRUNED]
     assert len(pruned) == 1
-    # Stopped at an evaluation before the last (iteration 12), so before the final checkpoint.
+    # Stopped at an evaluation before the last (iteration max_iter), so before the final checkpoint.
     curve = pruned[0].user_attrs["curve"]
-    assert curve and curve[-1][0] < 12, curve
+    assert curve and curve[-1][0] < max_iter, curve
     assert not os.path.exists(os.path.join(pruned[0].user_attrs["output_dir"], "model_final.pth"))
 
 

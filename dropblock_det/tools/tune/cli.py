@@ -16,6 +16,8 @@ import sys
 import time
 import warnings
 
+from ..errors import InputError
+
 __all__ = ["main", "parse_args"]
 
 # The default space written out, named where the default space does not fit a config.
@@ -47,14 +49,7 @@ examples:
 
 
 def parse_args(argv=None):
-    """Parse tune.py's command line.
-
-    Args:
-        argv (list[str] or None): the arguments; None reads ``sys.argv``.
-
-    Returns:
-        argparse.Namespace: the arguments; ``opts`` holds the trailing ``KEY VALUE`` options.
-    """
+    """Parse tune.py's command line (None: ``sys.argv``); ``opts`` holds the ``KEY VALUE`` options."""
     from dropblock_det.tools.train_net import add_coco_dataset_argument
 
     parser = argparse.ArgumentParser(
@@ -63,62 +58,46 @@ def parse_args(argv=None):
         epilog=_EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--config-file", required=True, help="base config (DropBlock backbone)")
-    parser.add_argument("--space", help="search space yaml (default: the DropBlock default space)")
-    parser.add_argument("--n-trials", type=int, default=20, help="finished trials of the study")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="search seeds")
-    parser.add_argument(
-        "--heldout-seeds", type=int, nargs="+", default=[100, 101, 102], help="verdict seeds"
-    )
-    parser.add_argument("--study-name", help="default: dropblock-<config file name>")
-    parser.add_argument("--out", help="output folder (default: output/tune/<study name>)")
-    parser.add_argument("--storage", help="SQLAlchemy URL (default: sqlite:///<out>/study.db)")
-    parser.add_argument("--pruner", choices=("median", "hyperband", "none"), default="median")
-    parser.add_argument(
-        "--pruner-startup", type=int, default=2, help="trials finished before the median prunes"
-    )
-    parser.add_argument(
-        "--startup-trials", type=int, default=5, help="random trials before TPE models the space"
-    )
-    parser.add_argument("--sampler-seed", type=int, help="TPE seed (give each worker its own)")
-    parser.add_argument(
-        "--num-gpus", type=int, default=1, help="GPUs per trial (Detectron2 launch)"
-    )
-    parser.add_argument("--heartbeat", type=float, default=10.0, help="heartbeat interval, s")
-    parser.add_argument("--max-retry", type=int, default=2, help="retries of a killed trial")
-    parser.add_argument("--poll", type=float, default=1.0, help="seconds between checks of a run")
-    parser.add_argument("--report-only", action="store_true", help="only rewrite the report")
-    parser.add_argument(
-        "--no-verdict", action="store_true", help="search only (a later run adds the verdict)"
-    )
+    add = parser.add_argument
+    add("--config-file", required=True, help="base config (DropBlock backbone)")
+    add("--space", help="search space yaml (default: the DropBlock default space)")
+    add("--n-trials", type=int, default=20, help="finished trials of the study")
+    add("--seeds", type=int, nargs="+", default=[0, 1], help="search seeds")
+    add("--heldout-seeds", type=int, nargs="+", default=[100, 101, 102], help="verdict seeds")
+    add("--study-name", help="default: dropblock-<config file name>")
+    add("--out", help="output folder (default: output/tune/<study name>)")
+    add("--storage", help="SQLAlchemy URL (default: sqlite:///<out>/study.db)")
+    add("--pruner", choices=("median", "hyperband", "none"), default="median")
+    add("--pruner-startup", type=int, default=2, help="trials finished before the median prunes")
+    add("--startup-trials", type=int, default=5, help="random trials before TPE models the space")
+    add("--sampler-seed", type=int, help="TPE seed (give each worker its own)")
+    add("--num-gpus", type=int, default=1, help="GPUs per trial (Detectron2 launch)")
+    add("--heartbeat", type=float, default=10.0, help="heartbeat interval, s")
+    add("--max-retry", type=int, default=2, help="retries of a killed trial")
+    add("--poll", type=float, default=1.0, help="seconds between checks of a run")
+    add("--report-only", action="store_true", help="only rewrite the report")
+    add("--no-verdict", action="store_true", help="search only (a later run adds the verdict)")
     add_coco_dataset_argument(parser)
-    parser.add_argument(
-        "opts", nargs=argparse.REMAINDER, help="KEY VALUE config options for every run"
-    )
+    add("opts", nargs=argparse.REMAINDER, help="KEY VALUE config options for every run")
     args = parser.parse_args(argv)
     if args.opts[:1] == ["--"]:
         args.opts = args.opts[1:]
     return args
 
 
-class _InputError(ValueError):
-    pass
-
-
 def _check_flags(args):
     if args.n_trials < 1:
-        raise _InputError(f"--n-trials {args.n_trials}: expected at least 1.")
-    for name in ("seeds", "heldout_seeds"):
-        flag, seeds = f"--{name.replace('_', '-')}", getattr(args, name)
+        raise InputError(f"--n-trials {args.n_trials}: expected at least 1.")
+    for flag, seeds in (("--seeds", args.seeds), ("--heldout-seeds", args.heldout_seeds)):
         if len(set(seeds)) != len(seeds):
-            raise _InputError(f"{flag} {seeds}: the seeds must be distinct.")
+            raise InputError(f"{flag} {seeds}: the seeds must be distinct.")
         if min(seeds) < 0:
             # Detectron2 draws a fresh random seed for SEED < 0: no run could be repeated or
             # paired with the baseline on the same seed.
-            raise _InputError(f"{flag} {seeds}: seeds must be >= 0.")
+            raise InputError(f"{flag} {seeds}: seeds must be >= 0.")
     shared = sorted(set(args.seeds) & set(args.heldout_seeds))
     if shared:
-        raise _InputError(
+        raise InputError(
             f"--heldout-seeds shares {shared} with --seeds: the verdict must use seeds the search "
             "never saw, or the selection bias of the best trial comes back."
         )
@@ -129,92 +108,81 @@ def _check_flags(args):
         ("--max-retry", args.max_retry, 0),
     ):
         if value < least:
-            raise _InputError(f"{flag} {value}: expected at least {least}.")
+            raise InputError(f"{flag} {value}: expected at least {least}.")
     if args.sampler_seed is not None and not 0 <= args.sampler_seed <= _MAX_SAMPLER_SEED:
-        raise _InputError(
+        raise InputError(
             f"--sampler-seed {args.sampler_seed}: expected an integer in [0, {_MAX_SAMPLER_SEED}]."
         )
     for flag, value in (("--heartbeat", args.heartbeat), ("--poll", args.poll)):
         if not value > 0:
-            raise _InputError(f"{flag} {value}: expected a positive number of seconds.")
+            raise InputError(f"{flag} {value}: expected a positive number of seconds.")
     if args.study_name is not None and not args.study_name.strip():
-        raise _InputError("--study-name is empty; give the study a name, or leave the flag out.")
+        raise InputError("--study-name is empty; give the study a name, or leave the flag out.")
     flags = [o for o in args.opts[::2] if o.startswith("--")]
+    if flags and flags[0].split("=", 1)[0][2:].replace("-", "_") in vars(args):
+        raise InputError(
+            f"{flags[0]} comes after the KEY VALUE config options; put every tune.py flag "
+            "(--coco-dataset included) before them."
+        )
     if flags:
-        flag = flags[0]
-        if flag.split("=", 1)[0][2:].replace("-", "_") in vars(args):
-            raise _InputError(
-                f"{flag} comes after the KEY VALUE config options; put every tune.py flag "
-                "(--coco-dataset included) before them."
-            )
-        raise _InputError(
-            f"{flag} is not a flag of tune.py (see tune.py --help); the config options after the "
-            "flags are KEY VALUE pairs."
+        raise InputError(
+            f"{flags[0]} is not a flag of tune.py (see tune.py --help); the config options after "
+            "the flags are KEY VALUE pairs."
         )
     if len(args.opts) % 2:
-        raise _InputError(f"config options must come in KEY VALUE pairs, got {args.opts}.")
+        raise InputError(f"config options must come in KEY VALUE pairs, got {args.opts}.")
 
 
 def _check_out(out):
-    """Refuse an output folder that cannot be made or written, before anything is written."""
+    """Refuse an output folder that cannot be made or written; return the topmost one to create.
+
+    The first missing folder on the way to ``out`` (None if it exists) is what to remove to leave
+    nothing behind.
+    """
     if os.path.exists(out) and not os.path.isdir(out):
-        raise _InputError(
+        raise InputError(
             f"--out {out!r} is a file; name a folder (a new one, or a study's output to resume)."
         )
-    existing = out
+    top, existing = None, out
     while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
+        top, existing = existing, os.path.dirname(existing)
     if not os.path.isdir(existing):
-        raise _InputError(f"--out {out!r} cannot be created: {existing!r} is a file.")
+        raise InputError(f"--out {out!r} cannot be created: {existing!r} is a file.")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise _InputError(f"--out {out!r}: {existing!r} is not writable.")
-
-
-def _make_out(out):
-    """Create ``out``; return the topmost folder this created (None if ``out`` existed)."""
-    top, path = None, out
-    while not os.path.exists(path):
-        top, path = path, os.path.dirname(path)
-    os.makedirs(out, exist_ok=True)
+        raise InputError(f"--out {out!r}: {existing!r} is not writable.")
     return top
 
 
-class _ConfigBuilder:
-    """Builds the config of the base file, the base options and extra options, as train_net does.
+class _Runs:
+    """A run's train_net command line and config.
 
-    Args:
-        config_file (str): the base config file.
-        base_opts (Sequence[str]): the command's ``KEY VALUE`` options.
-        coco_datasets (Sequence[Sequence[str]]): the ``--coco-dataset`` triples.
-        num_gpus (int): ``--num-gpus`` of each training.
+    Each is the base config, train_net's flags (``--num-gpus``, ``--coco-dataset``) and the
+    command's ``KEY VALUE`` options, then the run's own options ``extra``.
     """
 
-    def __init__(self, config_file, base_opts, coco_datasets=(), num_gpus=1):
-        from dropblock_det.tools.trainer import build_cfg
-
-        self._build_cfg = build_cfg
-        self.config_file, self.base_opts = config_file, list(base_opts)
+    def __init__(self, config_file, base_opts, coco_datasets, num_gpus):
+        self.config_file, self.base_opts, self.num_gpus = config_file, list(base_opts), num_gpus
         self.coco_datasets = [list(triple) for triple in coco_datasets]
-        self.num_gpus = num_gpus
 
     def dataset_flags(self):
-        """The ``--coco-dataset`` flags of every run."""
         return [flag for triple in self.coco_datasets for flag in ("--coco-dataset", *triple)]
 
-    def flags(self):
-        """train_net's flags of every run, before its config options."""
-        return ["--num-gpus", str(self.num_gpus), *self.dataset_flags()]
+    def argv(self, extra=()):
+        flags = ["--num-gpus", str(self.num_gpus), *self.dataset_flags()]
+        return ["--config-file", self.config_file, *flags, *self.base_opts, *extra]
+
+    def command(self, extra):
+        return [sys.executable, "-m", "dropblock_det.tools.train_net", *self.argv(extra)]
 
     def args(self, extra=()):
-        """train_net's command line of the base options and ``extra``, parsed."""
         from dropblock_det.tools.train_net import build_parser
 
-        return build_parser().parse_args(
-            ["--config-file", self.config_file, *self.flags(), *self.base_opts, *extra]
-        )
+        return build_parser().parse_args(self.argv(extra))
 
     def __call__(self, extra=()):
-        return self._build_cfg(self.args(extra))
+        from dropblock_det.tools.trainer import build_cfg
+
+        return build_cfg(self.args(extra))
 
     def checked(self, extra=()):
         """The config of ``extra``, with the model checks train_net runs (datasets aside).
@@ -236,13 +204,12 @@ class _ConfigBuilder:
 
 
 def _prepare(args):
-    """Check every input and build what the search needs; raises _InputError or ValueError.
+    """Check every input and build what the search needs; nothing is written.
 
-    Nothing is written: the output folder and the storage are only looked at.
+    Raises:
+        InputError: naming the flag, key or file at fault.
     """
-    from dropblock_det.config import requested_groups
     from dropblock_det.tools.trainer import check_inputs
-    from dropblock_det.tools.validation import InputError
 
     from .report import hide_password
     from .space import check_space, default_space, load_space, space_to_yaml
@@ -252,55 +219,50 @@ def _prepare(args):
     config_file = os.path.abspath(args.config_file)
     name = args.study_name or f"dropblock-{os.path.splitext(os.path.basename(config_file))[0]}"
     out = os.path.abspath(args.out or os.path.join("output", "tune", name))
-    _check_out(out)
+    to_create = _check_out(out)
     default_db = os.path.join(out, "study.db")
     storage_url = args.storage or f"sqlite:///{default_db}"
     try:
         check_storage_url(storage_url)
     except ValueError as error:
-        raise _InputError(f"--storage {hide_password(storage_url)!r}: {error}") from error
+        raise InputError(f"--storage {hide_password(storage_url)!r}: {error}") from error
     if args.report_only and not args.storage and not os.path.isfile(default_db):
-        raise _InputError(
+        raise InputError(
             f"--report-only: there is no study to report in {out!r} (no study.db); run the "
             "search first, or give the --out or --storage of the study."
         )
     params = load_space(args.space) if args.space else None  # its form, before the slower checks
-    build = _ConfigBuilder(config_file, args.opts, args.coco_dataset, args.num_gpus)
-    cfg = build()
-    check_inputs(build.args(BASELINE_OPTS))  # the datasets, once, as train_net checks them
+    runs = _Runs(config_file, args.opts, args.coco_dataset, args.num_gpus)
+    cfg = runs()
+    check_inputs(runs.args(BASELINE_OPTS))  # the datasets, once, as train_net checks them
     # Every run is trained in its own process, in this working directory or not: absolute paths.
-    build.coco_datasets = [
+    runs.coco_datasets = [
         [dataset, os.path.abspath(json_file), os.path.abspath(image_root)]
-        for dataset, json_file, image_root in build.coco_datasets
+        for dataset, json_file, image_root in runs.coco_datasets
     ]
     tests = list(cfg.DATASETS.TEST)
     if len(tests) != 1:
-        raise _InputError(
+        raise InputError(
             f"DATASETS.TEST = {tests}: the search scores each run on one validation set; name "
             "exactly one, e.g. DATASETS.TEST \"('dropblock_digits_val',)\"."
         )
     try:
-        build.checked(SETTING_OPTS)
+        runs.checked(SETTING_OPTS)
     except InputError as error:
-        raise _InputError(
+        raise InputError(
             f"--config-file {args.config_file!r} with MODEL.DROPBLOCK.ENABLED True, as every "
             f"trial trains it: {error}"
         ) from error
 
     def check(extra):
-        return build.checked([*SETTING_OPTS, *extra])
+        return runs.checked([*SETTING_OPTS, *extra])
 
     if args.space:
         params = check_space(params, cfg, check, args.space)
     else:
         params = check_space(
-            default_space(cfg),
-            cfg,
-            check,
-            "the default space",
-            advice=DEFAULT_SPACE_ADVICE,
+            default_space(cfg), cfg, check, "the default space", DEFAULT_SPACE_ADVICE
         )
-
     comparable = cfg.clone()
     comparable.defrost()
     comparable.OUTPUT_DIR = ""
@@ -312,85 +274,77 @@ def _prepare(args):
         metric="bbox/AP",
         max_iter=int(cfg.SOLVER.MAX_ITER),
     )
-
-    def has_dropblock(opts):
-        return bool(requested_groups(build(opts)))
-
-    return build, params, name, out, storage_url, setup, has_dropblock
+    return runs, params, name, out, to_create, storage_url, setup
 
 
 def _sampler_and_pruner(args, setup):
     import optuna
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        sampler = optuna.samplers.TPESampler(
-            n_startup_trials=args.startup_trials,
-            multivariate=True,
-            # Parallel workers: pending trials count as if they had the worst value, so that
-            # two workers do not draw the same point.
-            constant_liar=True,
-            seed=args.sampler_seed,
-        )
+    # Parallel workers: pending trials count as if they had the worst value (constant liar), so
+    # that two workers do not draw the same point.
+    sampler = optuna.samplers.TPESampler(
+        n_startup_trials=args.startup_trials,
+        multivariate=True,
+        constant_liar=True,
+        seed=args.sampler_seed,
+    )
     if args.pruner == "median":
-        pruner = optuna.pruners.MedianPruner(n_startup_trials=args.pruner_startup)
-    elif args.pruner == "hyperband":
-        pruner = optuna.pruners.HyperbandPruner(
-            min_resource=1, max_resource=len(setup.seeds) * setup.max_iter
-        )
-    else:
-        pruner = optuna.pruners.NopPruner()
-    return sampler, pruner
+        return sampler, optuna.pruners.MedianPruner(n_startup_trials=args.pruner_startup)
+    if args.pruner == "hyperband":
+        max_resource = len(setup.seeds) * setup.max_iter
+        return sampler, optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max_resource)
+    return sampler, optuna.pruners.NopPruner()
 
 
 def _log(line):
     print(line, flush=True)
 
 
+def _error(message):
+    print(f"tune.py: error: {message}", file=sys.stderr)
+    return 2
+
+
 def main(argv=None) -> int:
-    """Run one worker of a search; any number may run the same command at once.
+    """Run one worker of a search (any number may run the same command at once).
 
     Args:
         argv (list[str] or None): the arguments; None reads ``sys.argv``.
 
     Returns:
-        int: the exit status (2: bad input, nothing trained).
+        int: the exit status (2: bad input, nothing trained; 1: the search failed).
     """
     args = parse_args(argv)
-    from dropblock_det.tools.validation import InputError
-
-    from .space import SpaceError
-
     try:
-        build, params, name, out, storage_url, setup, has_dropblock = _prepare(args)
-    except (_InputError, InputError, SpaceError) as error:
-        print(f"tune.py: error: {error}", file=sys.stderr)
-        return 2
+        runs, params, name, out, to_create, storage_url, setup = _prepare(args)
+    except InputError as error:
+        return _error(error)
 
     import optuna
     import sqlalchemy
 
-    from .report import format_ap, hide_password, write_report
+    from dropblock_det.config import requested_groups
+
+    from .report import format_ap, format_duration, hide_password, write_report
     from .runs import RunStore
-    from .study import BaselineFailed, Search, StudyMismatch, TooManyFailures, open_storage
+    from .study import BaselineFailed, Search, TooManyFailures, open_storage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     shown_url = hide_password(storage_url)
     try:
-        created = _make_out(out)
+        os.makedirs(out, exist_ok=True)
     except OSError as error:
-        print(f"tune.py: error: --out {out!r} cannot be created: {error}", file=sys.stderr)
-        return 2
+        return _error(f"--out {out!r} cannot be created: {error}")
     try:
         try:
             storage = open_storage(storage_url, args.heartbeat, args.max_retry)
             runs_storage = open_storage(storage_url, args.heartbeat, args.max_retry, retry=False)
         except (sqlalchemy.exc.SQLAlchemyError, ImportError, RuntimeError) as error:
             reason = " ".join(str(getattr(error, "orig", None) or error).split())
-            raise _InputError(f"--storage {shown_url!r} cannot be opened: {reason}") from error
+            raise InputError(f"--storage {shown_url!r} cannot be opened: {reason}") from error
         if args.report_only and name not in optuna.study.get_all_study_names(storage):
-            raise _InputError(
+            raise InputError(
                 f"--report-only: the storage {shown_url!r} holds no study {name!r}; run the "
                 "search first, or give the --study-name of the study."
             )
@@ -404,26 +358,26 @@ def main(argv=None) -> int:
             pruner=pruner,
         )
         Search.agree(study, setup)
-    except (_InputError, StudyMismatch) as error:
-        if created is not None:
-            shutil.rmtree(created, ignore_errors=True)  # nothing of this command is left behind
-        print(f"tune.py: error: {error}", file=sys.stderr)
-        return 2
-    store = RunStore(
-        runs_storage, name, out, build.config_file, build.flags(), build.base_opts,
-        metric=setup.metric, poll_s=args.poll, log=_log,
-    )  # fmt: skip
+    except InputError as error:
+        if to_create is not None:
+            shutil.rmtree(to_create, ignore_errors=True)  # nothing of this command is left behind
+        return _error(error)
+    store = RunStore(runs_storage, name, out, runs.command, setup.metric, args.poll, log=_log)
+
+    def has_dropblock(opts):
+        return bool(requested_groups(runs(opts)))
+
     search = Search(study, store, params, setup, has_dropblock, log=_log)
     given = argv if argv is not None else sys.argv[1:]
     # The study and its report keep the command, never a storage password.
-    command = shlex.join(["python", "tools/tune.py", *(hide_password(a) for a in given)])
+    command = shlex.join(["python", "tools/tune.py", *map(hide_password, given)])
     # SIGTERM ends the worker like Ctrl-C: the running training is stopped, and the trial, left
     # RUNNING, is re-queued by the next worker once its heartbeat is stale.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    if not args.report_only and "command" not in study.user_attrs:
-        study.set_user_attr("command", command)  # the report quotes the command that searched
     start = time.time()
     if not args.report_only:
+        if "command" not in study.user_attrs:  # the report quotes the command that searched
+            study.set_user_attr("command", command)
         _log(
             f"[tune] study {name!r} in {shown_url}: {args.n_trials} trials, seeds {setup.seeds},"
             f" held-out seeds {setup.heldout_seeds}, {len(params)} searched keys; output in {out}"
@@ -433,8 +387,8 @@ def main(argv=None) -> int:
             if not args.no_verdict:
                 search.verdict()
         except (BaselineFailed, TooManyFailures) as error:
-            print(f"tune.py: error: {error}", file=sys.stderr)
-            write_report(search, out, build, command, storage_url, build.dataset_flags())
+            _error(error)
+            write_report(search, out, runs, command, storage_url, runs.dataset_flags())
             return 1
         except KeyboardInterrupt:
             print(
@@ -443,9 +397,8 @@ def main(argv=None) -> int:
                 file=sys.stderr,
             )
             return 130
-    report = write_report(search, out, build, command, storage_url, build.dataset_flags())
-    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    if complete:
+    report = write_report(search, out, runs, command, storage_url, runs.dataset_flags())
+    if study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
         best = study.best_trial
         _log(
             f"[tune] best: trial {best.number}, Δ {format_ap(best.value, signed=True)} AP on the "
@@ -458,6 +411,5 @@ def main(argv=None) -> int:
                 f"{format_ap(verdict['mean'], signed=True)} ± {format_ap(verdict['sd'])} AP, "
                 f"paired t {verdict['t']:.2f}, p {verdict['p']:.3f}"
             )
-    minutes, seconds = divmod(int(time.time() - start), 60)
-    _log(f"[tune] report: {report} ({minutes} min {seconds:02d} s in this worker)")
+    _log(f"[tune] report: {report} ({format_duration(int(time.time() - start))} in this worker)")
     return 0

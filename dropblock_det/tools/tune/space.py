@@ -9,10 +9,10 @@ they are) or a numeric range ``low``/``high`` (optionally ``log: true`` or ``ste
     SOLVER.BASE_LR: {low: 0.0005, high: 0.002, log: true}
 
 :func:`check_space` checks every key and every value against the config the trials are built
-from, by building that config the way ``tools/train_net.py`` does, so a typo or a value the
-model would refuse stops the search before any training.
+from, so a typo or a value the model would refuse stops the search before any training.
 """
 
+import dataclasses
 import difflib
 from dataclasses import dataclass
 from typing import Any
@@ -28,39 +28,36 @@ from detectron2.modeling import (
 
 from ...config import FPN_LEVELS, RESNET_STAGES
 from ...modeling import DropBlockFastRCNNConvFCHead, DropBlockRetinaNet
+from ..errors import InputError
 
 __all__ = [
-    "RESERVED_KEYS",
     "Param",
     "SpaceError",
     "check_space",
     "default_space",
     "format_value",
     "load_space",
-    "parse_space",
-    "setting_opts",
     "space_to_yaml",
 ]
 
 # Set by the search itself: each run's seed and folder, and the switch that tells a trial from the
 # baseline. Searching them would break the comparison the objective rests on.
 RESERVED_KEYS = ("SEED", "OUTPUT_DIR", "MODEL.DROPBLOCK.ENABLED")
-_RANGE_FIELDS = {"low", "high", "log", "step"}
+_SPEC = "{choices: [...]} or {low: ..., high: ...}"
 
 
-class SpaceError(ValueError):
+class SpaceError(InputError):
     """A search space that cannot be searched; the message names the file and the key."""
 
 
 @dataclass(frozen=True)
 class Param:
-    """One searched config key.
+    """One searched config key: ``choices`` (categorical) or a ``low``/``high`` range.
 
     Attributes:
         key (str): the dotted Detectron2 config key, also the Optuna parameter name.
-        choices (tuple or None): the candidate values (categorical), or None for a range.
-        low (float or int or None): lower end of a range.
-        high (float or int or None): upper end of a range.
+        choices (tuple or None): the candidate values, or None for a range.
+        low, high (float or int or None): the ends of a range.
         log (bool): sample the range on a log scale.
         step (float or int or None): the range's step; None samples it continuously.
         integer (bool): the range is of integers (the config value is an int).
@@ -76,36 +73,28 @@ class Param:
 
     @property
     def labels(self) -> tuple[Any, ...]:
-        """What Optuna stores for each choice: the value itself, or a label for a list value.
+        """What Optuna stores for each choice: the value, or ``"res4+res5"`` for a list value.
 
-        Optuna's categorical parameters hold None, bool, int, float or str; a list such as
-        ``["res4", "res5"]`` is stored as ``"res4+res5"`` (``"none"`` for the empty list).
+        Optuna's categorical parameters hold None, bool, int, float or str only; the empty list
+        is stored as ``"none"``.
         """
-        return tuple(_label(c) for c in self.choices)
+        return tuple(
+            ("+".join(map(str, c)) or "none") if isinstance(c, (list, tuple)) else c
+            for c in self.choices
+        )
 
-    def suggest(self, trial) -> Any:
-        """Draw this key's value for an Optuna trial.
-
-        Args:
-            trial (optuna.Trial): the trial.
-
-        Returns:
-            the config value (a list for list choices).
-        """
+    def suggest(self, trial) -> None:
+        """Draw this key's value for an Optuna trial (stored in ``trial.params``)."""
         if self.choices is not None:
-            label = trial.suggest_categorical(self.key, self.labels)
-            return self.value_of(label)
-        if self.integer:
-            return trial.suggest_int(
-                self.key, self.low, self.high, step=self.step or 1, log=self.log
-            )
-        return trial.suggest_float(self.key, self.low, self.high, step=self.step, log=self.log)
+            trial.suggest_categorical(self.key, self.labels)
+        elif self.integer:
+            trial.suggest_int(self.key, self.low, self.high, step=self.step or 1, log=self.log)
+        else:
+            trial.suggest_float(self.key, self.low, self.high, step=self.step, log=self.log)
 
     def value_of(self, stored) -> Any:
         """The config value of what Optuna stored for this key (see :attr:`labels`)."""
-        if self.choices is None:
-            return stored
-        return self.choices[self.labels.index(stored)]
+        return stored if self.choices is None else self.choices[self.labels.index(stored)]
 
     def candidates(self) -> list[Any]:
         """The values that :func:`check_space` tries in the config: every choice, or both ends."""
@@ -114,35 +103,21 @@ class Param:
     def describe(self) -> str:
         """A short human-readable form, e.g. ``{1, 3, 5}`` or ``[0.8, 0.95]``."""
         if self.choices is not None:
-            return "{" + ", ".join(str(label) for label in self.labels) + "}"
+            return "{" + ", ".join(map(str, self.labels)) + "}"
         extra = " log" if self.log else (f" step {self.step}" if self.step else "")
         return f"[{self.low}, {self.high}]{extra}"
 
 
-def _label(value):
-    if isinstance(value, (list, tuple)):
-        return "+".join(str(v) for v in value) if value else "none"
-    return value
-
-
 def format_value(value) -> str:
     """A config value as a command-line option value that yacs reads back as the same value."""
-    if isinstance(value, tuple):
-        value = list(value)
-    return repr(value)
+    return repr(list(value) if isinstance(value, tuple) else value)
 
 
 def default_space(cfg: CfgNode) -> dict[str, Param]:
     """The default DropBlock space for a config, with the keys its model takes.
 
-    Block size in {1, 3, 5, 7} and keep_prob in [0.8, 0.95] (the paper's ranges), the stages as the
-    suffixes of the ResNet stages the backbone builds (DropBlock on the deepest groups, as in the
-    paper) or none, both placements, and the FPN levels the heads read (``MODEL.RETINANET`` or,
-    for R-CNN, ``MODEL.RPN`` and ``MODEL.ROI_HEADS`` in-features) as none or growing prefixes
-    from the finest. The RetinaNet head on or off where the meta-architecture is a
-    :class:`~dropblock_det.modeling.DropBlockRetinaNet`; the RoI heads on or off where the box
-    head is :class:`~dropblock_det.modeling.DropBlockFastRCNNConvFCHead`.
-    ``configs/search/default_space.yaml`` is this space for the tiny RetinaNet.
+    ``configs/search/default_space.yaml`` is this space for the tiny RetinaNet; the README's search
+    section says what it holds for other models.
 
     Args:
         cfg (CfgNode): the base config of the search (its model names registered).
@@ -150,54 +125,41 @@ def default_space(cfg: CfgNode) -> dict[str, Param]:
     Returns:
         dict[str, Param]: by config key.
     """
-    stages = _built_stages(cfg)
-    levels = _head_levels(cfg)
-    params = [
-        Param("MODEL.DROPBLOCK.BLOCK_SIZE", choices=(1, 3, 5, 7)),
-        Param("MODEL.DROPBLOCK.KEEP_PROB", low=0.8, high=0.95),
-        Param(
-            "MODEL.DROPBLOCK.STAGES",
-            choices=tuple([[]] + [stages[i:] for i in reversed(range(len(stages)))]),
-        ),
-        Param("MODEL.DROPBLOCK.PLACEMENT", choices=("block", "stage")),
-    ]
-    if levels:
-        prefixes = [levels[:k] for k in range(1, len(levels) + 1)]
-        params.append(Param("MODEL.DROPBLOCK.FPN", choices=tuple([[]] + prefixes)))
-    arch = META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)
-    if issubclass(arch, DropBlockRetinaNet):
-        params.append(Param("MODEL.DROPBLOCK.HEAD", choices=(False, True)))
-    elif issubclass(arch, GeneralizedRCNN) and _box_head(cfg) is DropBlockFastRCNNConvFCHead:
-        params.append(Param("MODEL.DROPBLOCK.ROI_HEADS", choices=(False, True)))
-    return {p.key: p for p in params}
-
-
-def _box_head(cfg: CfgNode):
-    # C4 models' Res5ROIHeads name no box head.
-    name = cfg.MODEL.ROI_BOX_HEAD.NAME
-    return ROI_BOX_HEAD_REGISTRY.get(name) if name in ROI_BOX_HEAD_REGISTRY else None
-
-
-def _built_stages(cfg: CfgNode) -> list[str]:
     # Detectron2's ResNet builds the stages up to the deepest of its OUT_FEATURES.
-    deepest = max(
-        (RESNET_STAGES.index(f) for f in cfg.MODEL.RESNETS.OUT_FEATURES if f in RESNET_STAGES),
-        default=len(RESNET_STAGES) - 1,
-    )
-    return list(RESNET_STAGES[: deepest + 1])
-
-
-def _head_levels(cfg: CfgNode) -> list[str]:
+    outs = [RESNET_STAGES.index(f) for f in cfg.MODEL.RESNETS.OUT_FEATURES if f in RESNET_STAGES]
+    stages = list(RESNET_STAGES[: max(outs, default=len(RESNET_STAGES) - 1) + 1])
     arch = META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)
     if issubclass(arch, RetinaNet):
         features = list(cfg.MODEL.RETINANET.IN_FEATURES)
     else:
         features = [*cfg.MODEL.RPN.IN_FEATURES, *cfg.MODEL.ROI_HEADS.IN_FEATURES]
-    return [level for level in FPN_LEVELS if level in features]
+    levels = [level for level in FPN_LEVELS if level in features]
+    params = [
+        Param("MODEL.DROPBLOCK.BLOCK_SIZE", choices=(1, 3, 5, 7)),
+        Param("MODEL.DROPBLOCK.KEEP_PROB", low=0.8, high=0.95),
+        # The deepest groups first, as in the paper.
+        Param(
+            "MODEL.DROPBLOCK.STAGES", choices=([], *(stages[i:] for i in range(len(stages))[::-1]))
+        ),
+        Param("MODEL.DROPBLOCK.PLACEMENT", choices=("block", "stage")),
+    ]
+    if levels:
+        prefixes = [levels[:k] for k in range(1, len(levels) + 1)]
+        params.append(Param("MODEL.DROPBLOCK.FPN", choices=([], *prefixes)))
+    box_head = cfg.MODEL.ROI_BOX_HEAD.NAME  # C4 models' Res5ROIHeads name none
+    if issubclass(arch, DropBlockRetinaNet):
+        params.append(Param("MODEL.DROPBLOCK.HEAD", choices=(False, True)))
+    elif (
+        issubclass(arch, GeneralizedRCNN)
+        and box_head in ROI_BOX_HEAD_REGISTRY
+        and ROI_BOX_HEAD_REGISTRY.get(box_head) is DropBlockFastRCNNConvFCHead
+    ):
+        params.append(Param("MODEL.DROPBLOCK.ROI_HEADS", choices=(False, True)))
+    return {p.key: p for p in params}
 
 
 def load_space(path: str) -> dict[str, Param]:
-    """Read a search-space yaml file (see the module docstring) without checking it in a config.
+    """Read a search-space yaml file (see the module docstring), checking its form only.
 
     Args:
         path (str): the yaml file.
@@ -215,52 +177,36 @@ def load_space(path: str) -> dict[str, Param]:
         raise SpaceError(f"--space {path!r} cannot be read: {error.strerror}.") from error
     except yaml.YAMLError as error:
         raise SpaceError(f"--space {path!r} is not valid yaml: {error}") from error
-    return parse_space(data, source=path)
-
-
-def parse_space(data, source: str = "the search space") -> dict[str, Param]:
-    """Turn a parsed yaml mapping into :class:`Param` objects, checking its form.
-
-    Args:
-        data: the parsed yaml (a dict of key -> spec).
-        source (str): named in error messages.
-
-    Returns:
-        dict[str, Param]: by config key.
-
-    Raises:
-        SpaceError: naming ``source`` and the key at fault.
-    """
     if not isinstance(data, dict) or not data:
         raise SpaceError(
-            f"{source}: expected a mapping of config keys to {{choices: [...]}} or "
-            "{low: ..., high: ...}, e.g. 'MODEL.DROPBLOCK.BLOCK_SIZE: {choices: [1, 3, 5]}'."
+            f"{path}: expected a mapping of config keys to {_SPEC}, e.g. "
+            "'MODEL.DROPBLOCK.BLOCK_SIZE: {choices: [1, 3, 5]}'."
         )
     params = {}
     for key, spec in data.items():
-        where = f"{source}: {key}"
+        where = f"{path}: {key}"
         if not isinstance(key, str) or not key:
-            raise SpaceError(
-                f"{source}: {key!r} is not a config key (expected e.g. SOLVER.BASE_LR)."
-            )
+            raise SpaceError(f"{path}: {key!r} is not a config key (expected e.g. SOLVER.BASE_LR).")
         if key in RESERVED_KEYS:
             raise SpaceError(
                 f"{where} is set by the search itself (one of {list(RESERVED_KEYS)}) and cannot "
                 "be searched."
             )
         if not isinstance(spec, dict):
-            raise SpaceError(f"{where}: expected {{choices: [...]}} or {{low: ..., high: ...}}.")
-        if "choices" in spec:
-            params[key] = _parse_choices(where, key, spec)
-        else:
-            params[key] = _parse_range(where, key, spec)
+            raise SpaceError(f"{where}: expected {_SPEC}.")
+        params[key] = (
+            _parse_choices(where, key, spec)
+            if "choices" in spec
+            else _parse_range(where, key, spec)
+        )
     return params
 
 
 def _parse_choices(where, key, spec):
-    extra = set(spec) - {"choices"}
-    if extra:
-        raise SpaceError(f"{where}: 'choices' cannot be combined with {sorted(extra)}.")
+    if set(spec) != {"choices"}:
+        raise SpaceError(
+            f"{where}: 'choices' cannot be combined with {sorted(set(spec) - {'choices'})}."
+        )
     choices = spec["choices"]
     if not isinstance(choices, list) or not choices:
         raise SpaceError(f"{where}: 'choices' must be a non-empty list, got {choices!r}.")
@@ -269,15 +215,13 @@ def _parse_choices(where, key, spec):
         if not all(v is None or isinstance(v, (bool, int, float, str)) for v in inner):
             raise SpaceError(f"{where}: choice {choice!r} is not a number, string, bool or list.")
     param = Param(key, choices=tuple(choices))
-    labels = param.labels
-    if len(set(map(repr, labels))) != len(labels):
+    if len(set(map(repr, param.labels))) != len(choices):
         raise SpaceError(f"{where}: 'choices' has duplicates: {choices!r}.")
     return param
 
 
 def _parse_range(where, key, spec):
-    unknown = set(spec) - _RANGE_FIELDS
-    if unknown or not {"low", "high"} <= set(spec):
+    if not {"low", "high"} <= set(spec) <= {"low", "high", "log", "step"}:
         raise SpaceError(
             f"{where}: expected 'choices' or 'low' and 'high' (with optional 'log', 'step'); "
             f"got {sorted(spec)}."
@@ -297,15 +241,6 @@ def _parse_range(where, key, spec):
     return Param(key, low=low, high=high, log=log, step=step)
 
 
-def _config_value(cfg: CfgNode, key: str):
-    node = cfg
-    for part in key.split("."):
-        if not isinstance(node, CfgNode) or part not in node:
-            raise KeyError(key)
-        node = node[part]
-    return node
-
-
 def _all_keys(node: CfgNode, prefix="") -> list[str]:
     keys = []
     for name, value in node.items():
@@ -314,21 +249,15 @@ def _all_keys(node: CfgNode, prefix="") -> list[str]:
     return keys
 
 
-def check_space(
-    params: dict[str, Param],
-    cfg: CfgNode,
-    build,
-    source: str = "the search space",
-    advice: str = "Change it in the space.",
-) -> dict[str, Param]:
+def check_space(params, cfg, build, source="the search space", advice="Change it in the space."):
     """Check every key of a space against a config and every candidate value in it.
 
     Args:
         params (dict[str, Param]): from :func:`load_space` or :func:`default_space`.
         cfg (CfgNode): the config the trials are built from (base config and options).
         build (Callable[[Sequence[str]], CfgNode]): builds and checks the config of extra
-            command-line options the way a trial's training would, raising ``ValueError`` (for
-            instance ``InputError``) naming the key at fault.
+            ``KEY VALUE`` options as a trial's training would, raising ``ValueError`` (e.g.
+            ``InputError``) that names the key at fault.
         source (str): named in error messages.
         advice (str): what a refused value's message says to do.
 
@@ -339,29 +268,30 @@ def check_space(
         SpaceError: naming ``source``, the key and the value at fault.
     """
     checked = {}
+    keys = _all_keys(cfg)
     for key, param in params.items():
         where = f"{source}: {key}"
-        try:
-            current = _config_value(cfg, key)
-        except KeyError:
-            matches = difflib.get_close_matches(key, _all_keys(cfg), n=3, cutoff=0.7)
+        if key not in keys:
+            matches = difflib.get_close_matches(key, keys, n=3, cutoff=0.7)
             hint = f" Did you mean {', '.join(matches)}?" if matches else ""
-            raise SpaceError(f"{where} is not a key of the config.{hint}") from None
+            raise SpaceError(f"{where} is not a key of the config.{hint}")
+        current = cfg
+        for part in key.split("."):
+            current = current[part]
         if param.choices is None:
             if isinstance(current, bool) or not isinstance(current, (int, float)):
                 raise SpaceError(
                     f"{where}: a 'low'/'high' range needs a numeric key, but the config holds "
                     f"{current!r}; use 'choices' instead."
                 )
+            ends = (param.low, param.high, param.step)
             integer = isinstance(current, int)
-            if integer and not all(
-                isinstance(v, int) for v in (param.low, param.high, param.step) if v is not None
-            ):
+            if integer and not all(isinstance(v, int) for v in ends if v is not None):
                 raise SpaceError(
                     f"{where} is an integer key (the config holds {current!r}): 'low', 'high' "
                     "and 'step' must be integers, or use 'choices'."
                 )
-            param = Param(key, None, param.low, param.high, param.log, param.step, integer)
+            param = dataclasses.replace(param, integer=integer)
         for value in param.candidates():
             try:
                 build([key, format_value(value)])
@@ -382,26 +312,6 @@ def space_to_yaml(params: dict[str, Param]) -> str:
         if p.choices is not None:
             data[key] = {"choices": [list(c) if isinstance(c, tuple) else c for c in p.choices]}
         else:
-            data[key] = {"low": p.low, "high": p.high}
-            if p.log:
-                data[key]["log"] = True
-            if p.step:
-                data[key]["step"] = p.step
+            data[key] = {"low": p.low, "high": p.high, **({"log": True} if p.log else {})}
+            data[key].update({"step": p.step} if p.step else {})
     return yaml.safe_dump(data, sort_keys=False, default_flow_style=None)
-
-
-def setting_opts(params: dict[str, Param], stored: dict[str, Any]) -> list[str]:
-    """The command-line options of a trial's setting, from the values Optuna stored.
-
-    Args:
-        params (dict[str, Param]): the space.
-        stored (dict): ``trial.params``.
-
-    Returns:
-        list[str]: ``[KEY, VALUE, ...]`` in the space's order.
-    """
-    opts = []
-    for key, param in params.items():
-        if key in stored:
-            opts += [key, format_value(param.value_of(stored[key]))]
-    return opts

@@ -15,12 +15,9 @@ looks fails the trial and re-queues it with the same parameters (Optuna's
 """
 
 import json
-import math
 import socket
 import statistics
 import time
-import warnings
-from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import optuna
@@ -28,9 +25,10 @@ import sqlalchemy
 from optuna.trial import TrialState
 from scipy import stats
 
-from .report import format_ap
-from .runs import Job, RunFailed, RunStore, setting_key
-from .space import Param, setting_opts
+from ..errors import InputError
+from .report import format_ap, format_duration
+from .runs import Job, RunFailed, setting_key
+from .space import format_value
 
 __all__ = ["Search", "SearchSetup", "check_storage_url", "open_storage", "paired_stats"]
 
@@ -40,10 +38,10 @@ BASELINE_KEY = "baseline"
 # A setting may fail on its own (diverge); several failures in a row point at the setup instead.
 MAX_FAILURES_IN_A_ROW = 3
 _FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-_LIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+_LIVE = (*_FINISHED, TrialState.RUNNING, TrialState.WAITING)
 
 
-class StudyMismatch(ValueError):
+class StudyMismatch(InputError):
     """A worker's command disagrees with the study it joins; the message names what differs."""
 
 
@@ -69,7 +67,7 @@ class SearchSetup:
         heldout_seeds (list[int]): the verdict's seeds, never used during the search.
         space (str): the search space as yaml.
         metric (str): e.g. ``bbox/AP``.
-        max_iter (int): SOLVER.MAX_ITER of a run (the pruner's step is seed index * this + iter).
+        max_iter (int): SOLVER.MAX_ITER of a run (the pruner's steps are per seed and iteration).
     """
 
     config_hash: str
@@ -82,9 +80,6 @@ class SearchSetup:
 
 def check_storage_url(url: str) -> None:
     """Refuse a storage URL that no RDB storage can open, without connecting to it.
-
-    Args:
-        url (str): the URL.
 
     Raises:
         ValueError: the URL does not parse, names no SQLAlchemy dialect, or its driver is not
@@ -99,14 +94,12 @@ def check_storage_url(url: str) -> None:
     except ArgumentError as error:
         raise ValueError(f"not an SQLAlchemy URL ({example}).") from error
     try:
-        dialect = parsed.get_dialect()
+        parsed.get_dialect().import_dbapi()
     except NoSuchModuleError as error:
         raise ValueError(
             f"SQLAlchemy has no database {parsed.drivername!r} ({example}; 'postgres://' is "
             "spelled 'postgresql://')."
         ) from error
-    try:
-        dialect.import_dbapi()
     except ImportError as error:
         raise ValueError(
             f"the driver of {parsed.drivername!r} is not installed here ({error})."
@@ -114,25 +107,15 @@ def check_storage_url(url: str) -> None:
 
 
 def open_storage(url: str, heartbeat_s: float, max_retry: int, retry: bool = True):
-    """An RDB storage with heartbeats, created with retries.
+    """An RDB storage with heartbeats every ``heartbeat_s``; silent for 3 of them, a trial is stale.
 
-    Two workers that create the schema of an empty database at the same instant race (PostgreSQL
-    answers one of them with a duplicate ``CREATE TYPE``): a failed attempt is simply repeated,
-    by then the other worker's schema is there.
-
-    Args:
-        url (str): an SQLAlchemy URL, e.g. ``sqlite:///study.db`` or
-            ``postgresql+psycopg://user@host:5432/db``.
-        heartbeat_s (float): heartbeat interval; a trial silent for 3 intervals is stale.
-        max_retry (int): how often a stale trial is re-queued.
-        retry (bool): re-queue stale trials (the search study); False only fails them (runs).
-
-    Returns:
-        optuna.storages.RDBStorage: the storage.
+    Stale trials are re-queued up to ``max_retry`` times (the search study), or with ``retry``
+    False only failed (the runs). Two workers that create the schema of an empty database at the
+    same instant race (PostgreSQL answers one with a duplicate ``CREATE TYPE``): a failed attempt
+    is repeated, by then the other worker's schema is there.
     """
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
     callback = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry) if retry else None
-    last_error = None
     for attempt in range(5):
         try:
             return optuna.storages.RDBStorage(
@@ -144,32 +127,28 @@ def open_storage(url: str, heartbeat_s: float, max_retry: int, retry: bool = Tru
             )
         except (sqlalchemy.exc.ArgumentError, ImportError):
             raise  # a bad URL or a missing driver: no retry mends it
-        except Exception as error:  # noqa: BLE001  (the schema race raises driver-specific errors)
-            last_error = error
+        except Exception:  # noqa: BLE001  (the schema race raises driver-specific errors)
+            if attempt == 4:
+                raise
             time.sleep(0.5 * (attempt + 1))
-    raise last_error
 
 
-def paired_stats(a: Sequence[float], b: Sequence[float]) -> dict[str, float | None]:
-    """Mean, sd, paired t, two-sided p and 95% CI of the differences ``a - b``.
+def paired_stats(a, b) -> dict[str, float | None]:
+    """``mean``, ``sd``, paired ``t``, two-sided ``p``, 95% CI (``ci_low``, ``ci_high``) of ``a - b``.
 
-    Args:
-        a, b (Sequence[float]): paired values (same seeds, same order).
-
-    Returns:
-        dict: ``mean``, ``sd``, ``t``, ``p``, ``ci_low``, ``ci_high`` (None where undefined: fewer
-        than two pairs, or all differences equal).
+    ``a`` and ``b`` are paired (same seeds, same order); a figure is None where undefined (fewer
+    than two pairs, or all differences equal).
     """
     diffs = [x - y for x, y in zip(a, b, strict=True)]
-    out = {"mean": statistics.fmean(diffs) if diffs else None, "sd": None}
-    out.update(t=None, p=None, ci_low=None, ci_high=None)
+    out = dict.fromkeys(("mean", "sd", "t", "p", "ci_low", "ci_high"))
+    out["mean"] = statistics.fmean(diffs) if diffs else None
     if len(diffs) >= 2:
         out["sd"] = statistics.stdev(diffs)
         if out["sd"] > 0:
             test = stats.ttest_rel(a, b)
-            half = stats.t.ppf(0.975, len(diffs) - 1) * out["sd"] / math.sqrt(len(diffs))
+            ci = test.confidence_interval(0.95)
             out.update(t=float(test.statistic), p=float(test.pvalue))
-            out.update(ci_low=out["mean"] - half, ci_high=out["mean"] + half)
+            out.update(ci_low=float(ci.low), ci_high=float(ci.high))
     return out
 
 
@@ -186,23 +165,12 @@ class Search:
         log (Callable[[str], None]): progress lines.
     """
 
-    def __init__(
-        self,
-        study,
-        store: RunStore,
-        params: dict[str, Param],
-        setup: SearchSetup,
-        has_dropblock: Callable[[list[str]], bool],
-        log: Callable[[str], None] = print,
-    ):
+    def __init__(self, study, store, params, setup, has_dropblock, log=print):
         self.study, self.store, self.params, self.setup = study, store, params, setup
-        self._has_dropblock = has_dropblock
-        self._log = log
+        self._has_dropblock, self._log = has_dropblock, log
         self._start = time.time()
         self._last = None
         self.n_trials = None
-
-    # ------------------------------------------------------------------ setup
 
     @staticmethod
     def agree(study, setup: SearchSetup):
@@ -211,8 +179,7 @@ class Search:
         Raises:
             StudyMismatch: naming the fields that differ.
         """
-        mine = asdict(setup)
-        recorded = study.user_attrs.get("setup")
+        mine, recorded = asdict(setup), study.user_attrs.get("setup")
         if recorded is None:
             study.set_user_attr("setup", mine)
             return
@@ -225,18 +192,13 @@ class Search:
                 "another --study-name."
             )
 
-    # ------------------------------------------------------------------ jobs
-
     def baseline_jobs(self, seeds):
+        """The baseline's jobs on some seeds."""
         return [Job("baseline", BASELINE_KEY, BASELINE_OPTS, s) for s in seeds]
 
-    def setting_jobs(self, arm, stored_params, seeds):
-        opts = (*SETTING_OPTS, *setting_opts(self.params, stored_params))
-        if not self._has_dropblock(list(opts)):
-            return None
-        return [Job(arm, setting_key(opts), opts, s) for s in seeds]
-
-    # ------------------------------------------------------------------ objective
+    def describe(self, stored) -> str:
+        """A trial's stored parameters as ``BLOCK_SIZE=3, KEEP_PROB=0.9``."""
+        return ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in stored.items())
 
     def objective(self, trial) -> float:
         """Train the trial's setting and the baseline on the search seeds; return the mean Δ."""
@@ -244,11 +206,16 @@ class Search:
         for param in self.params.values():
             param.suggest(trial)
         stored = dict(trial.params)  # Optuna's stored form (labels for list choices)
-        seeds = self.setup.seeds
-        jobs = self.setting_jobs(f"trial {trial.number}", stored, seeds)
-        trial.set_user_attr("opts", list(jobs[0].opts) if jobs else list(BASELINE_OPTS))
-        trial.set_user_attr("setting_key", jobs[0].key if jobs else BASELINE_KEY)
-        max_iter = self.setup.max_iter
+        seeds, max_iter = self.setup.seeds, self.setup.max_iter
+        opts = list(SETTING_OPTS)
+        for key, param in self.params.items():
+            opts += [key, format_value(param.value_of(stored[key]))]
+        # A setting with nothing to drop anywhere is the stock model, i.e. the baseline.
+        jobs = baseline = self.baseline_jobs(seeds)
+        if self._has_dropblock(opts):
+            jobs = [Job(f"trial {trial.number}", setting_key(opts), tuple(opts), s) for s in seeds]
+        trial.set_user_attr("opts", list(jobs[0].opts))
+        trial.set_user_attr("setting_key", jobs[0].key)
         reported = set()
 
         def report(job, iteration, value):
@@ -261,12 +228,9 @@ class Search:
             trial.report(value, step)
             return trial.should_prune()
 
-        if jobs is None:
-            # Nothing to drop anywhere: the setting is the stock model, i.e. the baseline.
+        if jobs is baseline:
             self._log(f"[tune] trial {trial.number}: no DropBlock anywhere, the baseline itself")
-            base = self._baseline(seeds)
-            own = {j.id: base[j.id] for j in self.baseline_jobs(seeds)}
-            jobs = self.baseline_jobs(seeds)
+            own = base = self._baseline(seeds)
         else:
             self._log(f"[tune] trial {trial.number}: {self.describe(stored)}")
             try:
@@ -275,8 +239,8 @@ class Search:
                 trial.set_user_attr("error", str(error).splitlines()[0])
                 raise
             base = self._baseline(seeds)
-        aps = [own[j.id].ap for j in jobs]
-        base_aps = [base[j.id].ap for j in self.baseline_jobs(seeds)]
+        aps = [own[j.id] for j in jobs]
+        base_aps = [base[j.id] for j in baseline]
         result = paired_stats(aps, base_aps)
         trial.set_user_attr("ap", dict(zip(map(str, seeds), aps, strict=True)))
         trial.set_user_attr("baseline_ap", dict(zip(map(str, seeds), base_aps, strict=True)))
@@ -291,27 +255,19 @@ class Search:
             raise BaselineFailed(str(error)) from error
 
     def _check_budget(self, trial):
-        n_trials = self.n_trials
         earlier = [
             t
             for t in self.study.get_trials(deepcopy=False, states=_LIVE)
             if t.number < trial.number and not t.user_attrs.get("surplus")
         ]
-        if len(earlier) >= n_trials:
+        if len(earlier) >= self.n_trials:
             trial.set_user_attr("surplus", True)
-            raise _Surplus(f"the study's {n_trials} trials were already taken by other workers")
-
-    def describe(self, stored) -> str:
-        return ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in stored.items())
-
-    # ------------------------------------------------------------------ loop
+            raise _Surplus(
+                f"the study's {self.n_trials} trials were already taken by other workers"
+            )
 
     def run(self, n_trials: int) -> None:
-        """Take part in the search until the study has ``n_trials`` finished trials.
-
-        Args:
-            n_trials (int): COMPLETE or PRUNED trials the study should have in all workers.
-        """
+        """Take part in the search until the study has ``n_trials`` COMPLETE or PRUNED trials."""
         self.n_trials = n_trials
         failures = 0
         while True:
@@ -321,66 +277,48 @@ class Search:
             waiting = sum(t.state == TrialState.WAITING for t in trials)
             if finished >= n_trials and running == 0:
                 return
-            if waiting or finished + running < n_trials:
-                self._last = None
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                    self.study.optimize(
-                        self.objective,
-                        n_trials=1,
-                        catch=(_Surplus, RunFailed),
-                        callbacks=[self._progress],
-                        gc_after_trial=False,
-                    )
-                mine = [t for t in self.study.get_trials(deepcopy=False) if t.number == self._last]
-                failures = failures + 1 if mine and mine[0].state == TrialState.FAIL else 0
-                if failures >= MAX_FAILURES_IN_A_ROW:
-                    raise TooManyFailures(
-                        f"{failures} trials in a row failed in this worker; the last one: "
-                        f"{mine[0].user_attrs.get('error', 'see the log above')}"
-                    )
-            else:
+            if not waiting and finished + running >= n_trials:
                 # The remaining trials run in other workers: wait for them, failing (and so
                 # re-queueing) those whose worker died.
                 time.sleep(self.store.poll_s)
                 optuna.storages.fail_stale_trials(self.study)
+                continue
+            self._last = None
+            self.study.optimize(
+                self.objective, n_trials=1, catch=(_Surplus, RunFailed), callbacks=[self._progress]
+            )
+            mine = [t for t in self.study.get_trials(deepcopy=False) if t.number == self._last]
+            failures = failures + 1 if mine and mine[0].state == TrialState.FAIL else 0
+            if failures >= MAX_FAILURES_IN_A_ROW:
+                raise TooManyFailures(
+                    f"{failures} trials in a row failed in this worker; the last one: "
+                    f"{mine[0].user_attrs.get('error', 'see the log above')}"
+                )
 
     def _progress(self, study, trial):
         self._last = None if trial.user_attrs.get("surplus") else trial.number
+        if self._last is None:
+            return
         trials = study.get_trials(deepcopy=False)
         finished = [t for t in trials if t.state in _FINISHED]
-        running = sum(t.state == TrialState.RUNNING for t in trials)
-        if trial.state == TrialState.COMPLETE:
-            what = f"COMPLETE, Δ {format_ap(trial.value, signed=True)} AP"
-        elif trial.user_attrs.get("surplus"):
-            return
-        else:
-            what = trial.state.name
-        best = ""
         complete = [t for t in finished if t.state == TrialState.COMPLETE]
+        line = f"[tune] trial {trial.number} {trial.state.name}"
+        if trial.state == TrialState.COMPLETE:
+            line += f", Δ {format_ap(trial.value, signed=True)} AP"
+        line += f" | {len(finished)}/{self.n_trials} finished"
         if complete:
             top = max(complete, key=lambda t: t.value)
-            best = f" | best #{top.number} Δ {format_ap(top.value, signed=True)}"
-        eta = ""
-        durations = [
-            (t.datetime_complete - t.datetime_start).total_seconds()
-            for t in finished
-            if t.datetime_complete and t.datetime_start
-        ]
+            line += f" | best #{top.number} Δ {format_ap(top.value, signed=True)}"
+        line += f" | elapsed {format_duration(time.time() - self._start)}"
+        durations = [(t.datetime_complete - t.datetime_start).total_seconds() for t in finished]
         if durations:
-            remaining = max(self.n_trials - len(finished), 0)
-            workers = max(running, 1)
             runs = self.store.runs()
             run_s = statistics.fmean(r.user_attrs.get("seconds", 0.0) for r in runs) if runs else 0
-            verdict_s = 2 * len(self.setup.heldout_seeds) * run_s
-            seconds = (remaining * statistics.fmean(durations) + verdict_s) / workers
-            eta = f", ETA ~{_minutes(seconds)} (with the verdict)"
-        self._log(
-            f"[tune] trial {trial.number} {what} | {len(finished)}/{self.n_trials} finished{best}"
-            f" | elapsed {_minutes(time.time() - self._start)}{eta}"
-        )
-
-    # ------------------------------------------------------------------ verdict
+            remaining = max(self.n_trials - len(finished), 0) * statistics.fmean(durations)
+            workers = max(sum(t.state == TrialState.RUNNING for t in trials), 1)
+            seconds = (remaining + 2 * len(self.setup.heldout_seeds) * run_s) / workers
+            line += f", ETA ~{format_duration(seconds)} (with the verdict)"
+        self._log(line)
 
     def verdict(self) -> dict | None:
         """Train the best setting and the baseline on the held-out seeds; record the paired test.
@@ -389,8 +327,7 @@ class Search:
             dict or None: the verdict (also stored in the study as ``verdict/<trial number>``), or
             None when no trial completed or the best setting is the baseline itself.
         """
-        complete = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if not complete:
+        if not self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             return None
         best = self.study.best_trial
         name = f"verdict/{best.number}"
@@ -405,13 +342,12 @@ class Search:
         base_jobs = self.baseline_jobs(seeds)
         self._log(
             f"[tune] verdict: trial {best.number} (Δ {format_ap(best.value, signed=True)} in the "
-            "search) and the "
-            f"baseline on held-out seeds {seeds}"
+            f"search) and the baseline on held-out seeds {seeds}"
         )
         interleaved = [job for pair in zip(base_jobs, best_jobs, strict=True) for job in pair]
         results = self.store.get(interleaved)
-        best_aps = [results[j.id].ap for j in best_jobs]
-        base_aps = [results[j.id].ap for j in base_jobs]
+        best_aps = [results[j.id] for j in best_jobs]
+        base_aps = [results[j.id] for j in base_jobs]
         verdict = {
             "trial": best.number,
             "seeds": list(seeds),
@@ -423,8 +359,3 @@ class Search:
         self.study.set_user_attr(name, verdict)
         self._log(f"[tune] verdict: {json.dumps(verdict)}")
         return verdict
-
-
-def _minutes(seconds: float) -> str:
-    minutes, secs = divmod(int(round(seconds)), 60)
-    return f"{minutes} min {secs:02d} s"
