@@ -29,7 +29,7 @@ RUNS = (
 
 
 def _stream(name, proc, log_path):
-    """Copy a run's output to the console with a prefix, and to its log file."""
+    # The run's output to the console with a prefix, and to its log file.
     with open(log_path, "w", encoding="utf-8") as log:
         for line in proc.stdout:
             log.write(line)

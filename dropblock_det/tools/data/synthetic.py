@@ -277,18 +277,10 @@ def _content_hash(file_digests):
 
 
 def write_dataset(out_dir, spec, progress=None):
-    """Render ``spec`` into the existing empty ``out_dir``: PNGs, COCO json, ``manifest.json``.
+    """Render ``spec`` into the existing empty ``out_dir``; return the manifest it writes last.
 
-    Neither locked nor atomic (:func:`~dropblock_det.tools.data.datasets.prepare_dataset` is);
-    the manifest is written last, so a folder that has one is complete.
-
-    Args:
-        out_dir (str): existing empty folder.
-        spec (DatasetSpec): what to generate.
-        progress (callable or None): called as ``progress(split, done, total)`` after each image.
-
-    Returns:
-        dict: the manifest (spec, content hash, per-split counts).
+    Neither locked nor atomic (``datasets.prepare_dataset`` is); ``progress(split, done, total)``
+    is called after each image.
     """
     images, labels = load_source_digits()
     pools = split_source_indices(labels, spec.seed, spec.val_source_fraction)
@@ -307,8 +299,7 @@ def write_dataset(out_dir, spec, progress=None):
     for split in SPLITS:
         total = spec.num_train if split == "train" else spec.num_val
         os.makedirs(os.path.join(out_dir, split))
-        coco_images, coco_annotations, heights = [], [], []
-        class_counts = [0] * len(CLASS_NAMES)
+        coco_images, coco_annotations = [], []
         for index in range(total):
             scene = render_scene(
                 scene_rng(spec.seed, split, index), spec.scene, images, labels, pools[split]
@@ -340,8 +331,6 @@ def write_dataset(out_dir, spec, progress=None):
                         "source_index": int(source_index),
                     }
                 )
-                class_counts[int(label)] += 1
-                heights.append(h)
             if progress is not None:
                 progress(split, index + 1, total)
         coco = {
@@ -357,6 +346,9 @@ def write_dataset(out_dir, spec, progress=None):
         write(
             f"annotations/instances_{split}.json", json.dumps(coco, separators=(",", ":")).encode()
         )
+        heights = [a["bbox"][3] for a in coco_annotations]
+        classes = np.array([a["category_id"] for a in coco_annotations], dtype=np.int64)
+        counts = np.bincount(classes - CATEGORY_ID_OFFSET, minlength=len(CLASS_NAMES)).tolist()
         quartiles = {}
         if heights:
             q = np.percentile(np.asarray(heights, dtype=np.float64), [0, 25, 50, 75, 100])
@@ -365,7 +357,7 @@ def write_dataset(out_dir, spec, progress=None):
         summary[split] = {
             "images": total,
             "boxes": len(coco_annotations),
-            "boxes_per_class": dict(zip(CLASS_NAMES, class_counts, strict=True)),
+            "boxes_per_class": dict(zip(CLASS_NAMES, counts, strict=True)),
             "source_digits": int(len(pools[split])),
             "box_height_px": quartiles,
         }

@@ -57,18 +57,8 @@ def draw_dropblock_masks(
 ):
     """Write a PNG grid over ``image``: a row per stride, a column per block size, drops in red.
 
-    Args:
-        image (np.ndarray): ``(H, W, 3)`` uint8 RGB.
-        out_path (str or Path): the PNG to write.
-        block_sizes (Sequence[int]): DropBlock block sizes, one column each.
-        strides (Sequence[int]): feature-map strides, one row each (8, 16, 32: res3..res5).
-        keep_prob (float): the keep probability of every panel.
-        gamma (str): the operator's seed-rate rule, "paper" or "exact".
-        seed (int): seed of the one generator the panels draw from in turn.
-        title (str or None): figure title; the settings when None.
-
-    Returns:
-        ``out_path``.
+    ``image`` is ``(H, W, 3)`` uint8 RGB; every panel draws one mask at ``keep_prob`` with the
+    ``gamma`` rule from one generator seeded with ``seed``; ``title`` defaults to the settings.
     """
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3:

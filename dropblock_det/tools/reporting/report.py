@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .plots import plot_ap, plot_keep_prob, plot_losses
 from .runs import Run, read_runs
-from .table import MISSING, TableRow, build_rows, format_markdown_table, format_text_table
+from .table import MISSING, PAPER_SOURCE, TableRow, build_rows, format_markdown_table, format_text_table
 
 REPORT_NAME = "report.md"
 FIGURE_NAMES = {"ap": "ap.png", "keep_prob": "keep_prob.png", "loss": "loss.png"}
@@ -59,7 +59,7 @@ def write_report(
     footnotes = _footnotes(runs, include_paper)
     if left_out:
         footnotes.append(
-            "No paper rows: the paper's COCO results (Ghiasi et al. 2018, Table 3) are RetinaNet's, "
+            f"No paper rows: the paper's COCO results ({PAPER_SOURCE}) are RetinaNet's, "
             f"and these runs are {', '.join(sorted(set(map(str, architectures))))} "
             "(MODEL.META_ARCHITECTURE)."
         )
@@ -101,7 +101,7 @@ def _footnotes(runs, include_paper):
         notes.append(f"No differences: the first run, {runs[0].name}, is not evaluated.")
     if include_paper:
         notes.append(
-            "Paper rows: Ghiasi et al. 2018, Table 3, COCO val2017 after 150 epochs at 640 px; "
+            f"Paper rows: {PAPER_SOURCE}, COCO val2017 after 150 epochs at 640 px; "
             "only AP is verified, and their difference is to the paper's own baseline."
         )
     return notes

@@ -145,14 +145,7 @@ def _dropblock_cfg(config):
 
 
 def read_metrics_json(path):
-    """Parse a metrics.json, keeping the numbers of the lines that are not JSON objects.
-
-    Args:
-        path (str or Path): the file.
-
-    Returns:
-        MetricsLog: entries merged per iteration (after a resume the repeated ones win).
-    """
+    """Parse a metrics.json into a :class:`MetricsLog`, noting the lines that are not objects."""
     by_iteration, skipped, line_number = {}, [], 0
     with open(path, encoding="utf-8", errors="replace") as f:
         for line_number, line in enumerate(f, start=1):
@@ -171,23 +164,14 @@ def read_metrics_json(path):
 
 
 def read_run(path, name=None, dataset=None):
-    """Read one run folder.
+    """Read one run folder (labelled ``name``, the folder name when None).
 
-    The metrics come from eval_results.json when it is readable, otherwise from the last
-    evaluation logged in metrics.json; a run with neither is "not evaluated".
-
-    Args:
-        path (str or Path): the run folder.
-        name (str or None): its label; the folder name when None.
-        dataset (str or None): with several test datasets, the one to report (default
-            ``DATASETS.TEST[0]``).
-
-    Returns:
-        Run: the parsed folder.
+    The metrics come from eval_results.json when readable, else from the last evaluation logged in
+    metrics.json. With several test datasets, ``dataset`` (default ``DATASETS.TEST[0]``) is the one
+    reported.
 
     Raises:
-        NotARunFolderError: when ``path`` holds none of config.yaml, metrics.json,
-            eval_results.json.
+        NotARunFolderError: when ``path`` holds none of the run files.
         ValueError: when the run has no results for ``dataset``.
     """
     path = Path(path)
@@ -222,16 +206,7 @@ def read_run(path, name=None, dataset=None):
 
 
 def read_runs(paths, names=None, dataset=None):
-    """Read several run folders (see :func:`read_run`), in order.
-
-    Args:
-        paths (Sequence): run folders.
-        names (Sequence[str] or None): one label per folder; folder names when None (with their
-            parent when two share one).
-        dataset (str or None): passed to :func:`read_run`.
-
-    Returns:
-        list[Run]: the runs.
+    """Read several run folders with :func:`read_run`, named by ``names`` or distinct folder names.
 
     Raises:
         ValueError: for no paths or a wrong number of names.
