@@ -79,12 +79,9 @@ class DatasetChecker:
         self._require_masks = require_masks
 
     def check(self, name, key, *, require_annotations):
-        """Check one registered dataset.
+        """Check the dataset ``name`` that the config key ``key`` names.
 
-        Args:
-            name (str): the dataset name.
-            key (str): the config key that names it, for the messages.
-            require_annotations (bool): the json must have annotations (training data).
+        ``require_annotations``: its json must have annotations (training data).
 
         Returns:
             int or None: its number of categories, None when it cannot be told.

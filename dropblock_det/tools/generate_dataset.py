@@ -90,14 +90,8 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--num-train", type=int, default=defaults.num_train)
     parser.add_argument("--num-val", type=int, default=defaults.num_val)
-    parser.add_argument(
-        "--force", action="store_true", help="regenerate even when the folder holds this dataset"
-    )
-    parser.add_argument(
-        "--verify",
-        action="store_true",
-        help="recompute the content hash of the files and compare with the manifest",
-    )
+    parser.add_argument("--force", action="store_true", help="regenerate even if current")
+    parser.add_argument("--verify", action="store_true", help="check the files' content hash")
     parser.add_argument(
         "--preview",
         nargs="?",

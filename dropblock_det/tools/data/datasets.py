@@ -70,17 +70,12 @@ def _stale_keys(manifest, spec):
 
 
 def prepare_dataset(dataset_dir=None, spec=None, force=False, progress=None):
-    """Make ``dataset_dir`` hold the dataset of ``spec``, generating it if missing or stale.
+    """Make ``dataset_dir`` (default :func:`default_dataset_dir`) hold the dataset of ``spec``.
 
+    It is generated when missing, stale or ``force``d, calling ``progress(split, done, total)``.
     Safe from many processes at once: one generates while the others wait on the lock
     ``.<folder>.lock`` beside it. An interrupted generation leaves no folder at ``dataset_dir``
     (a temporary sibling, removed by the next one); a failed regeneration keeps the previous one.
-
-    Args:
-        dataset_dir (str or None): dataset folder; None for :func:`default_dataset_dir`.
-        spec (DatasetSpec or None): what it must hold; None for the defaults.
-        force (bool): regenerate even when current.
-        progress (callable or None): ``progress(split, done, total)`` during generation.
 
     Returns:
         dict: the manifest.
@@ -148,13 +143,9 @@ def prepare_dataset(dataset_dir=None, spec=None, force=False, progress=None):
 def register_dropblock_digits(prefix=DATASET_DIRNAME, dataset_dir=None, spec=None):
     """Register ``<prefix>_train`` and ``<prefix>_val`` in Detectron2's catalogs, lazily.
 
-    ``DatasetCatalog.get`` generates the data on first use, :func:`ensure_dataset` for code that
-    reads ``metadata.json_file`` first. A name already registered is left as it is.
-
-    Args:
-        prefix (str): the names' prefix.
-        dataset_dir (str or None): dataset folder; None for :func:`default_dataset_dir` now.
-        spec (DatasetSpec or None): what to generate; None for the defaults.
+    ``DatasetCatalog.get`` generates the data of ``spec`` in ``dataset_dir`` (default
+    :func:`default_dataset_dir` as the environment says now) on first use, :func:`ensure_dataset`
+    for code that reads ``metadata.json_file`` first. A name already registered is left alone.
 
     Returns:
         tuple[str, str]: the train and val dataset names.

@@ -7,7 +7,14 @@ from pathlib import Path
 
 from .plots import plot_ap, plot_keep_prob, plot_losses
 from .runs import Run, read_runs
-from .table import MISSING, PAPER_SOURCE, TableRow, build_rows, format_markdown_table, format_text_table
+from .table import (
+    MISSING,
+    PAPER_SOURCE,
+    TableRow,
+    build_rows,
+    format_markdown_table,
+    format_text_table,
+)
 
 REPORT_NAME = "report.md"
 FIGURE_NAMES = {"ap": "ap.png", "keep_prob": "keep_prob.png", "loss": "loss.png"}
