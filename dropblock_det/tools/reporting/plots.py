@@ -88,12 +88,14 @@ def plot_ap(runs, out_path, include_paper=True, decimals=1):
             text += f" ({format_delta(value - base, decimals)})"
         left.text(value + 0.01 * span, y, text, va="center", ha="left")
     left.set_yticks(range(len(labels)), labels)
-    left.set_ylim(len(labels) - 0.5, -0.5)  # first run on top
-    left.set_xlim(0, span * 1.3)
-    left.set_xlabel("AP (COCO bbox, IoU 0.50:0.95)")
-    left.set_title("AP per run" + (" (grey: published)" if include_paper else ""))
+    left.set(
+        ylim=(len(labels) - 0.5, -0.5),  # first run on top
+        xlim=(0, span * 1.3),
+        xlabel="AP (COCO bbox, IoU 0.50:0.95)",
+        title="AP per run" + (" (grey: published)" if include_paper else ""),
+        axisbelow=True,
+    )
     left.grid(axis="x", alpha=0.3)
-    left.set_axisbelow(True)
 
     evaluated = [(r, c) for r, c in zip(runs, colors, strict=True) if r.evaluation is not None]
     right.set_title("Box metrics of the evaluated runs")
@@ -108,11 +110,10 @@ def plot_ap(runs, out_path, include_paper=True, decimals=1):
                 if math.isnan(h):  # COCOeval gives NaN when a size range has no objects
                     right.text(x, 0.5, "NaN", rotation=90, ha="center", va="bottom", fontsize=8)
         right.set_xticks(group, BBOX_METRICS)
-        right.set_ylabel("score (0-100)")
+        # Head room above the tallest bar for the legend.
+        right.set(ylabel="score (0-100)", ylim=(0, max(finite + [1.0]) * 1.3), axisbelow=True)
         right.legend(loc="upper right", fontsize="small", framealpha=0.9)
         right.grid(axis="y", alpha=0.3)
-        right.set_axisbelow(True)
-        right.set_ylim(0, max(finite + [1.0]) * 1.3)  # head room for the legend
     else:
         reason = "every metric is NaN (no detections to score)" if evaluated else None
         _no_data(right, reason or "no run has been evaluated yet")
@@ -144,9 +145,8 @@ def plot_keep_prob(runs, out_path):
         ax.legend(loc="lower left", fontsize="small", framealpha=0.9)
     else:
         _no_data(ax, "no run has a metrics.json")
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("keep_prob")
-    ax.set_title("DropBlock keep_prob schedule (from metrics.json)")
+    title = "DropBlock keep_prob schedule (from metrics.json)"
+    ax.set(xlabel="iteration", ylabel="keep_prob", title=title)
     ax.grid(alpha=0.3)
     fig.savefig(out_path, dpi=_DPI)
     return out_path
