@@ -24,9 +24,11 @@ from PIL import Image
 
 from dropblock_det.hooks import KEEP_PROB_METRIC
 from dropblock_det.tools.demo import RUNS
-from dropblock_det.tools.reporting import BBOX_METRICS, PAPER_RESULTS, write_report
+from dropblock_det.tools.reporting import write_report
 from dropblock_det.tools.reporting.plots import LOSS_KEYS, run_colors
 from dropblock_det.tools.reporting.report import FIGURE_NAMES, REPORT_NAME
+from dropblock_det.tools.reporting.runs import BBOX_METRICS
+from dropblock_det.tools.reporting.table import PAPER_RESULTS
 
 # Every test here reads the one run of tools/demo.py (a subprocess that trains twice).
 pytestmark = pytest.mark.slow

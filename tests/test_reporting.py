@@ -16,20 +16,17 @@ import yaml
 from helpers import REPO_ROOT
 from PIL import Image
 
-from dropblock_det.tools.reporting import (
+from dropblock_det.tools.reporting import write_report
+from dropblock_det.tools.reporting.masks import feature_map_size, sample_dropped_cells
+from dropblock_det.tools.reporting.plots import smooth
+from dropblock_det.tools.reporting.runs import (
     BBOX_METRICS,
     NotARunFolderError,
-    build_rows,
-    feature_map_size,
-    format_markdown_table,
-    format_text_table,
     read_metrics_json,
     read_run,
     read_runs,
-    sample_dropped_cells,
-    write_report,
 )
-from dropblock_det.tools.reporting.plots import smooth
+from dropblock_det.tools.reporting.table import build_rows, format_markdown_table, format_text_table
 
 BASELINE_EVAL = {"AP": 31.25, "AP50": 55.1, "AP75": 30.2, "APs": 12.3, "APm": 35.0, "APl": 45.7}
 DROPBLOCK_EVAL = {"AP": 33.0, "AP50": 56.0, "AP75": 32.9, "APs": math.nan, "APm": 36.1, "APl": 47.0}

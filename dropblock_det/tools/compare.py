@@ -14,22 +14,14 @@ RetinaNet, and the table says so.
 import argparse
 import sys
 
-from .reporting import NotARunFolderError, write_report
+from .reporting import write_report
 
 
-def parse_args(argv=None):
-    """Parse the command line.
-
-    Args:
-        argv (list[str] or None): arguments; sys.argv[1:] when None.
-
-    Returns:
-        argparse.Namespace: runs, out, names, no_paper, dataset, decimals.
-    """
+def main(argv=None) -> int:
+    """Print the comparison of the runs; 2 for a bad argument or a path that is not a run folder."""
+    summary, epilog = __doc__.split("\n\n", 1)
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__.split("\n\n", 1)[1],
+        description=summary, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
         "runs", nargs="+", metavar="RUN", help="run folders; deltas are to the first"
@@ -38,9 +30,7 @@ def parse_args(argv=None):
     parser.add_argument(
         "--names", help="comma-separated labels, one per run (default: folder names)"
     )
-    parser.add_argument(
-        "--no-paper", action="store_true", help="leave out the paper's RetinaNet rows"
-    )
+    parser.add_argument("--no-paper", action="store_true", help="leave out the paper's rows")
     parser.add_argument(
         "--dataset",
         help="with several test datasets, the one to report (default: DATASETS.TEST[0])",
@@ -48,19 +38,7 @@ def parse_args(argv=None):
     parser.add_argument(
         "--decimals", type=int, default=1, help="digits after the point (default 1)"
     )
-    return parser.parse_args(argv)
-
-
-def main(argv=None) -> int:
-    """Run the comparison and print the table.
-
-    Args:
-        argv (list[str] or None): command-line arguments; sys.argv[1:] when None.
-
-    Returns:
-        int: 0 on success, 2 for a bad argument or a path that is not a run folder.
-    """
-    args = parse_args(argv)
+    args = parser.parse_args(argv)
     names = [n.strip() for n in args.names.split(",")] if args.names else None
     try:
         result = write_report(
@@ -71,12 +49,10 @@ def main(argv=None) -> int:
             dataset=args.dataset,
             decimals=args.decimals,
         )
-    except (NotARunFolderError, ValueError) as e:
+    except ValueError as e:  # NotARunFolderError included
         print(f"compare.py: error: {e}", file=sys.stderr)
         return 2
-    print(result.table_text)
-    print()
-    print(f"Wrote {result.report_path}")
-    for path in result.figures.values():
+    print(result.table_text + "\n")
+    for path in [result.report_path, *result.figures.values()]:
         print(f"Wrote {path}")
     return 0

@@ -1,10 +1,10 @@
 """The main job: train RetinaNet without and with DropBlock on the embedded dataset, then compare.
 
-Both runs go through ``python -m dropblock_det.tools.train_net`` (``tools/train_net.py``) with the
-tiny configs (same seed, same iterations, everything else equal), side by side with one thread each,
-which on a 2-core machine beats one after the other with two threads each (README.md has the
-times); ``--sequential`` runs them in turn. Detectron2's own progress/ETA lines are streamed with a
-``[baseline]`` / ``[dropblock]`` prefix. Then the report tool writes ``report.md`` and the pictures.
+Both runs go through ``python -m dropblock_det.tools.train_net`` with the tiny configs (same seed,
+same iterations), side by side with one thread each, which on a 2-core machine beats one after the
+other with two threads each (README.md has the times); ``--sequential`` runs them in turn. Their
+progress lines are streamed with a ``[ baseline]`` / ``[dropblock]`` prefix. Then the report tool
+writes ``report.md`` and the pictures.
 
 Usage (from the repository root, which holds ``configs/``):
     python tools/demo.py [--out demo_output] [--max-iter N] [--seed S] [--sequential] [-- KEY VALUE ...]
@@ -29,7 +29,7 @@ RUNS = (
 
 
 def _stream(name, proc, log_path):
-    """Copy a run's output to the console with a prefix, and to its log file."""
+    # The run's output to the console with a prefix, and to its log file.
     with open(log_path, "w", encoding="utf-8") as log:
         for line in proc.stdout:
             log.write(line)
@@ -38,29 +38,26 @@ def _stream(name, proc, log_path):
             sys.stdout.flush()
 
 
-def _train_command(config_file, out_dir, seed, max_iter, extra_opts):
-    cmd = [sys.executable, "-m", "dropblock_det.tools.train_net", "--config-file"]
-    cmd += [os.path.abspath(config_file), "MODEL.DEVICE", "cpu", "OUTPUT_DIR", out_dir]
-    cmd += ["SEED", str(seed)]
-    if max_iter is not None:
-        cmd += ["SOLVER.MAX_ITER", str(max_iter)]
-    return cmd + list(extra_opts)
-
-
 def run_trainings(out_root, seed, max_iter, extra_opts, sequential):
-    """Train both configs; return their output folders. Raises SystemExit naming the failing log."""
-    threads_per_run = "2" if sequential else "1"
-    env = dict(os.environ, OMP_NUM_THREADS=threads_per_run, MKL_NUM_THREADS=threads_per_run)
-    env["PYTHONUNBUFFERED"] = "1"
+    """Train both configs; return their output folders. Raises SystemExit naming a failed log."""
+    threads = "2" if sequential else "1"
+    env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, PYTHONUNBUFFERED="1")
     procs = []
     for name, config_file in RUNS:
         out_dir = os.path.join(out_root, name)
         os.makedirs(out_dir, exist_ok=True)
-        log_path = os.path.join(out_root, f"{name}.log")
-        cmd = _train_command(config_file, out_dir, seed, max_iter, extra_opts)
+        cmd = [sys.executable, "-m", "dropblock_det.tools.train_net"]
+        cmd += ["--config-file", os.path.abspath(config_file), "MODEL.DEVICE", "cpu"]
+        cmd += ["OUTPUT_DIR", out_dir, "SEED", str(seed)]
+        cmd += ["SOLVER.MAX_ITER", str(max_iter)] if max_iter is not None else []
         proc = subprocess.Popen(
-            cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            cmd + list(extra_opts),
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
+        log_path = os.path.join(out_root, f"{name}.log")
         streamer = threading.Thread(target=_stream, args=(name, proc, log_path), daemon=True)
         streamer.start()
         procs.append((name, proc, streamer, log_path, out_dir))

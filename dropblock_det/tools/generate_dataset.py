@@ -12,105 +12,116 @@ them and would be regenerated on their first use, so pass ``--out`` for custom d
 """
 
 import argparse
+import json
 import os
 import sys
 
-from .data import (
-    DEFAULT_NUM_TRAIN,
-    DEFAULT_NUM_VAL,
-    DEFAULT_SEED,
-    DatasetSpec,
-    default_dataset_dir,
-    format_summary,
-    hash_dataset_files,
-    prepare_dataset,
-    save_preview_grid,
-)
+from PIL import Image, ImageDraw, ImageFont
+
+from .data import DatasetSpec, default_dataset_dir, hash_dataset_files, prepare_dataset
 
 
-def parse_args(argv=None):
-    """Args: argv (list[str] or None): command line, None for sys.argv. Returns: Namespace."""
+def format_summary(manifest):
+    """A manifest in a few lines: images, boxes, source digits, box heights, per-class counts."""
+    spec = manifest["spec"]
+    lines = [
+        f"seed {spec['seed']}, generator v{spec['generator_version']}, "
+        f"content sha256 {manifest['content_sha256'][:16]}…"
+    ]
+    for split, info in manifest["summary"].items():
+        per_image = info["boxes"] / info["images"] if info["images"] else 0.0
+        heights = info.get("box_height_px") or {}
+        lines.append(
+            f"{split:>5}: {info['images']} images, {info['boxes']} boxes ({per_image:.1f}/image), "
+            f"{info['source_digits']} source digits, box height "
+            f"{heights.get('min', '-')}..{heights.get('max', '-')} px "
+            f"(median {heights.get('median', '-')})"
+        )
+        counts = "  ".join(f"{name}:{count}" for name, count in info["boxes_per_class"].items())
+        lines.append(f"       per class  {counts}")
+    return "\n".join(lines)
+
+
+def save_preview_grid(dataset_dir, out_path, split="train", num_images=12, columns=4, scale=2):
+    """Draw the first images of a split with the boxes and classes of its json into one PNG.
+
+    It reads what was written, so it shows exactly what a model trains on.
+
+    Raises:
+        FileNotFoundError: naming the missing annotation file.
+    """
+    json_file = os.path.join(dataset_dir, "annotations", f"instances_{split}.json")
+    if not os.path.isfile(json_file):
+        raise FileNotFoundError(f"No annotations for split {split!r}: {json_file} does not exist.")
+    with open(json_file, encoding="utf-8") as f:
+        coco = json.load(f)
+    names = {c["id"]: c["name"] for c in coco["categories"]}
+    images = coco["images"][:num_images]
+    columns = max(1, min(columns, len(images)))
+    side = max([max(i["width"], i["height"]) for i in images], default=64) * scale
+    font = ImageFont.load_default(size=6 * scale)
+    grid = Image.new("RGB", (columns * side, -(-len(images) // columns) * side or side))
+    for slot, info in enumerate(images):
+        with Image.open(os.path.join(dataset_dir, split, info["file_name"])) as image:
+            size = (info["width"] * scale, info["height"] * scale)
+            tile = image.convert("RGB").resize(size, Image.NEAREST)
+        draw = ImageDraw.Draw(tile)
+        for ann in (a for a in coco["annotations"] if a["image_id"] == info["id"]):
+            x, y, w, h = (v * scale for v in ann["bbox"])
+            draw.rectangle([x, y, x + w - 1, y + h - 1], outline=(0, 255, 0))
+            label = draw.textbbox((x, y), names[ann["category_id"]], font=font, anchor="lb")
+            draw.rectangle(label, fill=(0, 255, 0))
+            draw.text((x, y), names[ann["category_id"]], fill=(0, 0, 0), font=font, anchor="lb")
+        grid.paste(tile, ((slot % columns) * side, (slot // columns) * side))
+    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+    grid.save(out_path)
+    return out_path
+
+
+def main(argv=None):
+    """Generate (or find current) the dataset and summarize it; 1 when --verify finds changes."""
+    defaults = DatasetSpec()
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
         "--out",
-        default=None,
         help="dataset folder (default: $DETECTRON2_DATASETS/dropblock_digits, "
         f"currently {default_dataset_dir()})",
     )
-    parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
-    parser.add_argument("--num-train", type=int, default=DEFAULT_NUM_TRAIN)
-    parser.add_argument("--num-val", type=int, default=DEFAULT_NUM_VAL)
-    parser.add_argument(
-        "--force",
-        action="store_true",
-        help="regenerate even when the folder already holds this dataset",
-    )
-    parser.add_argument(
-        "--verify",
-        action="store_true",
-        help="recompute the content hash of the files and compare with the manifest",
-    )
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--num-train", type=int, default=defaults.num_train)
+    parser.add_argument("--num-val", type=int, default=defaults.num_val)
+    parser.add_argument("--force", action="store_true", help="regenerate even if current")
+    parser.add_argument("--verify", action="store_true", help="check the files' content hash")
     parser.add_argument(
         "--preview",
         nargs="?",
         const="",
-        default=None,
         metavar="PNG",
         help="save a grid of train scenes with their boxes (default path: <out>/preview.png)",
     )
-    return parser.parse_args(argv)
-
-
-class _Progress:
-    """Prints one updating progress line per split (a line per 10% when not on a terminal)."""
-
-    def __init__(self, stream=sys.stderr):
-        self.stream = stream
-        self.interactive = stream.isatty()
-        self.called = False
-
-    def __call__(self, split, done, total):
-        self.called = True
-        step = 1 if self.interactive else max(1, total // 10)
-        if done % step and done != total:
-            return
-        if self.interactive:
-            end = "\n" if done == total else ""
-            print(f"\rgenerating {split}: {done}/{total}", end=end, file=self.stream, flush=True)
-        else:
-            print(f"generating {split}: {done}/{total}", file=self.stream, flush=True)
-
-
-def main(argv=None):
-    """Generate (or find current) the dataset, print a summary, optionally verify and preview.
-
-    Args:
-        argv (list[str] or None): command line, None for sys.argv.
-
-    Returns:
-        int: exit status (1 when --verify finds altered files).
-    """
-    args = parse_args(argv)
+    args = parser.parse_args(argv)
     out = os.path.abspath(args.out or default_dataset_dir())
+    written = set()
+
+    def progress(split, done, total):
+        # One updating line per split on a terminal, a line per 10% otherwise.
+        written.add(split)
+        interactive = sys.stderr.isatty()
+        if done % (1 if interactive else max(1, total // 10)) and done != total:
+            return
+        end = "\n" if not interactive or done == total else ""
+        line = f"generating {split}: {done}/{total}"
+        print(("\r" if interactive else "") + line, end=end, file=sys.stderr, flush=True)
+
     try:
-        spec = DatasetSpec(
-            seed=args.seed,
-            num_train=args.num_train,
-            num_val=args.num_val,
-        )
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    progress = _Progress()
-    try:
+        spec = DatasetSpec(seed=args.seed, num_train=args.num_train, num_val=args.num_val)
         manifest = prepare_dataset(out, spec, force=args.force, progress=progress)
     except (FileExistsError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if progress.called:
-        print(f"wrote {out}")
-    else:
-        print(f"{out} already holds this dataset (--force regenerates it)")
+    print(
+        f"wrote {out}" if written else f"{out} already holds this dataset (--force regenerates it)"
+    )
     print(format_summary(manifest))
     status = 0
     if args.verify:

@@ -1,33 +1,29 @@
-"""Write a comparison of run folders: a Markdown report, its table as text, and PNG figures."""
+"""Compare run folders: report.md, the table as text, and the figures beside them."""
 
 import math
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .plots import plot_ap, plot_keep_prob, plot_losses
 from .runs import Run, read_runs
-from .table import TableRow, build_rows, format_markdown_table, format_text_table
-
-__all__ = ["ReportResult", "write_report"]
+from .table import (
+    MISSING,
+    PAPER_SOURCE,
+    TableRow,
+    build_rows,
+    format_markdown_table,
+    format_text_table,
+)
 
 REPORT_NAME = "report.md"
 FIGURE_NAMES = {"ap": "ap.png", "keep_prob": "keep_prob.png", "loss": "loss.png"}
+_FIGURE_TITLES = {"ap": "AP per run", "keep_prob": "keep_prob schedule", "loss": "Training losses"}
 
 
 @dataclass
 class ReportResult:
-    """What :func:`write_report` read and wrote.
-
-    Attributes:
-        runs: the parsed runs, in the order given.
-        rows: the table rows (runs, then paper rows).
-        table_text: the fixed-width table with its footnotes, as printed by tools/compare.py.
-        markdown: the content of ``report.md``.
-        report_path: the written ``report.md``.
-        figures: figure key ("ap", "keep_prob", "loss") -> written PNG.
-    """
+    """What :func:`write_report` read and wrote; ``table_text`` is what tools/compare.py prints."""
 
     runs: list[Run]
     rows: list[TableRow]
@@ -38,25 +34,18 @@ class ReportResult:
 
 
 def write_report(
-    run_dirs: Sequence,
-    out_dir,
-    names: Sequence[str] | None = None,
-    include_paper: bool = True,
-    *,
-    dataset: str | None = None,
-    decimals: int = 1,
+    run_dirs, out_dir, names=None, include_paper=True, *, dataset=None, decimals=1
 ) -> ReportResult:
     """Compare run folders: write ``report.md``, ``ap.png``, ``keep_prob.png`` and ``loss.png``.
 
     Args:
-        run_dirs: Detectron2 OUTPUT_DIRs; the first is the reference for the deltas.
-        out_dir: folder for the report and figures (created if needed).
-        names: one label per run; folder names when None.
-        include_paper: add the paper's RetinaNet rows (36.8 AP, 38.4 AP with DropBlock), unless
-            no run is a RetinaNet (the footnotes then say why they are left out).
-        dataset: with several test datasets, the one to report; each run's DATASETS.TEST[0]
-            when None.
-        decimals: digits after the point in the tables.
+        run_dirs (Sequence): Detectron2 OUTPUT_DIRs; the first is the reference of the deltas.
+        out_dir (str or Path): folder of the report (created if needed).
+        names (Sequence[str] or None): one label per run; folder names when None.
+        include_paper (bool): add the paper's RetinaNet rows, unless no run is a RetinaNet (the
+            footnotes then say why they are left out).
+        dataset (str or None): with several test datasets, the one to report.
+        decimals (int): digits after the point.
 
     Returns:
         ReportResult: the runs, the table and the written paths.
@@ -68,133 +57,88 @@ def write_report(
     runs = read_runs(run_dirs, names=names, dataset=dataset)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    architectures = _non_retinanet_architectures(runs)
-    left_out = include_paper and bool(architectures)
+    architectures = [r.config_value("MODEL.META_ARCHITECTURE") for r in runs]
+    # The paper's rows are RetinaNet's; a run of unknown architecture may be one.
+    left_out = include_paper and all(
+        a is not None and "RetinaNet" not in str(a) for a in architectures
+    )
     include_paper = include_paper and not left_out
-    rows = build_rows(runs, include_paper=include_paper)
     footnotes = _footnotes(runs, include_paper)
     if left_out:
         footnotes.append(
-            "No paper rows: the paper's COCO results (Ghiasi et al. 2018, Table 3) are RetinaNet's, "
-            f"and these runs are {', '.join(architectures)} (MODEL.META_ARCHITECTURE)."
+            f"No paper rows: the paper's COCO results ({PAPER_SOURCE}) are RetinaNet's, "
+            f"and these runs are {', '.join(sorted(set(map(str, architectures))))} "
+            "(MODEL.META_ARCHITECTURE)."
         )
-
-    table_text = "\n".join([format_text_table(rows, decimals), "", *footnotes])
+    rows = build_rows(runs, include_paper=include_paper)
     figures = {
         "ap": plot_ap(runs, out_dir / FIGURE_NAMES["ap"], include_paper, decimals),
         "keep_prob": plot_keep_prob(runs, out_dir / FIGURE_NAMES["keep_prob"]),
         "loss": plot_losses(runs, out_dir / FIGURE_NAMES["loss"]),
     }
-    markdown = _markdown(runs, rows, footnotes, out_dir, decimals)
+    lines = ["# Run comparison", "", format_markdown_table(rows, decimals), ""]
+    lines += [f"- {note}" for note in footnotes] + ["", "## Runs", ""]
+    for run in runs:
+        try:  # relative to the report, so that the report folder moves with the runs
+            where = os.path.relpath(run.path.resolve(), out_dir.resolve())
+        except ValueError:  # another drive on Windows
+            where = run.path
+        lines.append(f"- **{run.name}** (`{where}`): {run.status}.")
+        lines += [f"  - {detail}" for detail in _run_details(run)]
+    lines += ["", "## Figures", ""]
+    for key, name in FIGURE_NAMES.items():
+        lines += [f"![{_FIGURE_TITLES[key]}]({name})", ""]
+    markdown = "\n".join(lines)
     report_path = out_dir / REPORT_NAME
     report_path.write_text(markdown, encoding="utf-8")
+    table_text = "\n".join([format_text_table(rows, decimals), "", *footnotes])
     return ReportResult(runs, rows, table_text, markdown, report_path, figures)
 
 
-def _non_retinanet_architectures(runs: Sequence[Run]) -> list[str]:
-    """The runs' meta-architectures when none is a RetinaNet (R-CNN runs), else []."""
-    architectures = [r.meta_architecture for r in runs]
-    # A run of unknown architecture may be a RetinaNet: the rows stay.
-    if (
-        not architectures
-        or None in architectures
-        or any("RetinaNet" in str(a) for a in architectures)
-    ):
-        return []
-    return sorted(set(map(str, architectures)))
-
-
-def _footnotes(runs: Sequence[Run], include_paper: bool) -> list[str]:
-    notes = ["AP metrics on Detectron2's 0-100 scale; '–': no number."]
-    if any(r.evaluation is not None and r.evaluation.segm_ap is not None for r in runs):
+def _footnotes(runs, include_paper):
+    evaluations = [r.evaluation for r in runs if r.evaluation is not None]
+    notes = [f"AP metrics on Detectron2's 0-100 scale; '{MISSING}': no number."]
+    if any(e.segm_ap is not None for e in evaluations):
         notes.append("segm AP: mask AP (COCO segm, IoU 0.50:0.95) of the runs that train masks.")
-    if any(
-        math.isnan(v) for run in runs if run.evaluation for v in run.evaluation.metrics.values()
-    ):
+    if any(math.isnan(v) for e in evaluations for v in e.metrics.values()):
         notes.append("NaN: COCOeval had no detections, or no objects of that size, to score.")
-    if len(runs) > 1:
-        if runs[0].evaluation is not None:
-            notes.append(f"(+x.x): difference to the first run, {runs[0].name}.")
-        else:
-            notes.append(f"No differences: the first run, {runs[0].name}, is not evaluated.")
+    if len(runs) > 1 and runs[0].evaluation is not None:
+        notes.append(f"(+x.x): difference to the first run, {runs[0].name}.")
+    elif len(runs) > 1:
+        notes.append(f"No differences: the first run, {runs[0].name}, is not evaluated.")
     if include_paper:
         notes.append(
-            "Paper rows: Ghiasi et al. 2018, Table 3, COCO val2017 after 150 epochs at 640 px; "
+            f"Paper rows: {PAPER_SOURCE}, COCO val2017 after 150 epochs at 640 px; "
             "only AP is verified, and their difference is to the paper's own baseline."
         )
     return notes
 
 
-def _markdown(runs, rows, footnotes, out_dir: Path, decimals: int) -> str:
-    lines = [
-        "# Run comparison",
-        "",
-        format_markdown_table(rows, decimals),
-        "",
-        *[f"- {note}" for note in footnotes],
-        "",
-        "## Runs",
-        "",
-    ]
-    for run in runs:
-        lines.append(f"- **{run.name}** (`{_display_path(run.path, out_dir)}`): {run.status}.")
-        lines.extend(f"  - {detail}" for detail in _run_details(run))
-    lines += [
-        "",
-        "## Figures",
-        "",
-        f"![AP per run]({FIGURE_NAMES['ap']})",
-        "",
-        f"![keep_prob schedule]({FIGURE_NAMES['keep_prob']})",
-        "",
-        f"![Training losses]({FIGURE_NAMES['loss']})",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def _run_details(run: Run) -> list[str]:
-    details = [f"DropBlock: {_dropblock_details(run)}"]
+def _run_details(run):
+    dropblock = run.dropblock_label
+    if dropblock not in ("off", "?"):
+        key = "MODEL.DROPBLOCK."
+        extras = [
+            f"placement {run.config_value(key + 'PLACEMENT', '?')}",
+            f"gamma {run.config_value(key + 'GAMMA', '?')}",
+        ]
+        start, target, ramp = (
+            run.config_value(key + k) for k in ("SCHEDULE.START", "KEEP_PROB", "SCHEDULE.RAMP")
+        )
+        if all(isinstance(v, (int, float)) for v in (start, target, ramp)):
+            extras.append(f"keep_prob {start:g} → {target:g} over {ramp:.0%} of the run")
+        dropblock += f" ({', '.join(extras)})"
     max_iter = run.max_iter if run.max_iter is not None else "unknown"
-    done = run.iterations_done if run.iterations_done is not None else 0
-    details.append(
-        f"training: {done}/{max_iter} iterations (SOLVER.MAX_ITER) logged"
-        + (", model_final.pth present" if run.has_final_checkpoint else "")
-    )
-    evaluation = run.evaluation
-    if evaluation is not None:
-        source = f"numbers from {evaluation.source}"
-        if evaluation.iteration is not None:
-            source += f" (iteration {evaluation.iteration})"
-        if evaluation.dataset:
-            source += f", dataset {evaluation.dataset}"
-        if evaluation.other_datasets:
-            source += f" (also evaluated: {', '.join(evaluation.other_datasets)})"
-        details.append(source)
-    details.extend(run.notes)
-    return details
-
-
-def _dropblock_details(run: Run) -> str:
-    label = run.dropblock_label
-    if label in ("off", "?"):
-        return label
-    value = run.config_value
-    extras = [
-        f"placement {value('MODEL.DROPBLOCK.PLACEMENT', '?')}",
-        f"gamma {value('MODEL.DROPBLOCK.GAMMA', '?')}",
+    details = [
+        f"DropBlock: {dropblock}",
+        f"training: {run.iterations_done or 0}/{max_iter} iterations (SOLVER.MAX_ITER) logged"
+        + (", model_final.pth present" if run.has_final_checkpoint else ""),
     ]
-    start, target, ramp = (
-        value(f"MODEL.DROPBLOCK.{key}") for key in ("SCHEDULE.START", "KEEP_PROB", "SCHEDULE.RAMP")
-    )
-    if all(isinstance(v, (int, float)) for v in (start, target, ramp)):
-        extras.append(f"keep_prob {start:g} → {target:g} over {ramp:.0%} of the run")
-    return f"{label} ({', '.join(extras)})"
-
-
-def _display_path(path: Path, out_dir: Path) -> str:
-    # Relative to the report, so the report folder can be moved together with the runs.
-    try:
-        return os.path.relpath(path.resolve(), out_dir.resolve())
-    except ValueError:  # another drive on Windows
-        return str(path)
+    e = run.evaluation
+    if e is not None:
+        source = f"numbers from {e.source}"
+        source += f" (iteration {e.iteration})" if e.iteration is not None else ""
+        source += f", dataset {e.dataset}" if e.dataset else ""
+        source += f" (also evaluated: {', '.join(e.other_datasets)})" if e.other_datasets else ""
+        details.append(source)
+    return details + run.notes
