@@ -78,7 +78,7 @@ KERNEL_PACKAGE = "dropblock_det.layers"
 # Torch ops that move no data and launch nothing (as the traffic counter has them).
 FREE_OPS = frozenset(
     "empty empty_like empty_strided new_empty new_empty_strided detach view alias _unsafe_view "
-    "as_strided t expand unsqueeze squeeze lift_fresh set_ size stride".split()
+    "as_strided t expand unsqueeze squeeze select slice lift_fresh set_ size stride".split()
 )
 
 
@@ -352,7 +352,9 @@ def _torch_ops_counter():
             out = func(*args, **(kwargs or {}))
             name = func.__name__.split(".")[0]
             if name not in FREE_OPS:
-                leaves = tree_leaves((args, kwargs, out))
+                # An ``out=`` tensor is the op's result: written once, counted once.
+                inputs = {k: v for k, v in (kwargs or {}).items() if k != "out"}
+                leaves = tree_leaves((args, inputs, out))
                 self.bytes += sum(
                     t.numel() * t.element_size() for t in leaves if isinstance(t, torch.Tensor)
                 )
@@ -362,7 +364,7 @@ def _torch_ops_counter():
     return TorchOps()
 
 
-def _forward_backward(shape, dtype, mask):
+def _forward_backward(shape, dtype, mask, backend="triton", device="cpu"):
     """The operator's forward and backward on random x and dy of ``shape``, as a callable.
 
     The backward is ``torch.autograd.grad``: dx is returned, not accumulated into a leaf's
@@ -373,16 +375,54 @@ def _forward_backward(shape, dtype, mask):
     from dropblock_det.layers import drop_block_2d
 
     torch_dtype = getattr(torch, TORCH_DTYPE[dtype])
-    x = torch.randn(shape, dtype=torch_dtype).requires_grad_(True)
-    dy = torch.randn(shape, dtype=torch_dtype)
+    x = torch.randn(shape, dtype=torch_dtype, device=device).requires_grad_(True)
+    dy = torch.randn(shape, dtype=torch_dtype, device=device)
 
     def step():
         y = drop_block_2d(
-            x, KEEP_PROB, BLOCK_SIZE, share_channels=mask == "shared", gamma=GAMMA, backend="triton"
+            x, KEEP_PROB, BLOCK_SIZE, share_channels=mask == "shared", gamma=GAMMA, backend=backend
         )
         torch.autograd.grad(y, x, dy)
 
     return step
+
+
+def dense_count(shape, dtype, mask, device="meta"):
+    """The dense backend's aten ops and bytes per element, forward + backward.
+
+    Every aten op the call dispatches is counted with the bytes of its input and output tensors
+    (an ``out=`` tensor once), as the traffic counter counts loads and stores. On the ``meta``
+    device (the default) nothing is computed or allocated, so the goal shapes cost no memory, and
+    the ops are those of a non-CPU device (``max_pool2d`` returns its int64 indices there, as on
+    CUDA).
+
+    Returns:
+        dict: ``case``, ``ops`` (the aten op names in order), ``launches``, ``bytes_per_element``
+        and ``bytes_x_floor``.
+    """
+    step = _forward_backward(shape, dtype, mask, backend="dense", device=device)
+    counter = _torch_ops_counter()
+    with counter:
+        step()
+    elements = shape[0] * shape[1] * shape[2] * shape[3]
+    per_element = counter.bytes / elements
+    return {
+        "case": case_label(shape, dtype, mask),
+        "ops": counter.ops,
+        "launches": len(counter.ops),
+        "bytes_per_element": per_element,
+        "bytes_x_floor": per_element / (4 * ELEMENT_SIZE[dtype]),
+    }
+
+
+def format_dense_table(rows, markdown=False):
+    """The dense backend's table: aten ops and bytes per element (x the floor's bytes)."""
+    header = ["case", "aten ops", "bytes/element (x floor)"]
+    lines = [
+        [r["case"], str(r["launches"]), f"{r['bytes_per_element']:.1f} ({r['bytes_x_floor']:.2f}x)"]
+        for r in rows
+    ]
+    return _table(header, lines, markdown)
 
 
 def capture(shape, dtype, mask, reduced, samples):
@@ -857,6 +897,10 @@ def format_table(rows, markdown=False):
                 f"{row['time_x_floor']:.2f}",
             ]
         )
+    return _table(header, lines, markdown)
+
+
+def _table(header, lines, markdown):
     if markdown:
         out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         out += ["| " + " | ".join(line) + " |" for line in lines]
@@ -885,6 +929,11 @@ def main(argv=None):
         default=SAMPLED_PROGRAMS,
         help="programs of each launch run under the interpreter to count loop trips (default 8)",
     )
+    parser.add_argument(
+        "--dense",
+        action="store_true",
+        help="count the dense backend's aten ops and bytes instead (meta tensors, no Triton)",
+    )
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
     parser.add_argument("--json", metavar="FILE", help="write the per-case figures to FILE")
     parser.add_argument("--capture", nargs=2, metavar=("CASES", "OUT"), help=argparse.SUPPRESS)
@@ -898,8 +947,12 @@ def main(argv=None):
         with open(args.capture[1], "w") as f:
             json.dump(captured, f)
         return 0
-    rows = run_estimate(args.shapes, args.dtypes, args.masks, args.reduced, args.samples)
-    print(format_table(rows, markdown=args.markdown))
+    if args.dense:
+        rows = [dense_count(s, d, m) for s in args.shapes for m in args.masks for d in args.dtypes]
+        print(format_dense_table(rows, markdown=args.markdown))
+    else:
+        rows = run_estimate(args.shapes, args.dtypes, args.masks, args.reduced, args.samples)
+        print(format_table(rows, markdown=args.markdown))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
