@@ -127,6 +127,20 @@ def test_estimated_time_is_within_the_goal(budget_rows, mask, dtype):
     assert row["time_x_floor"] <= TIME_GOAL, f"{row['case']}: {row['time_x_floor']:.2f}x floor"
 
 
+# The dense backend's bytes, forward + backward, as a multiple of the floor's: a per-channel mask
+# is built from float32 noise and applied in two passes each way; a shared one in one.
+DENSE_BYTES_GOAL = {"per-channel": 5.0, "shared": 1.05}
+
+
+@pytest.mark.parametrize("mask", ["per-channel", "shared"])
+@pytest.mark.parametrize("dtype", ["fp16", "bf16", "fp32"])
+def test_dense_backend_moves_its_bytes_goal_at_the_largest_goal_map(estimator, mask, dtype):
+    row = estimator.dense_count(estimator.SHAPES[0], dtype, mask)
+    assert row["bytes_x_floor"] <= DENSE_BYTES_GOAL[mask], f"{row['case']}: {row['ops']}"
+    # Window sums, not max_pool2d: on a GPU that also writes int64 indices (8 bytes a unit).
+    assert "max_pool2d_with_indices" not in row["ops"]
+
+
 def static_range(n):
     """Stands in for ``tl.static_range`` in a plain Python function."""
     return range(n)
