@@ -26,7 +26,9 @@ How each number is obtained:
   gives each instruction's kernel source line, and the child runs a few programs of each real
   launch (``--samples``, spread over the grid) under the interpreter, counting how often each
   statement of the kernel runs; an instruction runs as often as its statement, scaled from the
-  sampled programs to the grid. Thread-instructions are warp instructions x 32 x num_warps.
+  sampled programs to the grid (a launch that differs from an earlier one only in its tensors'
+  dtypes reuses that one's runs once its last sampled program runs the same statements).
+  Thread-instructions are warp instructions x 32 x num_warps.
 * Bytes, the traffic counter's way (``../shared/tools/triton_traffic.py``, reimplemented here
   because the project cannot import outside itself): every Triton load and store counted by unique
   address per launch, every torch op outside the kernels by the bytes of its tensors. The torch
@@ -425,9 +427,64 @@ def format_dense_table(rows, markdown=False):
     return _table(header, lines, markdown)
 
 
-def capture(shape, dtype, mask, reduced, samples):
+def _control_key(kernel, args, kwargs, grid):
+    """What a launch's statement runs can depend on: everything but its tensors' element types.
+
+    Tensors enter by alignment and element count; a launch that differs from another only in the
+    dtype of a tensor (fp16/bf16/fp32 x, or dy in backward) then shares its sampled runs, after
+    the check of :func:`_sampled_runs`.
+    """
+
+    def control(value):
+        if hasattr(value, "data_ptr"):
+            return ("tensor", value.data_ptr() % 16 == 0, value.numel())
+        return value
+
+    return repr(
+        (
+            kernel.fn.__module__,
+            kernel.fn.__name__,
+            tuple(grid),
+            [control(a) for a in args],
+            sorted((k, control(v)) for k, v in kwargs.items()),
+        )
+    )
+
+
+def _transitions(kernel, args, kwargs, grid, programs):
+    with _LineTransitions(kernel.fn) as lines:
+        run_programs(kernel, args, kwargs, grid, programs)
+    return lines.pairs
+
+
+def _sampled_runs(kernel, args, kwargs, grid, programs, runs):
+    """(previous line, line, count) of the kernel statements that ``programs`` run.
+
+    ``runs`` holds earlier results by :func:`_control_key`. A launch with the key of an earlier
+    one runs only the last of its sampled programs; if that program's statement runs equal the
+    earlier launch's last program's, the earlier runs stand for all of them (a third of the
+    estimator's time at the goal shapes: forward and backward apply launches, and the cases that
+    differ only in dtype); otherwise all programs run.
+    """
+    key = _control_key(kernel, args, kwargs, grid)
+    last = _transitions(kernel, args, kwargs, grid, programs[-1:])
+    known = runs.get(key)
+    if known is None or known["last"] != last:
+        pairs = dict(last)
+        for pair, count in _transitions(kernel, args, kwargs, grid, programs[:-1]).items():
+            pairs[pair] = pairs.get(pair, 0) + count
+        known = runs[key] = {"last": last, "all": pairs}
+    return [[p, line, n] for (p, line), n in known["all"].items()]
+
+
+def capture(shape, dtype, mask, reduced, samples, runs=None):
     """The launches of one case: real-shape grids, arguments and sampled statement runs, and the
-    traffic fractions of the reduced run."""
+    traffic fractions of the reduced run.
+
+    ``runs``: sampled statement runs shared between the launches and the cases of one process
+    (see :func:`_sampled_runs`).
+    """
+    runs = {} if runs is None else runs
     import torch
     import triton.runtime.interpreter as interpreter
 
@@ -440,10 +497,8 @@ def capture(shape, dtype, mask, reduced, samples):
     # Statement runs at the real shape, from a sample of each launch's programs.
     for launch, (kernel, args, kwargs, grid) in zip(dry.launches, dry.calls, strict=True):
         programs = _sampled_programs(grid, samples)
-        with _LineTransitions(kernel.fn) as lines:
-            run_programs(kernel, args, kwargs, grid, programs)
         launch["sampled_programs"] = len(programs)
-        launch["line_transitions"] = lines.as_list()
+        launch["line_transitions"] = _sampled_runs(kernel, args, kwargs, grid, programs, runs)
     small = (min(reduced[0], shape[0]), min(reduced[1], shape[1])) + tuple(shape[2:])
     small_step = _forward_backward(small, dtype, mask)
     with _Traffic(interpreter.interpreter_builder) as traffic:
@@ -941,8 +996,10 @@ def main(argv=None):
     if args.capture:
         with open(args.capture[0]) as f:
             request = json.load(f)
+        runs = {}
         captured = [
-            capture(s, d, m, request["reduced"], request["samples"]) for s, d, m in request["cases"]
+            capture(s, d, m, request["reduced"], request["samples"], runs)
+            for s, d, m in request["cases"]
         ]
         with open(args.capture[1], "w") as f:
             json.dump(captured, f)
