@@ -1,13 +1,13 @@
-"""Dense DropBlock: seeds as dense noise, blocks by a sliding-window sum, all bookkeeping on the device.
+"""Dense DropBlock: dense noise, blocks by window sums, all bookkeeping on the device.
 
 Launches a fixed handful of element-wise kernels and never reads a value back to the host, so it
 serves compiled graphs (keep_prob as tensor data: no recompiles when it changes), CUDA-graph
 capture, and eager CUDA steps without a host sync.
 
 Narrow intermediates: the float32 noise (gamma needs its resolution) becomes float16 seeds, 0 or
-1, exact; the block sums over a window (``avg_pool2d`` as a sum, no int64 indices as ``max_pool2d``
-keeps on CUDA) are integers up to ``bh * bw``, and any rounding of a positive sum stays positive,
-so "no seed in the window" is exact. The kept units are a bool mask, and autograd saves that
+1, exact; the seeds are summed over each block window (``avg_pool2d`` as a sum: no int64 indices,
+which ``max_pool2d`` writes on CUDA), and any rounding of a positive sum stays positive, so "no
+seed in the window" is exact. The kept units are a bool mask, and autograd saves that
 byte a unit and the per-sample factor, not a float32 mask.
 """
 
@@ -18,7 +18,8 @@ from ._seed_rate import host_gamma, seed_rate_tensor
 
 __all__ = ["drop_block_dense"]
 
-# 0 and 1, and window sums up to 2048, are exact in float16.
+# Seeds 0 and 1 are exact in float16, and a window sum of them, however rounded (+inf past the
+# float16 range), is nonzero exactly when the window holds a seed.
 _SEED_DTYPE = torch.float16
 
 
