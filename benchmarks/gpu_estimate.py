@@ -462,9 +462,8 @@ def _sampled_runs(kernel, args, kwargs, grid, programs, runs):
 
     ``runs`` holds earlier results by :func:`_control_key`. A launch with the key of an earlier
     one runs only the last of its sampled programs; if that program's statement runs equal the
-    earlier launch's last program's, the earlier runs stand for all of them (a third of the
-    estimator's time at the goal shapes: forward and backward apply launches, and the cases that
-    differ only in dtype); otherwise all programs run.
+    earlier launch's last program's, the earlier runs stand for all of them (forward and
+    backward apply launches, cases that differ only in dtype); otherwise all programs run.
     """
     key = _control_key(kernel, args, kwargs, grid)
     last = _transitions(kernel, args, kwargs, grid, programs[-1:])
