@@ -135,7 +135,7 @@ DENSE_BYTES_GOAL = {"per-channel": 5.0, "shared": 1.05}
 
 @pytest.mark.parametrize("mask", ["per-channel", "shared"])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_dense_backend_moves_its_bytes_goal_at_the_largest_goal_map(estimator, mask, dtype):
+def test_dense_backend_moves_at_most_its_bytes_goal_on_the_largest_goal_map(estimator, mask, dtype):
     row = estimator.dense_count(estimator.SHAPES[0], dtype, mask)
     assert row["bytes_x_floor"] <= DENSE_BYTES_GOAL[mask], f"{row['case']}: {row['ops']}"
     # Window sums, not max_pool2d: on a GPU that also writes int64 indices (8 bytes a unit).
