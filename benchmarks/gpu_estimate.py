@@ -26,7 +26,9 @@ How each number is obtained:
   gives each instruction's kernel source line, and the child runs a few programs of each real
   launch (``--samples``, spread over the grid) under the interpreter, counting how often each
   statement of the kernel runs; an instruction runs as often as its statement, scaled from the
-  sampled programs to the grid. Thread-instructions are warp instructions x 32 x num_warps.
+  sampled programs to the grid (a launch that differs from an earlier one only in its tensors'
+  dtypes reuses that one's runs once its last sampled program runs the same statements).
+  Thread-instructions are warp instructions x 32 x num_warps.
 * Bytes, the traffic counter's way (``../shared/tools/triton_traffic.py``, reimplemented here
   because the project cannot import outside itself): every Triton load and store counted by unique
   address per launch, every torch op outside the kernels by the bytes of its tensors. The torch
@@ -78,7 +80,7 @@ KERNEL_PACKAGE = "dropblock_det.layers"
 # Torch ops that move no data and launch nothing (as the traffic counter has them).
 FREE_OPS = frozenset(
     "empty empty_like empty_strided new_empty new_empty_strided detach view alias _unsafe_view "
-    "as_strided t expand unsqueeze squeeze lift_fresh set_ size stride".split()
+    "as_strided t expand unsqueeze squeeze select slice lift_fresh set_ size stride".split()
 )
 
 
@@ -352,7 +354,9 @@ def _torch_ops_counter():
             out = func(*args, **(kwargs or {}))
             name = func.__name__.split(".")[0]
             if name not in FREE_OPS:
-                leaves = tree_leaves((args, kwargs, out))
+                # An ``out=`` tensor is the op's result: written once, counted once.
+                inputs = {k: v for k, v in (kwargs or {}).items() if k != "out"}
+                leaves = tree_leaves((args, inputs, out))
                 self.bytes += sum(
                     t.numel() * t.element_size() for t in leaves if isinstance(t, torch.Tensor)
                 )
@@ -362,7 +366,7 @@ def _torch_ops_counter():
     return TorchOps()
 
 
-def _forward_backward(shape, dtype, mask):
+def _forward_backward(shape, dtype, mask, backend="triton", device="cpu"):
     """The operator's forward and backward on random x and dy of ``shape``, as a callable.
 
     The backward is ``torch.autograd.grad``: dx is returned, not accumulated into a leaf's
@@ -373,21 +377,113 @@ def _forward_backward(shape, dtype, mask):
     from dropblock_det.layers import drop_block_2d
 
     torch_dtype = getattr(torch, TORCH_DTYPE[dtype])
-    x = torch.randn(shape, dtype=torch_dtype).requires_grad_(True)
-    dy = torch.randn(shape, dtype=torch_dtype)
+    x = torch.randn(shape, dtype=torch_dtype, device=device).requires_grad_(True)
+    dy = torch.randn(shape, dtype=torch_dtype, device=device)
 
     def step():
         y = drop_block_2d(
-            x, KEEP_PROB, BLOCK_SIZE, share_channels=mask == "shared", gamma=GAMMA, backend="triton"
+            x, KEEP_PROB, BLOCK_SIZE, share_channels=mask == "shared", gamma=GAMMA, backend=backend
         )
         torch.autograd.grad(y, x, dy)
 
     return step
 
 
-def capture(shape, dtype, mask, reduced, samples):
+def dense_count(shape, dtype, mask, device="meta"):
+    """The dense backend's aten ops and bytes per element, forward + backward.
+
+    Every aten op the call dispatches is counted with the bytes of its input and output tensors
+    (an ``out=`` tensor once), as the traffic counter counts loads and stores. On the ``meta``
+    device (the default) nothing is computed or allocated, so the goal shapes cost no memory, and
+    the ops are those of a non-CPU device (``max_pool2d`` returns its int64 indices there, as on
+    CUDA).
+
+    Returns:
+        dict: ``case``, ``ops`` (the aten op names in order), ``launches``, ``bytes_per_element``
+        and ``bytes_x_floor``.
+    """
+    step = _forward_backward(shape, dtype, mask, backend="dense", device=device)
+    counter = _torch_ops_counter()
+    with counter:
+        step()
+    elements = shape[0] * shape[1] * shape[2] * shape[3]
+    per_element = counter.bytes / elements
+    return {
+        "case": case_label(shape, dtype, mask),
+        "ops": counter.ops,
+        "launches": len(counter.ops),
+        "bytes_per_element": per_element,
+        "bytes_x_floor": per_element / (4 * ELEMENT_SIZE[dtype]),
+    }
+
+
+def format_dense_table(rows, markdown=False):
+    """The dense backend's table: aten ops and bytes per element (x the floor's bytes)."""
+    header = ["case", "aten ops", "bytes/element (x floor)"]
+    lines = [
+        [r["case"], str(r["launches"]), f"{r['bytes_per_element']:.1f} ({r['bytes_x_floor']:.2f}x)"]
+        for r in rows
+    ]
+    return _table(header, lines, markdown)
+
+
+def _control_key(kernel, args, kwargs, grid):
+    """What a launch's statement runs can depend on: everything but its tensors' element types.
+
+    Tensors enter by alignment and element count; a launch that differs from another only in the
+    dtype of a tensor (fp16/bf16/fp32 x, or dy in backward) then shares its sampled runs, after
+    the check of :func:`_sampled_runs`.
+    """
+
+    def control(value):
+        if hasattr(value, "data_ptr"):
+            return ("tensor", value.data_ptr() % 16 == 0, value.numel())
+        return value
+
+    return repr(
+        (
+            kernel.fn.__module__,
+            kernel.fn.__name__,
+            tuple(grid),
+            [control(a) for a in args],
+            sorted((k, control(v)) for k, v in kwargs.items()),
+        )
+    )
+
+
+def _transitions(kernel, args, kwargs, grid, programs):
+    with _LineTransitions(kernel.fn) as lines:
+        run_programs(kernel, args, kwargs, grid, programs)
+    return lines.pairs
+
+
+def _sampled_runs(kernel, args, kwargs, grid, programs, runs):
+    """(previous line, line, count) of the kernel statements that ``programs`` run.
+
+    ``runs`` holds earlier results by :func:`_control_key`. A launch with the key of an earlier
+    one runs only the last of its sampled programs; if that program's statement runs equal the
+    earlier launch's last program's, the earlier runs stand for all of them (forward and
+    backward apply launches, cases that differ only in dtype); otherwise all programs run.
+    """
+    key = _control_key(kernel, args, kwargs, grid)
+    last = _transitions(kernel, args, kwargs, grid, programs[-1:])
+    known = runs.get(key)
+    if known is None or known["last"] != last:
+        pairs = dict(last)
+        for pair, count in _transitions(kernel, args, kwargs, grid, programs[:-1]).items():
+            pairs[pair] = pairs.get(pair, 0) + count
+        known = runs[key] = {"last": last, "all": pairs}
+    return [[p, line, n] for (p, line), n in known["all"].items()]
+
+
+def capture(shape, dtype, mask, reduced, samples, runs=None):
     """The launches of one case: real-shape grids, arguments and sampled statement runs, and the
-    traffic fractions of the reduced run."""
+    traffic fractions of the reduced run.
+
+    ``runs``: sampled statement runs shared between the launches and the cases of one process
+    (see :func:`_sampled_runs`).
+    """
+    runs = {} if runs is None else runs
     import torch
     import triton.runtime.interpreter as interpreter
 
@@ -400,10 +496,8 @@ def capture(shape, dtype, mask, reduced, samples):
     # Statement runs at the real shape, from a sample of each launch's programs.
     for launch, (kernel, args, kwargs, grid) in zip(dry.launches, dry.calls, strict=True):
         programs = _sampled_programs(grid, samples)
-        with _LineTransitions(kernel.fn) as lines:
-            run_programs(kernel, args, kwargs, grid, programs)
         launch["sampled_programs"] = len(programs)
-        launch["line_transitions"] = lines.as_list()
+        launch["line_transitions"] = _sampled_runs(kernel, args, kwargs, grid, programs, runs)
     small = (min(reduced[0], shape[0]), min(reduced[1], shape[1])) + tuple(shape[2:])
     small_step = _forward_backward(small, dtype, mask)
     with _Traffic(interpreter.interpreter_builder) as traffic:
@@ -857,6 +951,10 @@ def format_table(rows, markdown=False):
                 f"{row['time_x_floor']:.2f}",
             ]
         )
+    return _table(header, lines, markdown)
+
+
+def _table(header, lines, markdown):
     if markdown:
         out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         out += ["| " + " | ".join(line) + " |" for line in lines]
@@ -885,6 +983,11 @@ def main(argv=None):
         default=SAMPLED_PROGRAMS,
         help="programs of each launch run under the interpreter to count loop trips (default 8)",
     )
+    parser.add_argument(
+        "--dense",
+        action="store_true",
+        help="count the dense backend's aten ops and bytes instead (meta tensors, no Triton)",
+    )
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
     parser.add_argument("--json", metavar="FILE", help="write the per-case figures to FILE")
     parser.add_argument("--capture", nargs=2, metavar=("CASES", "OUT"), help=argparse.SUPPRESS)
@@ -892,14 +995,20 @@ def main(argv=None):
     if args.capture:
         with open(args.capture[0]) as f:
             request = json.load(f)
+        runs = {}
         captured = [
-            capture(s, d, m, request["reduced"], request["samples"]) for s, d, m in request["cases"]
+            capture(s, d, m, request["reduced"], request["samples"], runs)
+            for s, d, m in request["cases"]
         ]
         with open(args.capture[1], "w") as f:
             json.dump(captured, f)
         return 0
-    rows = run_estimate(args.shapes, args.dtypes, args.masks, args.reduced, args.samples)
-    print(format_table(rows, markdown=args.markdown))
+    if args.dense:
+        rows = [dense_count(s, d, m) for s in args.shapes for m in args.masks for d in args.dtypes]
+        print(format_dense_table(rows, markdown=args.markdown))
+    else:
+        rows = run_estimate(args.shapes, args.dtypes, args.masks, args.reduced, args.samples)
+        print(format_table(rows, markdown=args.markdown))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

@@ -154,6 +154,29 @@ def test_dense_keeps_the_dtype_and_rounds_the_float32_product_once(dtype):
         assert torch.equal(out, (x.float() * factor).to(dtype))
 
 
+@pytest.mark.parametrize("share_channels", [False, True])
+def test_dense_autograd_saves_a_byte_a_unit_not_a_float32_mask(share_channels):
+    x = (torch.rand(2, 8, 9, 10) + 0.5).half().requires_grad_()
+    saved = []
+
+    def pack(tensor):
+        saved.append(tensor)
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        out = drop_block_2d(x, 0.6, 3, share_channels=share_channels, backend="dense")
+    saved_bytes = sum(t.numel() * t.element_size() for t in saved)
+    if share_channels:
+        # One float32 keep x factor map per sample: 4 bytes a unit of one channel.
+        assert saved_bytes == 4 * 2 * 9 * 10
+    else:
+        # The bool keep mask and one float32 factor for the batch.
+        assert {t.dtype for t in saved} == {torch.bool, torch.float32}
+        assert saved_bytes == x.numel() + 4
+    (grad,) = torch.autograd.grad(out, x, torch.ones_like(out))
+    assert torch.equal(grad == 0, out == 0)
+
+
 def test_dense_empty_batch_all_dropped_and_identity_cases():
     empty = torch.ones(0, 3, 5, 5)
     assert drop_block_2d(empty, 0.5, 3, backend="dense") is empty

@@ -21,6 +21,7 @@ tl = pytest.importorskip("triton.language")
 ESTIMATOR_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_estimate.py"
 # The goal shape of the most mask planes per element (the per-channel mask costs most there).
 BUDGET_SHAPE = "8x2048x20x20"
+DTYPES = ("fp16", "bf16", "fp32")
 BYTES_GOAL = 1.10
 TIME_GOAL = 1.30
 
@@ -88,11 +89,11 @@ def test_a_kernel_with_a_for_loop_is_flagged(estimator):
 
 @pytest.fixture(scope="module")
 def budget_rows(tmp_path_factory):
-    """The estimator's rows for the budget shape, fp16 and fp32, both mask kinds."""
+    """The estimator's rows for the budget shape, every dtype, both mask kinds."""
     out = tmp_path_factory.mktemp("estimate") / "estimate.json"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     command = [sys.executable, str(ESTIMATOR_PATH), "--shapes", BUDGET_SHAPE, "--json", str(out)]
-    subprocess.run(command + ["--dtypes", "fp16", "fp32"], env=env, check=True)
+    subprocess.run(command + ["--dtypes", *DTYPES], env=env, check=True)
     return json.loads(out.read_text())
 
 
@@ -103,7 +104,7 @@ def _describe(row):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mask", ["per-channel", "shared"])
-@pytest.mark.parametrize("dtype", ["fp16", "fp32"])
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_kernels_issue_no_more_instructions_than_the_time_goal_allows(budget_rows, mask, dtype):
     (row,) = [r for r in budget_rows if r["mask"] == mask and r["dtype"] == dtype]
     # instruction_budget is what the floor's time allows; the goal allows TIME_GOAL times that.
@@ -113,7 +114,7 @@ def test_kernels_issue_no_more_instructions_than_the_time_goal_allows(budget_row
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mask", ["per-channel", "shared"])
-@pytest.mark.parametrize("dtype", ["fp16", "fp32"])
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_kernels_move_at_most_a_tenth_more_bytes_than_the_floor(budget_rows, mask, dtype):
     (row,) = [r for r in budget_rows if r["mask"] == mask and r["dtype"] == dtype]
     assert row["bytes_x_floor"] <= BYTES_GOAL, f"{row['case']}: {row['bytes_x_floor']:.3f}x"
@@ -121,10 +122,44 @@ def test_kernels_move_at_most_a_tenth_more_bytes_than_the_floor(budget_rows, mas
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mask", ["per-channel", "shared"])
-@pytest.mark.parametrize("dtype", ["fp16", "fp32"])
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_estimated_time_is_within_the_goal(budget_rows, mask, dtype):
     (row,) = [r for r in budget_rows if r["mask"] == mask and r["dtype"] == dtype]
     assert row["time_x_floor"] <= TIME_GOAL, f"{row['case']}: {row['time_x_floor']:.2f}x floor"
+
+
+# The dense backend's bytes, forward + backward, as a multiple of the floor's: a per-channel mask
+# is built from float32 noise and applied in two passes each way; a shared one in one.
+DENSE_BYTES_GOAL = {"per-channel": 5.0, "shared": 1.05}
+
+
+@pytest.mark.parametrize("mask", ["per-channel", "shared"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dense_backend_moves_at_most_its_bytes_goal_on_the_largest_goal_map(estimator, mask, dtype):
+    row = estimator.dense_count(estimator.SHAPES[0], dtype, mask)
+    assert row["bytes_x_floor"] <= DENSE_BYTES_GOAL[mask], f"{row['case']}: {row['ops']}"
+    # Window sums, not max_pool2d: on a GPU that also writes int64 indices (8 bytes a unit).
+    assert "max_pool2d_with_indices" not in row["ops"]
+
+
+class _Kernel:
+    """What the estimator reads of a Triton kernel object to key its launches."""
+
+    def fn():
+        pass
+
+
+def test_launches_differing_only_in_tensor_dtypes_share_a_control_key(estimator):
+    import torch
+
+    def key(x, *scalars):
+        return estimator._control_key(_Kernel, [x, *scalars], {"BLOCK": 256}, (4, 1, 1))
+
+    half, single = torch.zeros(64, dtype=torch.float16), torch.zeros(64, dtype=torch.float32)
+    assert key(half, 3) == key(single, 3)
+    assert key(half, 3) != key(torch.zeros(128, dtype=torch.float16), 3)
+    assert key(half, 3) != key(half, 4)
+    assert key(half, 3) != estimator._control_key(_Kernel, [half, 3], {"BLOCK": 512}, (4, 1, 1))
 
 
 def static_range(n):

@@ -1,8 +1,14 @@
-"""Dense DropBlock: seeds as dense noise, blocks by a max-pool, all bookkeeping on the device.
+"""Dense DropBlock: dense noise, blocks by window sums, all bookkeeping on the device.
 
 Launches a fixed handful of element-wise kernels and never reads a value back to the host, so it
 serves compiled graphs (keep_prob as tensor data: no recompiles when it changes), CUDA-graph
 capture, and eager CUDA steps without a host sync.
+
+Narrow intermediates: the float32 noise (gamma needs its resolution) becomes float16 seeds, 0 or
+1, exact; the seeds are summed over each block window (``avg_pool2d`` as a sum: no int64 indices,
+which ``max_pool2d`` writes on CUDA), and any rounding of a positive sum stays positive, so "no
+seed in the window" is exact. The kept units are a bool mask, and autograd saves that
+byte a unit and the per-sample factor, not a float32 mask.
 """
 
 import torch
@@ -11,6 +17,45 @@ import torch.nn.functional as F
 from ._seed_rate import host_gamma, seed_rate_tensor
 
 __all__ = ["drop_block_dense"]
+
+# Seeds 0 and 1 are exact in float16, and a window sum of them, however rounded (+inf past the
+# float16 range), is nonzero exactly when the window holds a seed.
+_SEED_DTYPE = torch.float16
+
+
+def _scaled(t, keep, factor, scale):
+    """``t * keep * factor``, the float32 product rounded once into t's dtype.
+
+    Per-channel masks (``scale`` None): t times the bool ``keep`` (exact), then times ``factor``
+    in place (computed in float32, or float64 for float64 t). A shared mask comes as a float32
+    ``scale`` map (``keep * factor``, 1/C of t's size): one multiply.
+    """
+    if scale is None:
+        return torch.mul(t, keep).mul_(factor)
+    return torch.mul(t, scale, out=torch.empty_like(t))
+
+
+class _MaskedScale(torch.autograd.Function):
+    """y = x * keep * factor; the gradient is the same mask and factor on dy.
+
+    Saves the bool ``keep`` (a byte a unit) and the per-sample ``factor`` for per-channel masks,
+    the float32 scale map for a shared mask.
+    """
+
+    @staticmethod
+    def forward(ctx, x, keep, factor):
+        scale = keep * factor if keep.shape[1] != x.shape[1] else None
+        if scale is None:
+            ctx.save_for_backward(keep, factor)
+        else:
+            ctx.save_for_backward(scale)
+        return _scaled(x, keep, factor, scale)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        saved = ctx.saved_tensors
+        keep, factor, scale = (*saved, None) if len(saved) == 2 else (None, None, saved[0])
+        return _scaled(grad_out, keep, factor, scale), None, None
 
 
 def drop_block_dense(x, keep_prob, block_h, block_w, share_channels, gamma, normalize, generator):
@@ -33,23 +78,20 @@ def drop_block_dense(x, keep_prob, block_h, block_w, share_channels, gamma, norm
         seed_prob = host_gamma(gamma, height, width, block_h, block_w, keep_prob)
         inverse_keep = 1.0 / keep_prob
     noise = torch.rand(corners, dtype=torch.float32, device=x.device, generator=generator)
-    seeds = (noise < seed_prob).float()
-    # A corner at (a, b) covers rows a..a+bh-1: pad by bh-1 (bw-1) on both sides, max-pool.
+    seeds = torch.lt(noise, seed_prob, out=torch.empty_like(noise, dtype=_SEED_DTYPE))
+    # A corner at (a, b) covers rows a..a+bh-1: pad by bh-1 (bw-1) on both sides, sum windows.
     seeds = F.pad(seeds, (block_w - 1, block_w - 1, block_h - 1, block_h - 1))
-    keep = 1.0 - F.max_pool2d(seeds, (block_h, block_w), stride=1)
+    keep = F.avg_pool2d(seeds, (block_h, block_w), stride=1, divisor_override=1) == 0
     if normalize == "expected":
-        factor = inverse_keep
+        if isinstance(inverse_keep, torch.Tensor):
+            factor = inverse_keep.reshape(1, 1, 1, 1)
+        else:
+            factor = torch.full((1, 1, 1, 1), inverse_keep, dtype=torch.float32, device=x.device)
     else:
         dims = (0, 1, 2, 3) if normalize == "batch" else (1, 2, 3)
         # float64 sums: exact counts at any detector batch size (float32 stops at 2**24).
         kept = keep.sum(dim=dims, keepdim=True, dtype=torch.float64)
-        total = keep[0].numel() * (batch if normalize == "batch" else 1)
-        factor = torch.where(
-            kept > 0, torch.div(total, kept.clamp_min(1.0)), torch.zeros_like(kept)
-        ).float()
-    mask = keep * factor
-    if x.dtype in (torch.float16, torch.bfloat16):
-        # The float32 product is rounded once (the factor may not fit in float16); the compiler
-        # fuses the casts into the multiply.
-        return (x.float() * mask).to(x.dtype)
-    return x * mask.to(x.dtype)
+        total = mask_channels * height * width * (batch if normalize == "batch" else 1)
+        # Nothing kept: factor 0 (the output is all zeros), not total / 0.
+        factor = torch.div(total, kept).masked_fill_(kept == 0, 0.0).float()
+    return _MaskedScale.apply(x, keep, factor)

@@ -16,9 +16,10 @@ rate whose expected dropped fraction is exactly ``1 - keep_prob``: unit ``(i, j)
 
 Backends, one private module each, all with these semantics: "sparse" (:mod:`._sparse`: seeds as a
 sorted list, blocks by index fills; fastest on CPU, one host sync per call on accelerators),
-"dense" (:mod:`._dense`: dense noise and a max-pool, no host sync), "triton" (:mod:`._triton`: a
-fused bit-mask kernel and a masked rescale, no host sync; CUDA's "auto"). "auto" picks per device
-(:data:`._backend.AUTO_BACKEND`); a backend that cannot serve a call falls back to "dense".
+"dense" (:mod:`._dense`: dense noise and block-window sums, no host sync), "triton"
+(:mod:`._triton`: a fused bit-mask kernel and a masked rescale, no host sync; CUDA's "auto").
+"auto" picks per device (:data:`._backend.AUTO_BACKEND`); a backend that cannot serve a call
+falls back to "dense".
 """
 
 import numbers
