@@ -354,7 +354,6 @@ SHARED_RUN_GROUPS = {
     "demo": "demo",
     "estimator": "gpu_estimate",
     "budget_rows": "gpu_estimate",
-    "small_val_env": "tune_studies",
     "two_worker_study": "tune_studies",
     "own_data_study": "tune_own_data",
 }
