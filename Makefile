@@ -9,9 +9,13 @@ export OMP_NUM_THREADS ?= 2
 venv:
 	@bash tools/bootstrap_venv.sh
 
+# Test processes (pytest-xdist); each runs one thread, and tests sharing a training run go to one
+# worker (tests/conftest.py).
+TEST_WORKERS ?= 2
+
 # Every test, the slow ones (trainings, subprocesses, see pytest.ini) included.
 test: venv
-	$(PY) -m pytest -q tests
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup tests
 
 # The unit tests only: everything not marked slow.
 test-fast: venv

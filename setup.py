@@ -34,7 +34,7 @@ setup(
         # Peer implementations the operator benchmark compares against.
         "bench": ["timm", "dropblock"],
         "dev": ["pytest", "black", "isort", "ruff"],
-        # The DropBlock search (tools/tune.py): Optuna, and a driver for a PostgreSQL study.
-        "tune": ["optuna>=5.0", "psycopg[binary]>=3.3"],
+        # The DropBlock search (tools/tune.py): Optuna, a PostgreSQL driver, scipy for the verdict.
+        "tune": ["optuna>=5.0", "psycopg[binary]>=3.3", "scipy"],
     },
 )
