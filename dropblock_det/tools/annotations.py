@@ -13,7 +13,7 @@ import os
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from . import data
-from .errors import InputError
+from .errors import InputError, path_problem
 
 logger = logging.getLogger(__name__)
 
@@ -207,19 +207,14 @@ class DatasetChecker:
         cache_key = os.path.abspath(json_file)
         if cache_key in self._parsed_json:
             return self._parsed_json[cache_key]
-        where = f"{where}: annotation file {json_file!r}"
-        if not os.path.isfile(json_file):
-            relative = (
-                ""
-                if os.path.isabs(json_file)
-                else f" (relative to the working directory {os.getcwd()!r})"
-            )
-            problem = "is not a file" if os.path.exists(json_file) else "does not exist"
+        problem = path_problem(json_file)
+        if problem:
             raise InputError(
-                f"{where}{relative} {problem}. Fix the json_file given to register_coco_instances, "
-                "or put the file there (Detectron2's builtin datasets are read from "
-                f"DETECTRON2_DATASETS = {_datasets_root()!r})."
+                f"{where}: annotation file {problem}. Fix the json_file given to "
+                "register_coco_instances, or put the file there (Detectron2's builtin datasets are "
+                f"read from DETECTRON2_DATASETS = {_datasets_root()!r})."
             )
+        where = f"{where}: annotation file {json_file!r}"
         try:
             with open(json_file, "rb") as f:
                 raw = f.read()

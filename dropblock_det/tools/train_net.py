@@ -11,13 +11,7 @@ from detectron2.engine import default_argument_parser, launch
 from . import trainer
 from .validation import InputError
 
-__all__ = [
-    "add_coco_dataset_argument",
-    "build_parser",
-    "cli",
-    "launch_on_every_rank",
-    "parse_command_line",
-]
+__all__ = ["add_coco_dataset_argument", "build_parser", "cli", "parse_command_line"]
 
 
 def build_parser():
@@ -70,12 +64,6 @@ def cli(argv=None, *, main=trainer.main, check_inputs=trainer.check_inputs, tool
     except InputError as error:
         print(f"{tool}: error: {error}", file=sys.stderr)
         return 2
-    launch_on_every_rank(main, args)
-    return 0
-
-
-def launch_on_every_rank(main, args):
-    """Run ``main(args)`` in each process Detectron2's ``launch`` starts for the command line."""
     launch(
         main,
         args.num_gpus,
@@ -84,6 +72,7 @@ def launch_on_every_rank(main, args):
         dist_url=args.dist_url,
         args=(args,),
     )
+    return 0
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ from ..hooks import KEEP_PROB_METRIC, DropBlockSchedule
 from ..modeling import check_placements
 from .config import add_training_config, validate_training_config
 from .data import TRAIN_DATASET, VAL_DATASET, register_dropblock_digits
+from .errors import path_problem
 from .evaluation import build_evaluator
 from .validation import InputError, check_head_batch_norm, check_training_inputs
 
@@ -57,7 +58,6 @@ __all__ = [
     "main",
     "record_eval_results",
     "register_datasets",
-    "setup_cfg",
     "write_eval_results",
 ]
 
@@ -104,15 +104,6 @@ def error_message(error):
     return error.args[0] if len(error.args) == 1 and isinstance(error.args[0], str) else str(error)
 
 
-def setup_cfg(args):
-    """:func:`build_cfg`, then ``default_setup``; the values were checked by :func:`check_inputs`."""
-    cfg = build_cfg(args)
-    default_setup(cfg, args)
-    # The package's own lines (evaluation backend, files written) on the console and in log.txt.
-    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="dropblock_det")
-    return cfg
-
-
 def register_datasets(args):
     """Register the embedded datasets and each ``--coco-dataset`` in this process's catalogs.
 
@@ -134,18 +125,16 @@ def register_datasets(args):
                 f"{flag}: NAME {name!r} is the name of an embedded dataset of dropblock_det; "
                 "choose another NAME, e.g. 'my_train', and use it in DATASETS.TRAIN/TEST."
             )
-        relative = f" (relative to the working directory {os.getcwd()!r})"
-        if not os.path.isfile(json_file):
-            state = "is a folder, not a file" if os.path.isdir(json_file) else "does not exist"
+        problem = path_problem(json_file)
+        if problem:
             raise InputError(
-                f"{flag}: JSON_FILE {json_file!r}{'' if os.path.isabs(json_file) else relative} "
-                f"{state}. Give the path of a COCO instances json."
+                f"{flag}: JSON_FILE {problem}. Give the path of a COCO instances json."
             )
-        if not os.path.isdir(image_root):
-            state = "is a file, not a folder" if os.path.isfile(image_root) else "does not exist"
+        problem = path_problem(image_root, folder=True)
+        if problem:
             raise InputError(
-                f"{flag}: IMAGE_ROOT {image_root!r}{'' if os.path.isabs(image_root) else relative} "
-                f"{state}. Give the folder that the json's 'file_name' entries are relative to."
+                f"{flag}: IMAGE_ROOT {problem}. Give the folder that the json's 'file_name' "
+                "entries are relative to."
             )
         json_file, image_root = os.path.abspath(json_file), os.path.abspath(image_root)
         if name in DatasetCatalog:
@@ -185,25 +174,17 @@ def check_model(cfg):
 
 
 def check_model_builds(build):
-    """``build()`` the model, turning a setting the builders refuse into an :class:`InputError`.
-
-    Some settings only the builders can judge (an FPN that does not fit the meta-architecture, a
-    stage the ResNet does not build, a placement the model lacks). Shared by both tools.
-    """
+    """``build()`` the model; a setting only the builders can judge refused as :class:`InputError`."""
     try:
         return build()
     except InputError:
         raise
     except MODEL_BUILD_ERRORS as error:
-        # A bare KeyError holds only the missing name (a feature, a registry entry): say so.
-        message = f"no {error.args[0]!r} (KeyError)" if _is_bare_key_error(error) else None
-        raise InputError(
-            f"the model cannot be built from this config: {message or error_message(error)}"
-        ) from error
-
-
-def _is_bare_key_error(error):
-    return isinstance(error, KeyError) and len(error.args) == 1 and " " not in str(error.args[0])
+        message = error_message(error)
+        if isinstance(error, KeyError) and " " not in message:
+            # A bare KeyError holds only the missing name (a feature, a registry entry): say so.
+            message = f"no {message!r} (KeyError)"
+        raise InputError(f"the model cannot be built from this config: {message}") from error
 
 
 def create_ddp_model_on_device(model, **kwargs):
@@ -406,7 +387,10 @@ def main(args, trainer_class=Trainer):
         dict or None: the evaluation results with ``--eval-only``, else what ``train`` returns.
     """
     register_datasets(args)
-    cfg = setup_cfg(args)
+    cfg = build_cfg(args)  # its values were checked by check_inputs before launch
+    default_setup(cfg, args)
+    # The package's own lines (evaluation backend, files written) on the console and in log.txt.
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="dropblock_det")
     if args.eval_only:
         model = trainer_class.build_model(cfg)
         checkpoint = DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(

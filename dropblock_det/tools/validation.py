@@ -22,11 +22,11 @@ __all__ = ["InputError", "check_head_batch_norm", "check_training_inputs"]
 def check_training_inputs(cfg, *, check_train=True, check_test=True):
     """Check the config and the datasets it names, raising on the first problem found.
 
-    Checks, in order: the device, the registered builders and the config values; that every name
-    in ``DATASETS.TRAIN`` / ``DATASETS.TEST`` is registered with a COCO evaluator; each dataset's
-    files (:class:`~dropblock_det.tools.annotations.DatasetChecker`, each json parsed once); and
-    that the head's ``NUM_CLASSES`` equals each dataset's number of categories. Nothing is
-    written, except that the embedded ``dropblock_digits_*`` datasets are generated if missing.
+    In order: the device, the registered builders and the config values; that every dataset
+    named is registered (with a COCO evaluator for ``DATASETS.TEST``); each dataset's files
+    (:class:`~dropblock_det.tools.annotations.DatasetChecker`); that the head's ``NUM_CLASSES``
+    equals each dataset's number of categories. Only the embedded datasets may be written
+    (generated if missing).
 
     Args:
         cfg (CfgNode): the final (merged) Detectron2 config.
@@ -37,18 +37,20 @@ def check_training_inputs(cfg, *, check_train=True, check_test=True):
         InputError: one message naming the config key or file at fault and what to do.
     """
     _check_model(cfg)
-
-    datasets_by_key = {}
-    if check_train:
-        datasets_by_key["DATASETS.TRAIN"] = _dataset_names(cfg, "TRAIN")
-        if not datasets_by_key["DATASETS.TRAIN"]:
-            raise InputError(
-                "DATASETS.TRAIN is empty, so there is nothing to train on. Set it to registered "
-                "dataset names in the config file, e.g. DATASETS.TRAIN \"('dropblock_digits_train',)\"."
-            )
-    if check_test:
-        datasets_by_key["DATASETS.TEST"] = _dataset_names(cfg, "TEST")
-
+    # Detectron2's get_detection_dataset_dicts also accepts a single name.
+    datasets_by_key = {
+        f"DATASETS.{split}": [names] if isinstance(names, str) else list(names)
+        for split, names, wanted in (
+            ("TRAIN", cfg.DATASETS.TRAIN, check_train),
+            ("TEST", cfg.DATASETS.TEST, check_test),
+        )
+        if wanted
+    }
+    if check_train and not datasets_by_key["DATASETS.TRAIN"]:
+        raise InputError(
+            "DATASETS.TRAIN is empty, so there is nothing to train on. Set it to registered "
+            "dataset names in the config file, e.g. DATASETS.TRAIN \"('dropblock_digits_train',)\"."
+        )
     # All names first: a typo is reported before any large json is parsed.
     for key, names in datasets_by_key.items():
         for name in names:
@@ -58,22 +60,12 @@ def check_training_inputs(cfg, *, check_train=True, check_test=True):
                     check_evaluator_type(name)
                 except ValueError as error:
                     raise InputError(f"DATASETS.TEST: {error}") from error
-
-    checker = DatasetChecker(require_masks=cfg.MODEL.MASK_ON)
-    checked = set()
+    checker, checked = DatasetChecker(require_masks=cfg.MODEL.MASK_ON), set()
     for key, names in datasets_by_key.items():
-        for name in names:
-            if name in checked:
-                continue
+        for name in dict.fromkeys(n for n in names if n not in checked):  # in order, once
             checked.add(name)
             num_categories = checker.check(name, key, require_annotations=key == "DATASETS.TRAIN")
             _check_num_classes(cfg, name, key, num_categories)
-
-
-def _dataset_names(cfg, split):
-    names = cfg.DATASETS[split]
-    # Detectron2's get_detection_dataset_dicts also accepts a single name.
-    return [names] if isinstance(names, str) else list(names)
 
 
 def _close_matches_hint(name, candidates):
