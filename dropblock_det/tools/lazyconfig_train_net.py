@@ -116,9 +116,7 @@ def _checks_view(cfg, model):
 
 def _dataset_names(loader):
     dataset = loader.get("dataset") if loader is not None else None
-    names = dataset.get("names") if hasattr(dataset, "get") else None
-    if names is None:
-        return ()
+    names = (dataset.get("names") if hasattr(dataset, "get") else None) or ()
     return (names,) if isinstance(names, str) else tuple(names)
 
 
@@ -132,7 +130,7 @@ def _lazy_message(error):
 
 
 def build_model(cfg):
-    """Instantiate ``cfg.model`` (on the CPU) and :func:`~dropblock_det.check_placements` it.
+    """Instantiate ``cfg.model`` (on the CPU), :func:`~dropblock_det.check_placements` checked.
 
     Returns:
         tuple(nn.Module, CfgNode): the model and the yaml view the shared checks and evaluator read.
@@ -155,11 +153,10 @@ def check_inputs(args):
 
 
 def do_test(cfg, model, view, iteration=None):
-    """Evaluate ``model`` on ``cfg.dataloader.test`` and write ``eval_results.json``.
+    """Evaluate on ``cfg.dataloader.test``, write ``eval_results.json``; None without an evaluator.
 
-    A ``COCOEvaluator`` node is replaced by :func:`~.evaluation.build_evaluator`'s evaluator, as
-    in the yaml tool; any other is instantiated. ``iteration`` as for
-    :func:`~.trainer.record_eval_results`. Returns the results, None without an evaluator.
+    A ``COCOEvaluator`` node becomes :func:`~.evaluation.build_evaluator`'s evaluator, as in the
+    yaml tool. ``iteration`` as for :func:`~.trainer.record_eval_results`.
     """
     # No evaluator (absent, or `dataloader.evaluator=null` on the command line): no inference.
     node = cfg.dataloader.get("evaluator")
@@ -222,8 +219,8 @@ def do_train(args, cfg):
 def _writers(output_dir, max_iter, period):
     """Detectron2's ``default_writers``, the console printer's window no longer than the period.
 
-    The printer shows each ``[metric]`` scalar's median over its window: a window longer than
-    ``train.log_period`` would print a median of keep_probs, not the printed iteration's value.
+    The printer shows each ``[metric]`` scalar's median over its window: over a longer window, a
+    median of keep_probs instead of the printed iteration's value.
     """
     window = min(period, _PRINTER_WINDOW)
     return [

@@ -85,16 +85,16 @@ def build_cfg(args):
     cfg = get_cfg()
     add_dropblock_config(cfg)
     add_training_config(cfg)
-    # yacs reports an unknown key (KeyError), a value of the wrong type (ValueError) or an odd
-    # number of command-line options (AssertionError) with the key in the message.
-    try:
-        cfg.merge_from_file(args.config_file)
-    except (KeyError, ValueError, AssertionError) as error:
-        raise InputError(f"--config-file {args.config_file!r}: {error_message(error)}") from error
-    try:
-        cfg.merge_from_list(args.opts or [])
-    except (KeyError, ValueError, AssertionError) as error:
-        raise InputError(f"command-line options: {error_message(error)}") from error
+    for source, merge, values in (
+        (f"--config-file {args.config_file!r}", cfg.merge_from_file, args.config_file),
+        ("command-line options", cfg.merge_from_list, args.opts or []),
+    ):
+        # yacs reports an unknown key (KeyError), a value of the wrong type (ValueError) or an
+        # odd number of command-line options (AssertionError) with the key in the message.
+        try:
+            merge(values)
+        except (KeyError, ValueError, AssertionError) as error:
+            raise InputError(f"{source}: {error_message(error)}") from error
     cfg.freeze()
     return cfg
 
@@ -105,11 +105,10 @@ def error_message(error):
 
 
 def register_datasets(args):
-    """Register the embedded datasets and each ``--coco-dataset`` in this process's catalogs.
+    """Register the embedded datasets and each ``--coco-dataset`` (``register_coco_instances``).
 
-    Each ``--coco-dataset NAME JSON_FILE IMAGE_ROOT`` goes through ``register_coco_instances``
-    (absolute paths). Called before ``launch`` and in every training process; registering the
-    same NAME with the same files again is a no-op.
+    Called before ``launch`` and in every training process; the same NAME with the same files
+    again is a no-op.
 
     Raises:
         InputError: naming ``--coco-dataset`` and the value when JSON_FILE is not a file,
@@ -199,11 +198,7 @@ def create_ddp_model_on_device(model, **kwargs):
 
 
 def write_eval_results(output_dir, results, iteration=None):
-    """Write ``{"iteration", "results"}`` to ``output_dir/eval_results.json`` atomically.
-
-    Returns:
-        str: the path written.
-    """
+    """Write ``{"iteration", "results"}`` to ``output_dir/eval_results.json`` atomically; its path."""
     os.makedirs(output_dir, exist_ok=True)
     path = os.path.join(output_dir, EVAL_RESULTS_FILE)
     payload = {"iteration": iteration, "results": results}
@@ -225,9 +220,8 @@ def write_eval_results(output_dir, results, iteration=None):
 def record_eval_results(output_dir, results, iteration, max_iter):
     """On the main process, write ``eval_results.json`` and log its path; shared by both tools.
 
-    ``iteration`` is the training steps the weights have had; None reads those of the running
-    training (EvalHook evaluates after step ``i``, ``i + 1`` steps done, and in ``after_train``
-    at ``max_iter``), and stays None outside training.
+    ``iteration``: the training steps the weights have had; None reads those of the running
+    training (EvalHook runs after step ``i``: ``i + 1`` done, ``max_iter`` in ``after_train``).
     """
     if iteration is None:
         try:
@@ -259,10 +253,7 @@ class KeepProbOnConsole(EventWriter):
 
 
 class Trainer(DefaultTrainer):
-    """Detectron2's DefaultTrainer with the COCO evaluator and the DropBlock schedule hook.
-
-    Multi-process training also runs on CPUs (gloo), e.g. to test it without GPUs.
-    """
+    """Detectron2's DefaultTrainer with the COCO evaluator and the DropBlock schedule hook."""
 
     def __init__(self, cfg):
         """DefaultTrainer's ``__init__``; with several CPU processes, its copy below."""
@@ -299,9 +290,7 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_optimizer(cls, cfg, model):
-        """Detectron2's SGD, or with SOLVER.OPTIMIZER "ADAMW" AdamW on the same parameter groups.
-
-        Both get Detectron2's gradient clipping.
+        """Detectron2's SGD, or AdamW on the same groups (SOLVER.OPTIMIZER); both clip gradients.
 
         Raises:
             ValueError: naming SOLVER.OPTIMIZER when it is neither "SGD" nor "ADAMW".
@@ -326,11 +315,7 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
-        """Detectron2's train loader; with INPUT.SCALE_JITTER, the paper's scale jitter (§4.3).
-
-        The jitter (see ``add_training_config``) then INPUT.RANDOM_FLIP; boxes cut away by the
-        crop are dropped.
-        """
+        """Detectron2's train loader; with INPUT.SCALE_JITTER, the paper's (§4.3), then the flip."""
         jitter = cfg.INPUT.SCALE_JITTER
         if not jitter.ENABLED:
             return super().build_train_loader(cfg)

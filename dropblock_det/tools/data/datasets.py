@@ -63,10 +63,12 @@ def read_manifest(dataset_dir):
 
 def _stale_keys(manifest, spec):
     """The spec keys in which a manifest differs from ``spec``; None without a manifest."""
-    if manifest is None:
-        return None
-    stored, wanted = manifest["spec"], spec.to_dict()
-    return sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
+    stored, wanted = (manifest or {}).get("spec"), spec.to_dict()
+    return (
+        None
+        if stored is None
+        else sorted(k for k in {**stored, **wanted} if stored.get(k) != wanted.get(k))
+    )
 
 
 def prepare_dataset(dataset_dir=None, spec=None, force=False, progress=None):
@@ -105,9 +107,8 @@ def prepare_dataset(dataset_dir=None, spec=None, force=False, progress=None):
                     "registered datasets: the DETECTRON2_DATASETS environment variable)."
                 )
             os.rmdir(dataset_dir)  # an empty folder: nothing to lose
-        for leftover in glob.glob(os.path.join(parent, f".{base}.tmp-*")) + glob.glob(
-            os.path.join(parent, f".{base}.old-*")
-        ):
+        leftovers = glob.glob(os.path.join(parent, f".{base}.tmp-*"))
+        for leftover in leftovers + glob.glob(os.path.join(parent, f".{base}.old-*")):
             logger.info("Removing %s, left by an interrupted generation.", leftover)
             shutil.rmtree(leftover, ignore_errors=True)
         if stale and not force:
@@ -115,12 +116,8 @@ def prepare_dataset(dataset_dir=None, spec=None, force=False, progress=None):
                 "Regenerating stale dataset %s (differs in: %s).", dataset_dir, ", ".join(stale)
             )
         else:
-            logger.info(
-                "Generating dataset %s (%d train, %d val images).",
-                dataset_dir,
-                spec.num_train,
-                spec.num_val,
-            )
+            sizes = f"{spec.num_train} train, {spec.num_val} val images"
+            logger.info("Generating dataset %s (%s).", dataset_dir, sizes)
         suffix = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         staging = os.path.join(parent, f".{base}.tmp-{suffix}")
         retired = os.path.join(parent, f".{base}.old-{suffix}")

@@ -46,8 +46,8 @@ def _invalid(owner, name, value, expected):
     return ValueError(f"{owner}.{name} = {value!r} is invalid: expected {expected}.")
 
 
-def _is_int(value):
-    return isinstance(value, int) and not isinstance(value, bool)
+def _is_number(value, kind=(int, float)):
+    return isinstance(value, kind) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -70,28 +70,23 @@ class SceneParams:
 
     def __post_init__(self):
         size = self.image_size
-        if not _is_int(size) or not 32 <= size <= 4096:
+        if not _is_number(size, int) or not 32 <= size <= 4096:
             raise _invalid("SceneParams", "image_size", size, "an integer in [32, 4096]")
-        for name, high in (("digits_per_image", 64), ("digit_height", size // 2)):
+        for name, low, high in (("digits_per_image", 1, 64), ("digit_height", 6, size // 2)):
             value = getattr(self, name)
             if isinstance(value, list):  # tuples stay hashable and equal after a json trip
                 value = tuple(value)
                 object.__setattr__(self, name, value)
-            low = 1 if name == "digits_per_image" else 6
             if not (
                 isinstance(value, tuple)
                 and len(value) == 2
-                and all(map(_is_int, value))
+                and all(_is_number(v, int) for v in value)
                 and low <= value[0] <= value[1] <= high
             ):
                 expected = f"a (min, max) pair of integers with min <= max, both in [{low}, {high}]"
                 raise _invalid("SceneParams", name, value, expected)
         contrast = self.min_contrast
-        if (
-            isinstance(contrast, bool)
-            or not isinstance(contrast, (int, float))
-            or not 0.0 <= contrast <= 0.5
-        ):
+        if not _is_number(contrast) or not 0.0 <= contrast <= 0.5:
             raise _invalid("SceneParams", "min_contrast", contrast, "a number in [0.0, 0.5]")
 
 
@@ -115,7 +110,7 @@ class DatasetSpec:
 
     def __post_init__(self):
         for name in ("seed", "num_train", "num_val"):
-            if not _is_int(getattr(self, name)) or getattr(self, name) < 0:
+            if not _is_number(getattr(self, name), int) or getattr(self, name) < 0:
                 raise _invalid("DatasetSpec", name, getattr(self, name), "a non-negative integer")
         if self.num_train + self.num_val == 0:
             raise ValueError("DatasetSpec.num_train and num_val are both 0: nothing to generate.")

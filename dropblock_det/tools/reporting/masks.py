@@ -53,12 +53,11 @@ def draw_dropblock_masks(
     keep_prob=0.9,
     gamma="exact",
     seed=0,
-    title=None,
 ):
     """Write a PNG grid over ``image``: a row per stride, a column per block size, drops in red.
 
     ``image`` is ``(H, W, 3)`` uint8 RGB; every panel draws one mask at ``keep_prob`` with the
-    ``gamma`` rule from one generator seeded with ``seed``; ``title`` defaults to the settings.
+    ``gamma`` rule from one generator seeded with ``seed``.
     """
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3:
@@ -99,8 +98,7 @@ def draw_dropblock_masks(
                 label = f"stride {stride}{stage_of.get(stride, '')}\n{map_h}x{map_w} map"
                 ax.set_ylabel(label, fontsize="medium")
     fig.suptitle(
-        title
-        or f"DropBlock masks of one channel, one draw each (keep_prob {keep_prob:g}: "
+        f"DropBlock masks of one channel, one draw each (keep_prob {keep_prob:g}: "
         f"{1 - keep_prob:.0%} dropped on average; gamma '{gamma}', seed {seed})\n"
         "red: dropped feature-map units, drawn over the pixels they cover"
     )
