@@ -225,14 +225,10 @@ class FasterCOCOEvaluator(DatasetEvaluator):
 
 
 def coco_eval_backend(cfg):
-    """Name the COCOeval that :func:`build_coco_evaluator` uses for ``cfg`` in this environment.
+    """Name the COCOeval :func:`build_coco_evaluator` uses here; ValueError for a bad TEST key.
 
-    Returns:
-        str: ``"faster-coco-eval <version>"``, ``"detectron2 COCOeval_opt"`` (TEST.FAST_COCO_EVAL
-        True, faster-coco-eval missing, Detectron2's C++ built) or ``"pycocotools"``.
-
-    Raises:
-        ValueError: when ``cfg.TEST.FAST_COCO_EVAL`` is missing or not a bool.
+    ``"faster-coco-eval <version>"``, ``"detectron2 COCOeval_opt"`` (TEST.FAST_COCO_EVAL True,
+    faster-coco-eval missing, Detectron2's C++ built) or ``"pycocotools"``.
     """
     validate_training_config(cfg)
     if not cfg.TEST.FAST_COCO_EVAL:

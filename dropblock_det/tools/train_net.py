@@ -48,15 +48,8 @@ def parse_command_line(argv=None):
 def cli(argv=None, *, main=trainer.main, check_inputs=trainer.check_inputs, tool="train_net.py"):
     """Parse the command line, check the inputs, then run ``main`` on every rank.
 
-    Args:
-        argv (list[str] or None): the arguments; None reads ``sys.argv``.
-        main (callable): the per-rank function, ``main(args)``; picklable by name when several
-            processes are launched.
-        check_inputs (callable): ``check_inputs(args)``, raising :class:`InputError`.
-        tool (str): the name the error message starts with.
-
-    Returns:
-        int: the exit status (2 for a bad flag, config value or dataset file).
+    ``main(args)`` must be picklable by name; ``check_inputs(args)`` raises :class:`InputError`,
+    printed after ``tool``'s name. Returns the exit status (2 for a bad flag, value or file).
     """
     args = parse_command_line(argv)
     try:

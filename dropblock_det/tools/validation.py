@@ -109,18 +109,9 @@ def _check_model(cfg):
 def check_head_batch_norm(cfg, model, world_size=1):
     """Refuse one training image per process where BN in the RetinaNet head sees a 1x1 map.
 
-    BatchNorm in training needs more than one value per channel; a 1x1 top level with one image
-    fails deep inside the first forward pass with PyTorch's "Expected more than 1 value per
-    channel", which names neither the batch nor the norm. The levels and their strides are read
-    from the built model.
-
-    Args:
-        cfg (CfgNode): the run's config.
-        model (nn.Module): the model built from it.
-        world_size (int): training processes over all machines.
-
-    Raises:
-        InputError: naming SOLVER.IMS_PER_BATCH and MODEL.RETINANET.NORM.
+    Otherwise the first forward pass fails with PyTorch's "Expected more than 1 value per
+    channel", which names neither the batch nor the norm. ``world_size``: training processes over
+    all machines. The InputError names SOLVER.IMS_PER_BATCH and MODEL.RETINANET.NORM.
     """
     world_size = max(world_size, 1)
     if not isinstance(model, RetinaNet) or cfg.SOLVER.IMS_PER_BATCH // world_size > 1:

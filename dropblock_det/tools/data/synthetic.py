@@ -96,8 +96,7 @@ class DatasetSpec:
 
     Attributes:
         seed (int): master seed (source split, every scene).
-        num_train (int): number of train images.
-        num_val (int): number of val images.
+        num_train, num_val (int): images per split.
         scene (SceneParams): what each scene holds.
         val_source_fraction (float): fraction of each class's source digits kept for val.
     """

@@ -167,12 +167,8 @@ def read_run(path, name=None, dataset=None):
     """Read one run folder (labelled ``name``, the folder name when None).
 
     The metrics come from eval_results.json when readable, else from the last evaluation logged in
-    metrics.json. With several test datasets, ``dataset`` (default ``DATASETS.TEST[0]``) is the one
-    reported.
-
-    Raises:
-        NotARunFolderError: when ``path`` holds none of the run files.
-        ValueError: when the run has no results for ``dataset``.
+    metrics.json; ``dataset`` (default ``DATASETS.TEST[0]``) picks one of several test datasets.
+    NotARunFolderError when ``path`` holds no run file, ValueError without results for ``dataset``.
     """
     path = Path(path)
     if not path.is_dir():
