@@ -20,6 +20,7 @@ from detectron2.data import (
 )
 from detectron2.data import transforms as T
 from detectron2.data.datasets import register_coco_instances
+from detectron2.data.detection_utils import build_augmentation
 from detectron2.engine import (
     AMPTrainer,
     DefaultTrainer,
@@ -320,19 +321,13 @@ class Trainer(DefaultTrainer):
         if not jitter.ENABLED:
             return super().build_train_loader(cfg)
         size = jitter.TARGET_SIZE
-        augmentations = [
+        mapper_args = DatasetMapper.from_config(cfg, is_train=True)
+        mapper_args["augmentations"] = [
             T.ResizeScale(jitter.MIN_SCALE, jitter.MAX_SCALE, size, size),
             T.FixedSizeCrop((size, size), pad=True),
+            # Detectron2's training augmentations after its ResizeShortestEdge: INPUT.RANDOM_FLIP.
+            *build_augmentation(cfg, is_train=True)[1:],
         ]
-        if cfg.INPUT.RANDOM_FLIP != "none":
-            augmentations.append(
-                T.RandomFlip(
-                    horizontal=cfg.INPUT.RANDOM_FLIP == "horizontal",
-                    vertical=cfg.INPUT.RANDOM_FLIP == "vertical",
-                )
-            )
-        mapper_args = DatasetMapper.from_config(cfg, is_train=True)
-        mapper_args["augmentations"] = augmentations
         return build_detection_train_loader(cfg, mapper=DatasetMapper(**mapper_args))
 
     @classmethod

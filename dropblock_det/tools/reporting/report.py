@@ -72,7 +72,7 @@ def write_report(
         )
     rows = build_rows(runs, include_paper=include_paper)
     figures = {
-        "ap": plot_ap(runs, out_dir / FIGURE_NAMES["ap"], include_paper, decimals),
+        "ap": plot_ap(runs, rows, out_dir / FIGURE_NAMES["ap"], decimals),
         "keep_prob": plot_keep_prob(runs, out_dir / FIGURE_NAMES["keep_prob"]),
         "loss": plot_losses(runs, out_dir / FIGURE_NAMES["loss"]),
     }
