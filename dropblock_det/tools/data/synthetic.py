@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -341,19 +342,17 @@ def write_dataset(out_dir, spec, progress=None):
             f"annotations/instances_{split}.json", json.dumps(coco, separators=(",", ":")).encode()
         )
         heights = [a["bbox"][3] for a in coco_annotations]
-        classes = np.array([a["category_id"] for a in coco_annotations], dtype=np.int64)
-        counts = np.bincount(classes - CATEGORY_ID_OFFSET, minlength=len(CLASS_NAMES)).tolist()
-        quartiles = {}
-        if heights:
-            q = np.percentile(np.asarray(heights, dtype=np.float64), [0, 25, 50, 75, 100])
-            names = ("min", "q1", "median", "q3", "max")
-            quartiles = {k: round(float(v), 1) for k, v in zip(names, q, strict=True)}
+        quartiles = np.percentile(heights, [0, 25, 50, 75, 100]).tolist() if heights else []
+        counts = Counter(a["category_id"] - CATEGORY_ID_OFFSET for a in coco_annotations)
         summary[split] = {
             "images": total,
             "boxes": len(coco_annotations),
-            "boxes_per_class": dict(zip(CLASS_NAMES, counts, strict=True)),
+            "boxes_per_class": {name: counts[digit] for digit, name in enumerate(CLASS_NAMES)},
             "source_digits": int(len(pools[split])),
-            "box_height_px": quartiles,
+            "box_height_px": {
+                k: round(v, 1)
+                for k, v in zip(("min", "q1", "median", "q3", "max"), quartiles, strict=False)
+            },
         }
     manifest = {
         "spec": spec.to_dict(),
