@@ -72,11 +72,10 @@ def faster_cocoeval(coco_gt, coco_dt, iou_type):
 
 
 class FasterCOCOEvaluator(DatasetEvaluator):
-    """Box/mask AP of a COCO-format dataset with faster-coco-eval, returning COCOEvaluator's dict.
+    """Box/mask AP with faster-coco-eval: COCOEvaluator's dict and files; :attr:`backend` names it.
 
-    ``{task: {"AP", "AP50", "AP75", "APs", "APm", "APl", "AP-<class>"...}}`` on the 0-100 scale,
-    NaN where COCO cannot compute a metric, ``{}`` without predictions and off the main process;
-    with ``output_dir``, COCOEvaluator's files there. :attr:`backend` names it.
+    ``{task: {"AP", ..., "APl", "AP-<class>"...}}`` on the 0-100 scale, NaN where COCO cannot
+    compute a metric, ``{}`` without predictions and off the main process.
     """
 
     def __init__(
@@ -88,19 +87,11 @@ class FasterCOCOEvaluator(DatasetEvaluator):
         *,
         max_dets_per_image=None,
     ):
-        """
-        Args:
-            dataset_name (str): a dataset registered in Detectron2's DatasetCatalog.
-            tasks (tuple[str]): a subset of :data:`FASTER_COCO_EVAL_IOU_TYPES`.
-            distributed (bool): gather the predictions of all ranks, evaluate on the main one.
-            output_dir (str or None): where predictions are dumped and, for a dataset registered
-                without ``json_file``, its converted COCO json; None dumps nothing.
-            max_dets_per_image (int or None): detections per image counted by AP, as for
-                COCOEvaluator (None: 100).
+        """COCOEvaluator's arguments, ``tasks`` a subset of :data:`FASTER_COCO_EVAL_IOU_TYPES`.
 
-        Raises:
-            ImportError: faster-coco-eval is not installed.
-            ValueError: an unsupported task or limit, or neither json_file nor output_dir.
+        ``output_dir`` also holds the converted COCO json of a dataset registered without
+        ``json_file``. ImportError without faster-coco-eval; ValueError for an unsupported task or
+        limit, or neither json_file nor output_dir.
         """
         version = faster_coco_eval_version()
         if version is None:

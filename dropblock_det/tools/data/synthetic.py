@@ -274,8 +274,7 @@ def _content_hash(file_digests):
 def write_dataset(out_dir, spec, progress=None):
     """Render ``spec`` into the existing empty ``out_dir``; return the manifest it writes last.
 
-    Neither locked nor atomic (``datasets.prepare_dataset`` is); ``progress(split, done, total)``
-    is called after each image.
+    Not atomic (``datasets.prepare_dataset`` is); ``progress(split, done, total)`` after each image.
     """
     images, labels = load_source_digits()
     pools = split_source_indices(labels, spec.seed, spec.val_source_fraction)
@@ -367,11 +366,7 @@ def write_dataset(out_dir, spec, progress=None):
 
 
 def hash_dataset_files(dataset_dir):
-    """The content hash of the files under ``annotations/`` and the splits, as now on disk.
-
-    Equals the manifest's ``content_sha256`` when nothing was altered; other files (the
-    manifest, a preview) are not content.
-    """
+    """The hash of the files under ``annotations/`` and the splits: the manifest's if unaltered."""
     digests = {}
     for folder in ("annotations", *SPLITS):
         for parent, _, files in os.walk(os.path.join(dataset_dir, folder)):

@@ -202,11 +202,7 @@ def read_run(path, name=None, dataset=None):
 
 
 def read_runs(paths, names=None, dataset=None):
-    """Read several run folders with :func:`read_run`, named by ``names`` or distinct folder names.
-
-    Raises:
-        ValueError: for no paths or a wrong number of names.
-    """
+    """:func:`read_run` of each path, named by ``names`` or distinct folder names; ValueError."""
     paths = [Path(p) for p in paths]
     if not paths:
         raise ValueError("no run folders given: pass at least one Detectron2 OUTPUT_DIR")
