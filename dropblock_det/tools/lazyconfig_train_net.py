@@ -63,33 +63,26 @@ def load_config(args):
     return LazyConfig.apply_overrides(LazyConfig.load(args.config_file), args.opts or [])
 
 
-def checked_dropblock_settings(cfg):
-    """``cfg.dropblock`` instantiated, None without the node.
+def _checks_view(cfg, model):
+    """The yaml keys the shared checks and evaluator read, filled from a LazyConfig and its model.
 
     Raises:
-        InputError: for an invalid value, or overrides of a ``dropblock`` node the config lacks.
+        InputError: for an invalid ``dropblock`` value, or overrides of a node the config lacks.
     """
+    view = get_cfg()
+    add_dropblock_config(view)
+    add_training_config(view)
     node = cfg.get(DROPBLOCK_KEY)
-    if node is None:
-        return None
-    if "_target_" not in node:
+    if node is not None and "_target_" not in node:
         # LazyConfig.apply_overrides creates the keys it is given.
         raise InputError(
             f"{DROPBLOCK_KEY}.* overrides given, but the config has no {DROPBLOCK_KEY!r} node: "
             "add it in the config file with dropblock_det.lazyconfig.add_dropblock(cfg, ...)."
         )
     try:
-        return dropblock_settings_of(cfg)
+        settings = dropblock_settings_of(cfg)
     except (KeyError, ValueError) as error:
         raise InputError(_lazy_message(error)) from error
-
-
-def _checks_view(cfg, model):
-    """The yaml keys the shared checks and evaluator read, filled from a LazyConfig and its model."""
-    view = get_cfg()
-    add_dropblock_config(view)
-    add_training_config(view)
-    settings = checked_dropblock_settings(cfg)
     if settings is not None:
         view.MODEL.DROPBLOCK = settings
     view.OUTPUT_DIR = cfg.train.output_dir

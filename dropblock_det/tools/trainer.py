@@ -151,11 +151,7 @@ def register_datasets(args):
 
 
 def check_inputs(args):
-    """Check the config, the datasets and the model it builds, once per machine before ``launch``.
-
-    Raises:
-        InputError: naming the flag, config key or file at fault.
-    """
+    """Check the config, its datasets and model once per machine before ``launch``: InputError."""
     register_datasets(args)
     cfg = build_cfg(args)
     check_training_inputs(cfg, check_train=not args.eval_only)
@@ -188,10 +184,9 @@ def check_model_builds(build):
 
 
 def create_ddp_model_on_device(model, **kwargs):
-    """Detectron2's ``create_ddp_model``, with ``device_ids=None`` for a CPU model (gloo).
+    """Detectron2's ``create_ddp_model``; for a CPU model (gloo) ``device_ids=None``, as DDP needs.
 
-    DDP refuses the ``device_ids=[local rank]`` that ``create_ddp_model`` passes by default for a
-    model on the CPU. Shared by both tools.
+    ``create_ddp_model`` passes ``device_ids=[local rank]`` by default. Shared by both tools.
     """
     if all(p.device.type == "cpu" for p in model.parameters()):
         kwargs.setdefault("device_ids", None)
@@ -361,11 +356,7 @@ class Trainer(DefaultTrainer):
 
 
 def main(args, trainer_class=Trainer):
-    """Train (or with ``--eval-only`` evaluate) one run with ``trainer_class``, on every rank.
-
-    Returns:
-        dict or None: the evaluation results with ``--eval-only``, else what ``train`` returns.
-    """
+    """Train (or with ``--eval-only`` evaluate and return the results) one run, on every rank."""
     register_datasets(args)
     cfg = build_cfg(args)  # its values were checked by check_inputs before launch
     default_setup(cfg, args)
