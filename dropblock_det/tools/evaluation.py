@@ -160,22 +160,22 @@ class FasterCOCOEvaluator(DatasetEvaluator):
             file_path = os.path.join(self._output_dir, "coco_instances_results.json")
             logger.info(f"Saving results to {file_path}")
             with PathManager.open(file_path, "w") as f:
-                f.write(json.dumps(coco_results))
+                json.dump(coco_results, f)
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints while loading
             coco_gt = COCO(PathManager.get_local_path(self._json_file))
         if "annotations" not in coco_gt.dataset:  # a test split, scored by the COCO server
             logger.info("Annotations are not available for evaluation.")
             return OrderedDict()
         logger.info(f"Evaluating predictions with {self.backend} ...")
-        results = OrderedDict()
-        for task in self._tasks:
-            coco_eval = (
-                self._cocoeval(coco_gt, coco_results, task, img_ids) if coco_results else None
-            )
-            results[task] = self._derive_results(coco_eval, task)
-        return results
+        return OrderedDict(
+            (task, self._task_results(coco_gt, coco_results, task, img_ids)) for task in self._tasks
+        )
 
-    def _cocoeval(self, coco_gt, coco_results, task, img_ids):
+    def _task_results(self, coco_gt, coco_results, task, img_ids):
+        """COCOEvaluator's metrics of one task."""
+        if not coco_results:
+            logger.warning("No predictions from the model!")
+            return {metric: float("nan") for metric in COCO_METRICS}
         if task == "segm":
             # As Detectron2 does: with a bbox, COCO would size instances by box, not mask, area.
             coco_results = [{k: v for k, v in r.items() if k != "bbox"} for r in coco_results]
@@ -186,13 +186,6 @@ class FasterCOCOEvaluator(DatasetEvaluator):
         coco_eval.evaluate()
         coco_eval.accumulate()
         coco_eval.summarize()
-        return coco_eval
-
-    def _derive_results(self, coco_eval, task):
-        """COCOEvaluator's metrics from a summarized COCOeval (None: no predictions)."""
-        if coco_eval is None:
-            logger.warning("No predictions from the model!")
-            return {metric: float("nan") for metric in COCO_METRICS}
         stats = coco_eval.stats
         results = {
             m: float(stats[i] * 100 if stats[i] >= 0 else "nan") for i, m in enumerate(COCO_METRICS)
