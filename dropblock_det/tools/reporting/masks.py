@@ -8,10 +8,9 @@ import math
 
 import numpy as np
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from ...layers import drop_block_2d
+from .plots import agg_figure
 
 # Detectron2 ResNet output strides.
 RESNET_STAGE_STRIDES = {"res2": 4, "res3": 8, "res4": 16, "res5": 32}
@@ -65,10 +64,7 @@ def draw_dropblock_masks(
     img_h, img_w = image.shape[:2]
     stage_of = {s: f" ({n})" for n, s in RESNET_STAGE_STRIDES.items()}
     panel_h = 2.6 * img_h / img_w + 0.45
-    fig = Figure(
-        figsize=(2.6 * len(block_sizes) + 0.6, panel_h * len(strides) + 0.9), layout="constrained"
-    )
-    FigureCanvasAgg(fig)
+    fig = agg_figure(2.6 * len(block_sizes) + 0.6, panel_h * len(strides) + 0.9)
     axes = fig.subplots(len(strides), len(block_sizes), squeeze=False)
     generator = torch.Generator().manual_seed(seed)
     for row, stride in enumerate(strides):
@@ -78,18 +74,15 @@ def draw_dropblock_masks(
             dropped = sample_dropped_cells(
                 map_h, map_w, keep_prob, block_size, gamma, generator=generator
             )
-            overlay = np.zeros((map_h, map_w, 4))
-            overlay[..., :3] = (0.9, 0.05, 0.05)
-            overlay[..., 3] = np.where(dropped, 0.55, 0.0)
+            overlay = np.where(dropped[..., None], (0.9, 0.05, 0.05, 0.55), 0.0)  # RGBA
             ax.imshow(image, extent=(0, img_w, img_h, 0), interpolation="antialiased")
             # The ceil-sized map can reach past the image; the axis limits cut it.
             extent = (0, map_w * stride, map_h * stride, 0)
             ax.imshow(overlay, extent=extent, interpolation="nearest")
             if min(img_h, img_w) / stride <= 64:  # a finer grid is just noise
-                for x in range(stride, img_w, stride):
-                    ax.axvline(x, color="white", lw=0.4, alpha=0.35)
-                for y in range(stride, img_h, stride):
-                    ax.axhline(y, color="white", lw=0.4, alpha=0.35)
+                grid = {"color": "white", "lw": 0.4, "alpha": 0.35}
+                ax.vlines(range(stride, img_w, stride), 0, img_h, **grid)
+                ax.hlines(range(stride, img_h, stride), 0, img_w, **grid)
             ax.set(xlim=(0, img_w), ylim=(img_h, 0), xticks=[], yticks=[])
             ax.set_title(
                 f"block_size {block_size}: {dropped.mean():.0%} dropped", fontsize="medium"

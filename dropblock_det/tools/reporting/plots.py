@@ -43,7 +43,8 @@ def smooth(values, span):
     return out
 
 
-def _figure(width, height):
+def agg_figure(width, height):
+    """A constrained-layout Figure on its own Agg canvas."""
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
     return fig
@@ -66,7 +67,7 @@ def plot_ap(runs, rows, out_path, decimals=1):
     ``rows`` are :func:`~.table.build_rows`' of ``runs``, the paper's drawn in grey.
     """
     colors = run_colors(len(runs))
-    fig = _figure(13, max(3.6, 0.55 * len(rows) + 1.6))
+    fig = agg_figure(13, max(3.6, 0.55 * len(rows) + 1.6))
     left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.3]})
 
     values = [row.values["AP"] for row in rows]
@@ -118,7 +119,7 @@ def plot_ap(runs, rows, out_path, decimals=1):
 
 def plot_keep_prob(runs, out_path):
     """Write a PNG of the logged keep_prob against iteration; runs without DropBlock at 1.0."""
-    fig = _figure(8, 4.5)
+    fig = agg_figure(8, 4.5)
     ax = fig.subplots()
     drawn, lowest = 0, 1.0
     for run, color in zip(runs, run_colors(len(runs)), strict=True):
@@ -150,7 +151,7 @@ def plot_keep_prob(runs, out_path):
 def plot_losses(runs, out_path):
     """Write a PNG with a panel per logged loss: raw values faint, lightly smoothed on top."""
     present = [(k, t) for k, t in LOSS_KEYS if any(r.log.series(k)[0] for r in runs)]
-    fig = _figure(5.2 * max(1, len(present)), 4.3)
+    fig = agg_figure(5.2 * max(1, len(present)), 4.3)
     if not present:
         _no_data(fig.subplots(), "no run logged a training loss")
         fig.savefig(out_path, dpi=_DPI)
