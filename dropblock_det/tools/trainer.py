@@ -230,10 +230,9 @@ def record_eval_results(output_dir, results, iteration, max_iter):
 
 
 class KeepProbOnConsole(EventWriter):
-    """Puts keep_prob on Detectron2's console metrics line.
+    """Puts keep_prob on the console line: ``CommonMetricPrinter`` prints ``*[metric]*`` scalars.
 
-    ``CommonMetricPrinter`` prints the window median of every scalar named ``*[metric]*``. Listed
-    before it, this writer copies the step's ``dropblock/keep_prob`` to :data:`CONSOLE_KEEP_PROB`.
+    Listed before it, it copies the step's ``dropblock/keep_prob`` to :data:`CONSOLE_KEEP_PROB`.
     """
 
     def write(self):

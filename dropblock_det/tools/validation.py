@@ -149,12 +149,10 @@ def _check_registered(name, key):
 
 
 def _check_num_classes(cfg, name, key, num_categories):
-    if num_categories is None:
-        return
     # RetinaNet's heads read MODEL.RETINANET.NUM_CLASSES, R-CNN's MODEL.ROI_HEADS.NUM_CLASSES.
     arch = cfg.MODEL.META_ARCHITECTURE
     head = "RETINANET" if "RetinaNet" in arch else "ROI_HEADS" if "RCNN" in arch else None
-    if head is None:
+    if num_categories is None or head is None:
         return
     num_classes_key, num_classes = f"MODEL.{head}.NUM_CLASSES", cfg.MODEL[head].NUM_CLASSES
     if num_classes != num_categories:
