@@ -2,10 +2,8 @@
 
 Detectron2's ``do_train``/``do_test`` over ``SimpleTrainer``, plus what the yaml tool has: the
 input checks and a first model build before ``launch`` (exit status 2 before anything is written),
-:class:`~dropblock_det.DropBlockSchedule` before the LR scheduler with keep_prob on the console,
-the evaluator of :func:`~.evaluation.build_evaluator` for ``COCOEvaluator`` nodes, and
-``eval_results.json``. A config without a ``dropblock`` node (see
-:func:`dropblock_det.lazyconfig.add_dropblock`) trains the stock model.
+:class:`~dropblock_det.DropBlockSchedule` with keep_prob on the console, the evaluator of
+:func:`~.evaluation.build_evaluator` for ``COCOEvaluator`` nodes, and ``eval_results.json``.
 """
 
 import os
