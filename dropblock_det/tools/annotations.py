@@ -13,7 +13,7 @@ import os
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from . import data
-from .errors import InputError
+from .errors import InputError, path_problem
 
 logger = logging.getLogger(__name__)
 
@@ -54,11 +54,10 @@ _ANNOTATION_PROBLEMS = {
 
 
 def detectron2_builtin_names():
-    """The dataset names Detectron2 registered on import (its builtin COCO, LVIS … files).
+    """The dataset names Detectron2 registered on import, whose problems are logged, not refused.
 
-    Their annotation problems are logged, not refused: the user cannot fix those public files
-    (COCO train2017 has boxes of height 0, which Detectron2 drops; the 2014 minival files repeat
-    annotation ids, which it allows).
+    The user cannot fix those public files (COCO train2017 has boxes of height 0, which
+    Detectron2 drops; the 2014 minival files repeat annotation ids, which it allows).
     """
     return _DETECTRON2_BUILTIN_NAMES
 
@@ -70,8 +69,7 @@ def _datasets_root():
 class DatasetChecker:
     """Checks one dataset at a time, parsing each json file at most once.
 
-    Args:
-        require_masks (bool): every annotation needs a ``segmentation`` (``MODEL.MASK_ON``).
+    ``require_masks``: every annotation needs a ``segmentation`` (``MODEL.MASK_ON``).
     """
 
     def __init__(self, *, require_masks=False):
@@ -79,12 +77,10 @@ class DatasetChecker:
         self._require_masks = require_masks
 
     def check(self, name, key, *, require_annotations):
-        """Check the dataset ``name`` that the config key ``key`` names.
+        """Check the dataset ``name`` that the config key ``key`` names; its number of categories.
 
-        ``require_annotations``: its json must have annotations (training data).
-
-        Returns:
-            int or None: its number of categories, None when it cannot be told.
+        ``require_annotations``: its json must have annotations (training data). None when the
+        number of categories cannot be told.
         """
         where = f"{key} dataset {name!r}"
         try:  # the embedded digits datasets are generated on first use
@@ -105,6 +101,7 @@ class DatasetChecker:
         json_file, image_root = os.fspath(json_file), os.fspath(metadata.get("image_root", ""))
         content = self._load_json(where, json_file)
         in_file = f"{where}: annotation file {json_file!r}"
+        inside = f"{where}: in annotation file {json_file!r},"
         if not isinstance(content, dict):
             raise InputError(
                 f"{in_file} holds a {type(content).__name__}, not an object. {_FIX_STRUCTURE}"
@@ -119,10 +116,8 @@ class DatasetChecker:
                     f"{_FIX_STRUCTURE}"
                 )
             if field in content and not isinstance(content[field], list):
-                raise InputError(
-                    f"{where}: in annotation file {json_file!r}, {field!r} is a "
-                    f"{type(content[field]).__name__}, not a list. {_FIX_STRUCTURE}"
-                )
+                kind = type(content[field]).__name__
+                raise InputError(f"{inside} {field!r} is a {kind}, not a list. {_FIX_STRUCTURE}")
             if needed and not content[field]:
                 raise InputError(
                     f"{in_file} has an empty {field!r} list. Check that the file is the complete "
@@ -137,10 +132,7 @@ class DatasetChecker:
         category_ids = set()
         for index, category in enumerate(content["categories"]):
             if not isinstance(category, dict) or "id" not in category:
-                raise InputError(
-                    f"{where}: in annotation file {json_file!r}, categories[{index}] has no 'id'. "
-                    f"{_FIX_STRUCTURE}"
-                )
+                raise InputError(f"{inside} categories[{index}] has no 'id'. {_FIX_STRUCTURE}")
             category_ids.add(_hashable(category["id"]))
         if len(category_ids) != len(content["categories"]):
             raise InputError(
@@ -155,7 +147,7 @@ class DatasetChecker:
         ]
         if bad_images:
             raise InputError(
-                f"{where}: in annotation file {json_file!r}, {len(bad_images)} entries of 'images' "
+                f"{inside} {len(bad_images)} entries of 'images' "
                 f"lack a 'file_name' string or an 'id' (first: images[{bad_images[0]}]). "
                 f"{_FIX_STRUCTURE}"
             )
@@ -207,19 +199,14 @@ class DatasetChecker:
         cache_key = os.path.abspath(json_file)
         if cache_key in self._parsed_json:
             return self._parsed_json[cache_key]
-        where = f"{where}: annotation file {json_file!r}"
-        if not os.path.isfile(json_file):
-            relative = (
-                ""
-                if os.path.isabs(json_file)
-                else f" (relative to the working directory {os.getcwd()!r})"
-            )
-            problem = "is not a file" if os.path.exists(json_file) else "does not exist"
+        problem = path_problem(json_file)
+        if problem:
             raise InputError(
-                f"{where}{relative} {problem}. Fix the json_file given to register_coco_instances, "
-                "or put the file there (Detectron2's builtin datasets are read from "
-                f"DETECTRON2_DATASETS = {_datasets_root()!r})."
+                f"{where}: annotation file {problem}. Fix the json_file given to "
+                "register_coco_instances, or put the file there (Detectron2's builtin datasets are "
+                f"read from DETECTRON2_DATASETS = {_datasets_root()!r})."
             )
+        where = f"{where}: annotation file {json_file!r}"
         try:
             with open(json_file, "rb") as f:
                 raw = f.read()

@@ -23,21 +23,15 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         description=summary, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "runs", nargs="+", metavar="RUN", help="run folders; deltas are to the first"
-    )
+    parser.add_argument("runs", nargs="+", metavar="RUN", help="run folders, deltas to the first")
     parser.add_argument("--out", required=True, metavar="DIR", help="folder for report and figures")
-    parser.add_argument(
-        "--names", help="comma-separated labels, one per run (default: folder names)"
-    )
+    parser.add_argument("--names", help="comma-separated run labels (default: folder names)")
     parser.add_argument("--no-paper", action="store_true", help="leave out the paper's rows")
     parser.add_argument(
         "--dataset",
         help="with several test datasets, the one to report (default: DATASETS.TEST[0])",
     )
-    parser.add_argument(
-        "--decimals", type=int, default=1, help="digits after the point (default 1)"
-    )
+    parser.add_argument("--decimals", type=int, default=1, help="digits after the point, default 1")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.names.split(",")] if args.names else None
     try:

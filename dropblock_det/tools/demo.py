@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 
-from .data import TRAIN_DATASET, VAL_DATASET, ensure_dataset, register_dropblock_digits
+from .data import prepare_dataset
 from .reporting import write_report
 from .visualize_dropblock import main as visualize_dropblock
 
@@ -93,10 +93,8 @@ def main(argv=None):
     out_root = os.path.abspath(args.out)
     os.makedirs(out_root, exist_ok=True)
 
-    register_dropblock_digits()
     print("[demo] preparing the embedded dataset (generated once, then reused)", flush=True)
-    for name in (TRAIN_DATASET, VAL_DATASET):
-        ensure_dataset(name)
+    prepare_dataset()  # the folder and spec that the runs' registered datasets use
 
     print(f"[demo] training baseline and DropBlock side by side, outputs in {out_root}", flush=True)
     run_dirs = run_trainings(out_root, args.seed, args.max_iter, extra_opts, args.sequential)

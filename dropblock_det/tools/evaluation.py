@@ -72,11 +72,10 @@ def faster_cocoeval(coco_gt, coco_dt, iou_type):
 
 
 class FasterCOCOEvaluator(DatasetEvaluator):
-    """Box/mask AP of a COCO-format dataset with faster-coco-eval, returning COCOEvaluator's dict.
+    """Box/mask AP with faster-coco-eval: COCOEvaluator's dict and files; :attr:`backend` names it.
 
-    ``{task: {"AP", "AP50", "AP75", "APs", "APm", "APl", "AP-<class>"...}}`` on the 0-100 scale,
-    NaN where COCO cannot compute a metric, ``{}`` without predictions and off the main process;
-    with ``output_dir``, COCOEvaluator's files there. :attr:`backend` names it.
+    ``{task: {"AP", ..., "APl", "AP-<class>"...}}`` on the 0-100 scale, NaN where COCO cannot
+    compute a metric, ``{}`` without predictions and off the main process.
     """
 
     def __init__(
@@ -88,19 +87,11 @@ class FasterCOCOEvaluator(DatasetEvaluator):
         *,
         max_dets_per_image=None,
     ):
-        """
-        Args:
-            dataset_name (str): a dataset registered in Detectron2's DatasetCatalog.
-            tasks (tuple[str]): a subset of :data:`FASTER_COCO_EVAL_IOU_TYPES`.
-            distributed (bool): gather the predictions of all ranks, evaluate on the main one.
-            output_dir (str or None): where predictions are dumped and, for a dataset registered
-                without ``json_file``, its converted COCO json; None dumps nothing.
-            max_dets_per_image (int or None): detections per image counted by AP, as for
-                COCOEvaluator (None: 100).
+        """COCOEvaluator's arguments, ``tasks`` a subset of :data:`FASTER_COCO_EVAL_IOU_TYPES`.
 
-        Raises:
-            ImportError: faster-coco-eval is not installed.
-            ValueError: an unsupported task or limit, or neither json_file nor output_dir.
+        ``output_dir`` also holds the converted COCO json of a dataset registered without
+        ``json_file``. ImportError without faster-coco-eval; ValueError for an unsupported task or
+        limit, or neither json_file nor output_dir.
         """
         version = faster_coco_eval_version()
         if version is None:
@@ -169,22 +160,22 @@ class FasterCOCOEvaluator(DatasetEvaluator):
             file_path = os.path.join(self._output_dir, "coco_instances_results.json")
             logger.info(f"Saving results to {file_path}")
             with PathManager.open(file_path, "w") as f:
-                f.write(json.dumps(coco_results))
+                json.dump(coco_results, f)
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints while loading
             coco_gt = COCO(PathManager.get_local_path(self._json_file))
         if "annotations" not in coco_gt.dataset:  # a test split, scored by the COCO server
             logger.info("Annotations are not available for evaluation.")
             return OrderedDict()
         logger.info(f"Evaluating predictions with {self.backend} ...")
-        results = OrderedDict()
-        for task in self._tasks:
-            coco_eval = (
-                self._cocoeval(coco_gt, coco_results, task, img_ids) if coco_results else None
-            )
-            results[task] = self._derive_results(coco_eval, task)
-        return results
+        return OrderedDict(
+            (task, self._task_results(coco_gt, coco_results, task, img_ids)) for task in self._tasks
+        )
 
-    def _cocoeval(self, coco_gt, coco_results, task, img_ids):
+    def _task_results(self, coco_gt, coco_results, task, img_ids):
+        """COCOEvaluator's metrics of one task."""
+        if not coco_results:
+            logger.warning("No predictions from the model!")
+            return {metric: float("nan") for metric in COCO_METRICS}
         if task == "segm":
             # As Detectron2 does: with a bbox, COCO would size instances by box, not mask, area.
             coco_results = [{k: v for k, v in r.items() if k != "bbox"} for r in coco_results]
@@ -195,13 +186,6 @@ class FasterCOCOEvaluator(DatasetEvaluator):
         coco_eval.evaluate()
         coco_eval.accumulate()
         coco_eval.summarize()
-        return coco_eval
-
-    def _derive_results(self, coco_eval, task):
-        """COCOEvaluator's metrics from a summarized COCOeval (None: no predictions)."""
-        if coco_eval is None:
-            logger.warning("No predictions from the model!")
-            return {metric: float("nan") for metric in COCO_METRICS}
         stats = coco_eval.stats
         results = {
             m: float(stats[i] * 100 if stats[i] >= 0 else "nan") for i, m in enumerate(COCO_METRICS)
@@ -225,14 +209,10 @@ class FasterCOCOEvaluator(DatasetEvaluator):
 
 
 def coco_eval_backend(cfg):
-    """Name the COCOeval that :func:`build_coco_evaluator` uses for ``cfg`` in this environment.
+    """Name the COCOeval :func:`build_coco_evaluator` uses here; ValueError for a bad TEST key.
 
-    Returns:
-        str: ``"faster-coco-eval <version>"``, ``"detectron2 COCOeval_opt"`` (TEST.FAST_COCO_EVAL
-        True, faster-coco-eval missing, Detectron2's C++ built) or ``"pycocotools"``.
-
-    Raises:
-        ValueError: when ``cfg.TEST.FAST_COCO_EVAL`` is missing or not a bool.
+    ``"faster-coco-eval <version>"``, ``"detectron2 COCOeval_opt"`` (TEST.FAST_COCO_EVAL True,
+    faster-coco-eval missing, Detectron2's C++ built) or ``"pycocotools"``.
     """
     validate_training_config(cfg)
     if not cfg.TEST.FAST_COCO_EVAL:

@@ -42,27 +42,21 @@ def format_summary(manifest):
     return "\n".join(lines)
 
 
-def save_preview_grid(dataset_dir, out_path, split="train", num_images=12, columns=4, scale=2):
-    """Draw the first images of a split with the boxes and classes of its json into one PNG.
+def save_preview_grid(dataset_dir, out_path, columns=4, scale=2):
+    """Draw the first 12 train images with the boxes and classes of their json into one PNG.
 
     It reads what was written, so it shows exactly what a model trains on.
-
-    Raises:
-        FileNotFoundError: naming the missing annotation file.
     """
-    json_file = os.path.join(dataset_dir, "annotations", f"instances_{split}.json")
-    if not os.path.isfile(json_file):
-        raise FileNotFoundError(f"No annotations for split {split!r}: {json_file} does not exist.")
-    with open(json_file, encoding="utf-8") as f:
+    with open(os.path.join(dataset_dir, "annotations", "instances_train.json"), "rb") as f:
         coco = json.load(f)
     names = {c["id"]: c["name"] for c in coco["categories"]}
-    images = coco["images"][:num_images]
+    images = coco["images"][:12]
     columns = max(1, min(columns, len(images)))
     side = max([max(i["width"], i["height"]) for i in images], default=64) * scale
     font = ImageFont.load_default(size=6 * scale)
     grid = Image.new("RGB", (columns * side, -(-len(images) // columns) * side or side))
     for slot, info in enumerate(images):
-        with Image.open(os.path.join(dataset_dir, split, info["file_name"])) as image:
+        with Image.open(os.path.join(dataset_dir, "train", info["file_name"])) as image:
             size = (info["width"] * scale, info["height"] * scale)
             tile = image.convert("RGB").resize(size, Image.NEAREST)
         draw = ImageDraw.Draw(tile)

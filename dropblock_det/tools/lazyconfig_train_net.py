@@ -2,10 +2,8 @@
 
 Detectron2's ``do_train``/``do_test`` over ``SimpleTrainer``, plus what the yaml tool has: the
 input checks and a first model build before ``launch`` (exit status 2 before anything is written),
-:class:`~dropblock_det.DropBlockSchedule` before the LR scheduler with keep_prob on the console,
-the evaluator of :func:`~.evaluation.build_evaluator` for ``COCOEvaluator`` nodes, and
-``eval_results.json``. A config without a ``dropblock`` node (see
-:func:`dropblock_det.lazyconfig.add_dropblock`) trains the stock model.
+:class:`~dropblock_det.DropBlockSchedule` with keep_prob on the console, the evaluator of
+:func:`~.evaluation.build_evaluator` for ``COCOEvaluator`` nodes, and ``eval_results.json``.
 """
 
 import os
@@ -63,33 +61,26 @@ def load_config(args):
     return LazyConfig.apply_overrides(LazyConfig.load(args.config_file), args.opts or [])
 
 
-def checked_dropblock_settings(cfg):
-    """``cfg.dropblock`` instantiated, None without the node.
+def _checks_view(cfg, model):
+    """The yaml keys the shared checks and evaluator read, filled from a LazyConfig and its model.
 
     Raises:
-        InputError: for an invalid value, or overrides of a ``dropblock`` node the config lacks.
+        InputError: for an invalid ``dropblock`` value, or overrides of a node the config lacks.
     """
+    view = get_cfg()
+    add_dropblock_config(view)
+    add_training_config(view)
     node = cfg.get(DROPBLOCK_KEY)
-    if node is None:
-        return None
-    if "_target_" not in node:
+    if node is not None and "_target_" not in node:
         # LazyConfig.apply_overrides creates the keys it is given.
         raise InputError(
             f"{DROPBLOCK_KEY}.* overrides given, but the config has no {DROPBLOCK_KEY!r} node: "
             "add it in the config file with dropblock_det.lazyconfig.add_dropblock(cfg, ...)."
         )
     try:
-        return dropblock_settings_of(cfg)
+        settings = dropblock_settings_of(cfg)
     except (KeyError, ValueError) as error:
         raise InputError(_lazy_message(error)) from error
-
-
-def _checks_view(cfg, model):
-    """The yaml keys the shared checks and evaluator read, filled from a LazyConfig and its model."""
-    view = get_cfg()
-    add_dropblock_config(view)
-    add_training_config(view)
-    settings = checked_dropblock_settings(cfg)
     if settings is not None:
         view.MODEL.DROPBLOCK = settings
     view.OUTPUT_DIR = cfg.train.output_dir
@@ -116,9 +107,7 @@ def _checks_view(cfg, model):
 
 def _dataset_names(loader):
     dataset = loader.get("dataset") if loader is not None else None
-    names = dataset.get("names") if hasattr(dataset, "get") else None
-    if names is None:
-        return ()
+    names = (dataset.get("names") if hasattr(dataset, "get") else None) or ()
     return (names,) if isinstance(names, str) else tuple(names)
 
 
@@ -132,7 +121,7 @@ def _lazy_message(error):
 
 
 def build_model(cfg):
-    """Instantiate ``cfg.model`` (on the CPU) and :func:`~dropblock_det.check_placements` it.
+    """Instantiate ``cfg.model`` (on the CPU), :func:`~dropblock_det.check_placements` checked.
 
     Returns:
         tuple(nn.Module, CfgNode): the model and the yaml view the shared checks and evaluator read.
@@ -155,11 +144,10 @@ def check_inputs(args):
 
 
 def do_test(cfg, model, view, iteration=None):
-    """Evaluate ``model`` on ``cfg.dataloader.test`` and write ``eval_results.json``.
+    """Evaluate on ``cfg.dataloader.test``, write ``eval_results.json``; None without an evaluator.
 
-    A ``COCOEvaluator`` node is replaced by :func:`~.evaluation.build_evaluator`'s evaluator, as
-    in the yaml tool; any other is instantiated. ``iteration`` as for
-    :func:`~.trainer.record_eval_results`. Returns the results, None without an evaluator.
+    A ``COCOEvaluator`` node becomes :func:`~.evaluation.build_evaluator`'s evaluator, as in the
+    yaml tool. ``iteration`` as for :func:`~.trainer.record_eval_results`.
     """
     # No evaluator (absent, or `dataloader.evaluator=null` on the command line): no inference.
     node = cfg.dataloader.get("evaluator")
@@ -222,8 +210,8 @@ def do_train(args, cfg):
 def _writers(output_dir, max_iter, period):
     """Detectron2's ``default_writers``, the console printer's window no longer than the period.
 
-    The printer shows each ``[metric]`` scalar's median over its window: a window longer than
-    ``train.log_period`` would print a median of keep_probs, not the printed iteration's value.
+    The printer shows each ``[metric]`` scalar's median over its window: over a longer window, a
+    median of keep_probs instead of the printed iteration's value.
     """
     window = min(period, _PRINTER_WINDOW)
     return [

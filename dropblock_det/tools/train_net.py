@@ -11,13 +11,7 @@ from detectron2.engine import default_argument_parser, launch
 from . import trainer
 from .validation import InputError
 
-__all__ = [
-    "add_coco_dataset_argument",
-    "build_parser",
-    "cli",
-    "launch_on_every_rank",
-    "parse_command_line",
-]
+__all__ = ["add_coco_dataset_argument", "build_parser", "cli", "parse_command_line"]
 
 
 def build_parser():
@@ -54,15 +48,8 @@ def parse_command_line(argv=None):
 def cli(argv=None, *, main=trainer.main, check_inputs=trainer.check_inputs, tool="train_net.py"):
     """Parse the command line, check the inputs, then run ``main`` on every rank.
 
-    Args:
-        argv (list[str] or None): the arguments; None reads ``sys.argv``.
-        main (callable): the per-rank function, ``main(args)``; picklable by name when several
-            processes are launched.
-        check_inputs (callable): ``check_inputs(args)``, raising :class:`InputError`.
-        tool (str): the name the error message starts with.
-
-    Returns:
-        int: the exit status (2 for a bad flag, config value or dataset file).
+    ``main(args)`` must be picklable by name; ``check_inputs(args)`` raises :class:`InputError`,
+    printed after ``tool``'s name. Returns the exit status (2 for a bad flag, value or file).
     """
     args = parse_command_line(argv)
     try:
@@ -70,12 +57,6 @@ def cli(argv=None, *, main=trainer.main, check_inputs=trainer.check_inputs, tool
     except InputError as error:
         print(f"{tool}: error: {error}", file=sys.stderr)
         return 2
-    launch_on_every_rank(main, args)
-    return 0
-
-
-def launch_on_every_rank(main, args):
-    """Run ``main(args)`` in each process Detectron2's ``launch`` starts for the command line."""
     launch(
         main,
         args.num_gpus,
@@ -84,6 +65,7 @@ def launch_on_every_rank(main, args):
         dist_url=args.dist_url,
         args=(args,),
     )
+    return 0
 
 
 if __name__ == "__main__":

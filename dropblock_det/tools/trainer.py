@@ -20,6 +20,7 @@ from detectron2.data import (
 )
 from detectron2.data import transforms as T
 from detectron2.data.datasets import register_coco_instances
+from detectron2.data.detection_utils import build_augmentation
 from detectron2.engine import (
     AMPTrainer,
     DefaultTrainer,
@@ -41,6 +42,7 @@ from ..hooks import KEEP_PROB_METRIC, DropBlockSchedule
 from ..modeling import check_placements
 from .config import add_training_config, validate_training_config
 from .data import TRAIN_DATASET, VAL_DATASET, register_dropblock_digits
+from .errors import path_problem
 from .evaluation import build_evaluator
 from .validation import InputError, check_head_batch_norm, check_training_inputs
 
@@ -57,7 +59,6 @@ __all__ = [
     "main",
     "record_eval_results",
     "register_datasets",
-    "setup_cfg",
     "write_eval_results",
 ]
 
@@ -85,16 +86,16 @@ def build_cfg(args):
     cfg = get_cfg()
     add_dropblock_config(cfg)
     add_training_config(cfg)
-    # yacs reports an unknown key (KeyError), a value of the wrong type (ValueError) or an odd
-    # number of command-line options (AssertionError) with the key in the message.
-    try:
-        cfg.merge_from_file(args.config_file)
-    except (KeyError, ValueError, AssertionError) as error:
-        raise InputError(f"--config-file {args.config_file!r}: {error_message(error)}") from error
-    try:
-        cfg.merge_from_list(args.opts or [])
-    except (KeyError, ValueError, AssertionError) as error:
-        raise InputError(f"command-line options: {error_message(error)}") from error
+    for source, merge, values in (
+        (f"--config-file {args.config_file!r}", cfg.merge_from_file, args.config_file),
+        ("command-line options", cfg.merge_from_list, args.opts or []),
+    ):
+        # yacs reports an unknown key (KeyError), a value of the wrong type (ValueError) or an
+        # odd number of command-line options (AssertionError) with the key in the message.
+        try:
+            merge(values)
+        except (KeyError, ValueError, AssertionError) as error:
+            raise InputError(f"{source}: {error_message(error)}") from error
     cfg.freeze()
     return cfg
 
@@ -104,21 +105,11 @@ def error_message(error):
     return error.args[0] if len(error.args) == 1 and isinstance(error.args[0], str) else str(error)
 
 
-def setup_cfg(args):
-    """:func:`build_cfg`, then ``default_setup``; the values were checked by :func:`check_inputs`."""
-    cfg = build_cfg(args)
-    default_setup(cfg, args)
-    # The package's own lines (evaluation backend, files written) on the console and in log.txt.
-    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="dropblock_det")
-    return cfg
-
-
 def register_datasets(args):
-    """Register the embedded datasets and each ``--coco-dataset`` in this process's catalogs.
+    """Register the embedded datasets and each ``--coco-dataset`` (``register_coco_instances``).
 
-    Each ``--coco-dataset NAME JSON_FILE IMAGE_ROOT`` goes through ``register_coco_instances``
-    (absolute paths). Called before ``launch`` and in every training process; registering the
-    same NAME with the same files again is a no-op.
+    Called before ``launch`` and in every training process; the same NAME with the same files
+    again is a no-op.
 
     Raises:
         InputError: naming ``--coco-dataset`` and the value when JSON_FILE is not a file,
@@ -134,18 +125,16 @@ def register_datasets(args):
                 f"{flag}: NAME {name!r} is the name of an embedded dataset of dropblock_det; "
                 "choose another NAME, e.g. 'my_train', and use it in DATASETS.TRAIN/TEST."
             )
-        relative = f" (relative to the working directory {os.getcwd()!r})"
-        if not os.path.isfile(json_file):
-            state = "is a folder, not a file" if os.path.isdir(json_file) else "does not exist"
+        problem = path_problem(json_file)
+        if problem:
             raise InputError(
-                f"{flag}: JSON_FILE {json_file!r}{'' if os.path.isabs(json_file) else relative} "
-                f"{state}. Give the path of a COCO instances json."
+                f"{flag}: JSON_FILE {problem}. Give the path of a COCO instances json."
             )
-        if not os.path.isdir(image_root):
-            state = "is a file, not a folder" if os.path.isfile(image_root) else "does not exist"
+        problem = path_problem(image_root, folder=True)
+        if problem:
             raise InputError(
-                f"{flag}: IMAGE_ROOT {image_root!r}{'' if os.path.isabs(image_root) else relative} "
-                f"{state}. Give the folder that the json's 'file_name' entries are relative to."
+                f"{flag}: IMAGE_ROOT {problem}. Give the folder that the json's 'file_name' "
+                "entries are relative to."
             )
         json_file, image_root = os.path.abspath(json_file), os.path.abspath(image_root)
         if name in DatasetCatalog:
@@ -162,11 +151,7 @@ def register_datasets(args):
 
 
 def check_inputs(args):
-    """Check the config, the datasets and the model it builds, once per machine before ``launch``.
-
-    Raises:
-        InputError: naming the flag, config key or file at fault.
-    """
+    """Check the config, its datasets and model once per machine before ``launch``: InputError."""
     register_datasets(args)
     cfg = build_cfg(args)
     check_training_inputs(cfg, check_train=not args.eval_only)
@@ -185,32 +170,23 @@ def check_model(cfg):
 
 
 def check_model_builds(build):
-    """``build()`` the model, turning a setting the builders refuse into an :class:`InputError`.
-
-    Some settings only the builders can judge (an FPN that does not fit the meta-architecture, a
-    stage the ResNet does not build, a placement the model lacks). Shared by both tools.
-    """
+    """``build()`` the model; a setting only the builders can judge refused as :class:`InputError`."""
     try:
         return build()
     except InputError:
         raise
     except MODEL_BUILD_ERRORS as error:
-        # A bare KeyError holds only the missing name (a feature, a registry entry): say so.
-        message = f"no {error.args[0]!r} (KeyError)" if _is_bare_key_error(error) else None
-        raise InputError(
-            f"the model cannot be built from this config: {message or error_message(error)}"
-        ) from error
-
-
-def _is_bare_key_error(error):
-    return isinstance(error, KeyError) and len(error.args) == 1 and " " not in str(error.args[0])
+        message = error_message(error)
+        if isinstance(error, KeyError) and " " not in message:
+            # A bare KeyError holds only the missing name (a feature, a registry entry): say so.
+            message = f"no {message!r} (KeyError)"
+        raise InputError(f"the model cannot be built from this config: {message}") from error
 
 
 def create_ddp_model_on_device(model, **kwargs):
-    """Detectron2's ``create_ddp_model``, with ``device_ids=None`` for a CPU model (gloo).
+    """Detectron2's ``create_ddp_model``; for a CPU model (gloo) ``device_ids=None``, as DDP needs.
 
-    DDP refuses the ``device_ids=[local rank]`` that ``create_ddp_model`` passes by default for a
-    model on the CPU. Shared by both tools.
+    ``create_ddp_model`` passes ``device_ids=[local rank]`` by default. Shared by both tools.
     """
     if all(p.device.type == "cpu" for p in model.parameters()):
         kwargs.setdefault("device_ids", None)
@@ -218,11 +194,7 @@ def create_ddp_model_on_device(model, **kwargs):
 
 
 def write_eval_results(output_dir, results, iteration=None):
-    """Write ``{"iteration", "results"}`` to ``output_dir/eval_results.json`` atomically.
-
-    Returns:
-        str: the path written.
-    """
+    """Write ``{"iteration", "results"}`` to ``output_dir/eval_results.json`` atomically; its path."""
     os.makedirs(output_dir, exist_ok=True)
     path = os.path.join(output_dir, EVAL_RESULTS_FILE)
     payload = {"iteration": iteration, "results": results}
@@ -244,9 +216,8 @@ def write_eval_results(output_dir, results, iteration=None):
 def record_eval_results(output_dir, results, iteration, max_iter):
     """On the main process, write ``eval_results.json`` and log its path; shared by both tools.
 
-    ``iteration`` is the training steps the weights have had; None reads those of the running
-    training (EvalHook evaluates after step ``i``, ``i + 1`` steps done, and in ``after_train``
-    at ``max_iter``), and stays None outside training.
+    ``iteration``: the training steps the weights have had; None reads those of the running
+    training (EvalHook runs after step ``i``: ``i + 1`` done, ``max_iter`` in ``after_train``).
     """
     if iteration is None:
         try:
@@ -259,10 +230,9 @@ def record_eval_results(output_dir, results, iteration, max_iter):
 
 
 class KeepProbOnConsole(EventWriter):
-    """Puts keep_prob on Detectron2's console metrics line.
+    """Puts keep_prob on the console line: ``CommonMetricPrinter`` prints ``*[metric]*`` scalars.
 
-    ``CommonMetricPrinter`` prints the window median of every scalar named ``*[metric]*``. Listed
-    before it, this writer copies the step's ``dropblock/keep_prob`` to :data:`CONSOLE_KEEP_PROB`.
+    Listed before it, it copies the step's ``dropblock/keep_prob`` to :data:`CONSOLE_KEEP_PROB`.
     """
 
     def write(self):
@@ -278,10 +248,7 @@ class KeepProbOnConsole(EventWriter):
 
 
 class Trainer(DefaultTrainer):
-    """Detectron2's DefaultTrainer with the COCO evaluator and the DropBlock schedule hook.
-
-    Multi-process training also runs on CPUs (gloo), e.g. to test it without GPUs.
-    """
+    """Detectron2's DefaultTrainer with the COCO evaluator and the DropBlock schedule hook."""
 
     def __init__(self, cfg):
         """DefaultTrainer's ``__init__``; with several CPU processes, its copy below."""
@@ -318,9 +285,7 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_optimizer(cls, cfg, model):
-        """Detectron2's SGD, or with SOLVER.OPTIMIZER "ADAMW" AdamW on the same parameter groups.
-
-        Both get Detectron2's gradient clipping.
+        """Detectron2's SGD, or AdamW on the same groups (SOLVER.OPTIMIZER); both clip gradients.
 
         Raises:
             ValueError: naming SOLVER.OPTIMIZER when it is neither "SGD" nor "ADAMW".
@@ -345,28 +310,18 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
-        """Detectron2's train loader; with INPUT.SCALE_JITTER, the paper's scale jitter (§4.3).
-
-        The jitter (see ``add_training_config``) then INPUT.RANDOM_FLIP; boxes cut away by the
-        crop are dropped.
-        """
+        """Detectron2's train loader; with INPUT.SCALE_JITTER, the paper's (§4.3), then the flip."""
         jitter = cfg.INPUT.SCALE_JITTER
         if not jitter.ENABLED:
             return super().build_train_loader(cfg)
         size = jitter.TARGET_SIZE
-        augmentations = [
+        mapper_args = DatasetMapper.from_config(cfg, is_train=True)
+        mapper_args["augmentations"] = [
             T.ResizeScale(jitter.MIN_SCALE, jitter.MAX_SCALE, size, size),
             T.FixedSizeCrop((size, size), pad=True),
+            # Detectron2's training augmentations after its ResizeShortestEdge: INPUT.RANDOM_FLIP.
+            *build_augmentation(cfg, is_train=True)[1:],
         ]
-        if cfg.INPUT.RANDOM_FLIP != "none":
-            augmentations.append(
-                T.RandomFlip(
-                    horizontal=cfg.INPUT.RANDOM_FLIP == "horizontal",
-                    vertical=cfg.INPUT.RANDOM_FLIP == "vertical",
-                )
-            )
-        mapper_args = DatasetMapper.from_config(cfg, is_train=True)
-        mapper_args["augmentations"] = augmentations
         return build_detection_train_loader(cfg, mapper=DatasetMapper(**mapper_args))
 
     @classmethod
@@ -400,13 +355,12 @@ class Trainer(DefaultTrainer):
 
 
 def main(args, trainer_class=Trainer):
-    """Train (or with ``--eval-only`` evaluate) one run with ``trainer_class``, on every rank.
-
-    Returns:
-        dict or None: the evaluation results with ``--eval-only``, else what ``train`` returns.
-    """
+    """Train (or with ``--eval-only`` evaluate and return the results) one run, on every rank."""
     register_datasets(args)
-    cfg = setup_cfg(args)
+    cfg = build_cfg(args)  # its values were checked by check_inputs before launch
+    default_setup(cfg, args)
+    # The package's own lines (evaluation backend, files written) on the console and in log.txt.
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="dropblock_det")
     if args.eval_only:
         model = trainer_class.build_model(cfg)
         checkpoint = DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(

@@ -22,11 +22,11 @@ __all__ = ["InputError", "check_head_batch_norm", "check_training_inputs"]
 def check_training_inputs(cfg, *, check_train=True, check_test=True):
     """Check the config and the datasets it names, raising on the first problem found.
 
-    Checks, in order: the device, the registered builders and the config values; that every name
-    in ``DATASETS.TRAIN`` / ``DATASETS.TEST`` is registered with a COCO evaluator; each dataset's
-    files (:class:`~dropblock_det.tools.annotations.DatasetChecker`, each json parsed once); and
-    that the head's ``NUM_CLASSES`` equals each dataset's number of categories. Nothing is
-    written, except that the embedded ``dropblock_digits_*`` datasets are generated if missing.
+    In order: the device, the registered builders and the config values; that every dataset
+    named is registered (with a COCO evaluator for ``DATASETS.TEST``); each dataset's files
+    (:class:`~dropblock_det.tools.annotations.DatasetChecker`); that the head's ``NUM_CLASSES``
+    equals each dataset's number of categories. Only the embedded datasets may be written
+    (generated if missing).
 
     Args:
         cfg (CfgNode): the final (merged) Detectron2 config.
@@ -37,18 +37,20 @@ def check_training_inputs(cfg, *, check_train=True, check_test=True):
         InputError: one message naming the config key or file at fault and what to do.
     """
     _check_model(cfg)
-
-    datasets_by_key = {}
-    if check_train:
-        datasets_by_key["DATASETS.TRAIN"] = _dataset_names(cfg, "TRAIN")
-        if not datasets_by_key["DATASETS.TRAIN"]:
-            raise InputError(
-                "DATASETS.TRAIN is empty, so there is nothing to train on. Set it to registered "
-                "dataset names in the config file, e.g. DATASETS.TRAIN \"('dropblock_digits_train',)\"."
-            )
-    if check_test:
-        datasets_by_key["DATASETS.TEST"] = _dataset_names(cfg, "TEST")
-
+    # Detectron2's get_detection_dataset_dicts also accepts a single name.
+    datasets_by_key = {
+        f"DATASETS.{split}": [names] if isinstance(names, str) else list(names)
+        for split, names, wanted in (
+            ("TRAIN", cfg.DATASETS.TRAIN, check_train),
+            ("TEST", cfg.DATASETS.TEST, check_test),
+        )
+        if wanted
+    }
+    if check_train and not datasets_by_key["DATASETS.TRAIN"]:
+        raise InputError(
+            "DATASETS.TRAIN is empty, so there is nothing to train on. Set it to registered "
+            "dataset names in the config file, e.g. DATASETS.TRAIN \"('dropblock_digits_train',)\"."
+        )
     # All names first: a typo is reported before any large json is parsed.
     for key, names in datasets_by_key.items():
         for name in names:
@@ -58,22 +60,12 @@ def check_training_inputs(cfg, *, check_train=True, check_test=True):
                     check_evaluator_type(name)
                 except ValueError as error:
                     raise InputError(f"DATASETS.TEST: {error}") from error
-
-    checker = DatasetChecker(require_masks=cfg.MODEL.MASK_ON)
-    checked = set()
+    checker, checked = DatasetChecker(require_masks=cfg.MODEL.MASK_ON), set()
     for key, names in datasets_by_key.items():
-        for name in names:
-            if name in checked:
-                continue
+        for name in dict.fromkeys(n for n in names if n not in checked):  # in order, once
             checked.add(name)
             num_categories = checker.check(name, key, require_annotations=key == "DATASETS.TRAIN")
             _check_num_classes(cfg, name, key, num_categories)
-
-
-def _dataset_names(cfg, split):
-    names = cfg.DATASETS[split]
-    # Detectron2's get_detection_dataset_dicts also accepts a single name.
-    return [names] if isinstance(names, str) else list(names)
 
 
 def _close_matches_hint(name, candidates):
@@ -117,18 +109,9 @@ def _check_model(cfg):
 def check_head_batch_norm(cfg, model, world_size=1):
     """Refuse one training image per process where BN in the RetinaNet head sees a 1x1 map.
 
-    BatchNorm in training needs more than one value per channel; a 1x1 top level with one image
-    fails deep inside the first forward pass with PyTorch's "Expected more than 1 value per
-    channel", which names neither the batch nor the norm. The levels and their strides are read
-    from the built model.
-
-    Args:
-        cfg (CfgNode): the run's config.
-        model (nn.Module): the model built from it.
-        world_size (int): training processes over all machines.
-
-    Raises:
-        InputError: naming SOLVER.IMS_PER_BATCH and MODEL.RETINANET.NORM.
+    Otherwise the first forward pass fails with PyTorch's "Expected more than 1 value per
+    channel", which names neither the batch nor the norm. ``world_size``: training processes over
+    all machines. The InputError names SOLVER.IMS_PER_BATCH and MODEL.RETINANET.NORM.
     """
     world_size = max(world_size, 1)
     if not isinstance(model, RetinaNet) or cfg.SOLVER.IMS_PER_BATCH // world_size > 1:
@@ -166,12 +149,10 @@ def _check_registered(name, key):
 
 
 def _check_num_classes(cfg, name, key, num_categories):
-    if num_categories is None:
-        return
     # RetinaNet's heads read MODEL.RETINANET.NUM_CLASSES, R-CNN's MODEL.ROI_HEADS.NUM_CLASSES.
     arch = cfg.MODEL.META_ARCHITECTURE
     head = "RETINANET" if "RetinaNet" in arch else "ROI_HEADS" if "RCNN" in arch else None
-    if head is None:
+    if num_categories is None or head is None:
         return
     num_classes_key, num_classes = f"MODEL.{head}.NUM_CLASSES", cfg.MODEL[head].NUM_CLASSES
     if num_classes != num_categories:

@@ -1,9 +1,7 @@
 """Generate-on-first-use and Detectron2 registration of the embedded digits dataset.
 
 A dataset folder holds ``train/*.png``, ``val/*.png``, ``annotations/instances_{train,val}.json``
-and ``manifest.json`` (spec, content hash, summary). It is published only complete: generated into
-a temporary sibling and renamed into place, under a file lock so that several processes
-(distributed ranks, parallel runs) generate it once. A manifest of another spec means stale.
+and ``manifest.json`` (spec, content hash, summary); a manifest of another spec means stale.
 """
 
 import glob
@@ -39,11 +37,7 @@ def default_dataset_dir():
 
 
 def read_manifest(dataset_dir):
-    """The manifest of a dataset folder, None when there is none.
-
-    Raises:
-        ValueError: naming the file, when it exists but is not a manifest written here.
-    """
+    """The manifest of a dataset folder, None when there is none; ValueError naming a bad one."""
     path = os.path.join(dataset_dir, MANIFEST)
     try:
         with open(path, encoding="utf-8") as f:
@@ -66,7 +60,7 @@ def _stale_keys(manifest, spec):
     if manifest is None:
         return None
     stored, wanted = manifest["spec"], spec.to_dict()
-    return sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
+    return sorted(k for k in {**stored, **wanted} if stored.get(k) != wanted.get(k))
 
 
 def prepare_dataset(dataset_dir=None, spec=None, force=False, progress=None):
@@ -81,9 +75,8 @@ def prepare_dataset(dataset_dir=None, spec=None, force=False, progress=None):
         dict: the manifest.
 
     Raises:
-        FileExistsError: when ``dataset_dir`` exists, is not empty and has no manifest (it was
-            not generated here and is left untouched).
-        ValueError: when its manifest is unreadable.
+        FileExistsError: ``dataset_dir`` is not empty and has no manifest (left untouched).
+        ValueError: its manifest is unreadable.
     """
     dataset_dir = os.path.abspath(dataset_dir or default_dataset_dir())
     spec = spec if spec is not None else DatasetSpec()
@@ -105,9 +98,8 @@ def prepare_dataset(dataset_dir=None, spec=None, force=False, progress=None):
                     "registered datasets: the DETECTRON2_DATASETS environment variable)."
                 )
             os.rmdir(dataset_dir)  # an empty folder: nothing to lose
-        for leftover in glob.glob(os.path.join(parent, f".{base}.tmp-*")) + glob.glob(
-            os.path.join(parent, f".{base}.old-*")
-        ):
+        leftovers = glob.glob(os.path.join(parent, f".{base}.tmp-*"))
+        for leftover in leftovers + glob.glob(os.path.join(parent, f".{base}.old-*")):
             logger.info("Removing %s, left by an interrupted generation.", leftover)
             shutil.rmtree(leftover, ignore_errors=True)
         if stale and not force:
@@ -115,12 +107,8 @@ def prepare_dataset(dataset_dir=None, spec=None, force=False, progress=None):
                 "Regenerating stale dataset %s (differs in: %s).", dataset_dir, ", ".join(stale)
             )
         else:
-            logger.info(
-                "Generating dataset %s (%d train, %d val images).",
-                dataset_dir,
-                spec.num_train,
-                spec.num_val,
-            )
+            sizes = f"{spec.num_train} train, {spec.num_val} val images"
+            logger.info("Generating dataset %s (%s).", dataset_dir, sizes)
         suffix = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         staging = os.path.join(parent, f".{base}.tmp-{suffix}")
         retired = os.path.join(parent, f".{base}.old-{suffix}")
@@ -141,14 +129,11 @@ def prepare_dataset(dataset_dir=None, spec=None, force=False, progress=None):
 
 
 def register_dropblock_digits(prefix=DATASET_DIRNAME, dataset_dir=None, spec=None):
-    """Register ``<prefix>_train`` and ``<prefix>_val`` in Detectron2's catalogs, lazily.
+    """Register ``<prefix>_train`` and ``<prefix>_val`` lazily; return the two names.
 
-    ``DatasetCatalog.get`` generates the data of ``spec`` in ``dataset_dir`` (default
-    :func:`default_dataset_dir` as the environment says now) on first use, :func:`ensure_dataset`
-    for code that reads ``metadata.json_file`` first. A name already registered is left alone.
-
-    Returns:
-        tuple[str, str]: the train and val dataset names.
+    ``DatasetCatalog.get`` (or :func:`ensure_dataset`) generates the data of ``spec`` in
+    ``dataset_dir`` (default :func:`default_dataset_dir`) on first use. A name already registered
+    is left alone.
     """
     dataset_dir = os.path.abspath(dataset_dir or default_dataset_dir())
     spec = spec if spec is not None else DatasetSpec()
@@ -189,16 +174,11 @@ def register_dropblock_digits(prefix=DATASET_DIRNAME, dataset_dir=None, spec=Non
 
 
 def ensure_dataset(name):
-    """Generate a registered digits dataset now if it is missing or stale.
+    """Generate a registered digits dataset now if it is missing or stale; its folder.
 
-    Call it before anything reads ``MetadataCatalog.get(name).json_file`` without
-    ``DatasetCatalog.get`` first (COCOEvaluator opens that file in its constructor).
-
-    Returns:
-        str or None: the dataset folder; None for a registered dataset not generated here.
-
-    Raises:
-        KeyError: when ``name`` is not registered at all.
+    For code that reads ``MetadataCatalog.get(name).json_file`` before any ``DatasetCatalog.get``
+    (COCOEvaluator's constructor). None for a registered dataset not generated here; KeyError
+    for a name not registered at all.
     """
     if name in _REGISTERED:
         dataset_dir, spec = _REGISTERED[name]

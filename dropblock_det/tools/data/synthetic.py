@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -46,8 +47,8 @@ def _invalid(owner, name, value, expected):
     return ValueError(f"{owner}.{name} = {value!r} is invalid: expected {expected}.")
 
 
-def _is_int(value):
-    return isinstance(value, int) and not isinstance(value, bool)
+def _is_number(value, kind=(int, float)):
+    return isinstance(value, kind) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -70,28 +71,23 @@ class SceneParams:
 
     def __post_init__(self):
         size = self.image_size
-        if not _is_int(size) or not 32 <= size <= 4096:
+        if not _is_number(size, int) or not 32 <= size <= 4096:
             raise _invalid("SceneParams", "image_size", size, "an integer in [32, 4096]")
-        for name, high in (("digits_per_image", 64), ("digit_height", size // 2)):
+        for name, low, high in (("digits_per_image", 1, 64), ("digit_height", 6, size // 2)):
             value = getattr(self, name)
             if isinstance(value, list):  # tuples stay hashable and equal after a json trip
                 value = tuple(value)
                 object.__setattr__(self, name, value)
-            low = 1 if name == "digits_per_image" else 6
             if not (
                 isinstance(value, tuple)
                 and len(value) == 2
-                and all(map(_is_int, value))
+                and all(_is_number(v, int) for v in value)
                 and low <= value[0] <= value[1] <= high
             ):
                 expected = f"a (min, max) pair of integers with min <= max, both in [{low}, {high}]"
                 raise _invalid("SceneParams", name, value, expected)
         contrast = self.min_contrast
-        if (
-            isinstance(contrast, bool)
-            or not isinstance(contrast, (int, float))
-            or not 0.0 <= contrast <= 0.5
-        ):
+        if not _is_number(contrast) or not 0.0 <= contrast <= 0.5:
             raise _invalid("SceneParams", "min_contrast", contrast, "a number in [0.0, 0.5]")
 
 
@@ -101,8 +97,7 @@ class DatasetSpec:
 
     Attributes:
         seed (int): master seed (source split, every scene).
-        num_train (int): number of train images.
-        num_val (int): number of val images.
+        num_train, num_val (int): images per split.
         scene (SceneParams): what each scene holds.
         val_source_fraction (float): fraction of each class's source digits kept for val.
     """
@@ -115,7 +110,7 @@ class DatasetSpec:
 
     def __post_init__(self):
         for name in ("seed", "num_train", "num_val"):
-            if not _is_int(getattr(self, name)) or getattr(self, name) < 0:
+            if not _is_number(getattr(self, name), int) or getattr(self, name) < 0:
                 raise _invalid("DatasetSpec", name, getattr(self, name), "a non-negative integer")
         if self.num_train + self.num_val == 0:
             raise ValueError("DatasetSpec.num_train and num_val are both 0: nothing to generate.")
@@ -279,8 +274,7 @@ def _content_hash(file_digests):
 def write_dataset(out_dir, spec, progress=None):
     """Render ``spec`` into the existing empty ``out_dir``; return the manifest it writes last.
 
-    Neither locked nor atomic (``datasets.prepare_dataset`` is); ``progress(split, done, total)``
-    is called after each image.
+    Not atomic (``datasets.prepare_dataset`` is); ``progress(split, done, total)`` after each image.
     """
     images, labels = load_source_digits()
     pools = split_source_indices(labels, spec.seed, spec.val_source_fraction)
@@ -347,19 +341,17 @@ def write_dataset(out_dir, spec, progress=None):
             f"annotations/instances_{split}.json", json.dumps(coco, separators=(",", ":")).encode()
         )
         heights = [a["bbox"][3] for a in coco_annotations]
-        classes = np.array([a["category_id"] for a in coco_annotations], dtype=np.int64)
-        counts = np.bincount(classes - CATEGORY_ID_OFFSET, minlength=len(CLASS_NAMES)).tolist()
-        quartiles = {}
-        if heights:
-            q = np.percentile(np.asarray(heights, dtype=np.float64), [0, 25, 50, 75, 100])
-            names = ("min", "q1", "median", "q3", "max")
-            quartiles = {k: round(float(v), 1) for k, v in zip(names, q, strict=True)}
+        quartiles = np.percentile(heights, [0, 25, 50, 75, 100]).tolist() if heights else []
+        counts = Counter(a["category_id"] - CATEGORY_ID_OFFSET for a in coco_annotations)
         summary[split] = {
             "images": total,
             "boxes": len(coco_annotations),
-            "boxes_per_class": dict(zip(CLASS_NAMES, counts, strict=True)),
+            "boxes_per_class": {name: counts[digit] for digit, name in enumerate(CLASS_NAMES)},
             "source_digits": int(len(pools[split])),
-            "box_height_px": quartiles,
+            "box_height_px": {
+                k: round(v, 1)
+                for k, v in zip(("min", "q1", "median", "q3", "max"), quartiles, strict=False)
+            },
         }
     manifest = {
         "spec": spec.to_dict(),
@@ -374,11 +366,7 @@ def write_dataset(out_dir, spec, progress=None):
 
 
 def hash_dataset_files(dataset_dir):
-    """The content hash of the files under ``annotations/`` and the splits, as now on disk.
-
-    Equals the manifest's ``content_sha256`` when nothing was altered; other files (the
-    manifest, a preview) are not content.
-    """
+    """The hash of the files under ``annotations/`` and the splits: the manifest's if unaltered."""
     digests = {}
     for folder in ("annotations", *SPLITS):
         for parent, _, files in os.walk(os.path.join(dataset_dir, folder)):

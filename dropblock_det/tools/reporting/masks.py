@@ -8,10 +8,9 @@ import math
 
 import numpy as np
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from ...layers import drop_block_2d
+from .plots import agg_figure
 
 # Detectron2 ResNet output strides.
 RESNET_STAGE_STRIDES = {"res2": 4, "res3": 8, "res4": 16, "res5": 32}
@@ -53,12 +52,11 @@ def draw_dropblock_masks(
     keep_prob=0.9,
     gamma="exact",
     seed=0,
-    title=None,
 ):
     """Write a PNG grid over ``image``: a row per stride, a column per block size, drops in red.
 
     ``image`` is ``(H, W, 3)`` uint8 RGB; every panel draws one mask at ``keep_prob`` with the
-    ``gamma`` rule from one generator seeded with ``seed``; ``title`` defaults to the settings.
+    ``gamma`` rule from one generator seeded with ``seed``.
     """
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3:
@@ -66,10 +64,7 @@ def draw_dropblock_masks(
     img_h, img_w = image.shape[:2]
     stage_of = {s: f" ({n})" for n, s in RESNET_STAGE_STRIDES.items()}
     panel_h = 2.6 * img_h / img_w + 0.45
-    fig = Figure(
-        figsize=(2.6 * len(block_sizes) + 0.6, panel_h * len(strides) + 0.9), layout="constrained"
-    )
-    FigureCanvasAgg(fig)
+    fig = agg_figure(2.6 * len(block_sizes) + 0.6, panel_h * len(strides) + 0.9)
     axes = fig.subplots(len(strides), len(block_sizes), squeeze=False)
     generator = torch.Generator().manual_seed(seed)
     for row, stride in enumerate(strides):
@@ -79,18 +74,15 @@ def draw_dropblock_masks(
             dropped = sample_dropped_cells(
                 map_h, map_w, keep_prob, block_size, gamma, generator=generator
             )
-            overlay = np.zeros((map_h, map_w, 4))
-            overlay[..., :3] = (0.9, 0.05, 0.05)
-            overlay[..., 3] = np.where(dropped, 0.55, 0.0)
+            overlay = np.where(dropped[..., None], (0.9, 0.05, 0.05, 0.55), 0.0)  # RGBA
             ax.imshow(image, extent=(0, img_w, img_h, 0), interpolation="antialiased")
             # The ceil-sized map can reach past the image; the axis limits cut it.
             extent = (0, map_w * stride, map_h * stride, 0)
             ax.imshow(overlay, extent=extent, interpolation="nearest")
             if min(img_h, img_w) / stride <= 64:  # a finer grid is just noise
-                for x in range(stride, img_w, stride):
-                    ax.axvline(x, color="white", lw=0.4, alpha=0.35)
-                for y in range(stride, img_h, stride):
-                    ax.axhline(y, color="white", lw=0.4, alpha=0.35)
+                grid = {"color": "white", "lw": 0.4, "alpha": 0.35}
+                ax.vlines(range(stride, img_w, stride), 0, img_h, **grid)
+                ax.hlines(range(stride, img_h, stride), 0, img_w, **grid)
             ax.set(xlim=(0, img_w), ylim=(img_h, 0), xticks=[], yticks=[])
             ax.set_title(
                 f"block_size {block_size}: {dropped.mean():.0%} dropped", fontsize="medium"
@@ -99,8 +91,7 @@ def draw_dropblock_masks(
                 label = f"stride {stride}{stage_of.get(stride, '')}\n{map_h}x{map_w} map"
                 ax.set_ylabel(label, fontsize="medium")
     fig.suptitle(
-        title
-        or f"DropBlock masks of one channel, one draw each (keep_prob {keep_prob:g}: "
+        f"DropBlock masks of one channel, one draw each (keep_prob {keep_prob:g}: "
         f"{1 - keep_prob:.0%} dropped on average; gamma '{gamma}', seed {seed})\n"
         "red: dropped feature-map units, drawn over the pixels they cover"
     )

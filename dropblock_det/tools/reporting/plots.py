@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 
 from ...hooks import KEEP_PROB_METRIC
 from .runs import BBOX_METRICS, TRAINING_KEY
-from .table import PAPER_RESULTS, format_delta
+from .table import format_delta
 
 LOSS_KEYS = (
     ("total_loss", "total loss"),
@@ -43,7 +43,8 @@ def smooth(values, span):
     return out
 
 
-def _figure(width, height):
+def agg_figure(width, height):
+    """A constrained-layout Figure on its own Agg canvas."""
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
     return fig
@@ -60,39 +61,34 @@ def _no_data(ax, message):
     ax.set_yticks([])
 
 
-def plot_ap(runs, out_path, include_paper=True, decimals=1):
-    """Write a PNG of AP per run (left, the paper's in grey) and of the six box metrics (right)."""
-    labels = [r.name for r in runs]
-    values = [r.evaluation.metrics["AP"] if r.evaluation else None for r in runs]
+def plot_ap(runs, rows, out_path, decimals=1):
+    """Write a PNG of the table's AP and its differences (left) and of the box metrics (right).
+
+    ``rows`` are :func:`~.table.build_rows`' of ``runs``, the paper's drawn in grey.
+    """
     colors = run_colors(len(runs))
-    bar_colors, hatches = list(colors), [None] * len(runs)
-    if include_paper:
-        labels += [p.label for p in PAPER_RESULTS]
-        values += [p.metrics["AP"] for p in PAPER_RESULTS]
-        bar_colors += ["0.6"] * len(PAPER_RESULTS)
-        hatches += ["//"] * len(PAPER_RESULTS)
-    fig = _figure(13, max(3.6, 0.55 * len(labels) + 1.6))
+    fig = agg_figure(13, max(3.6, 0.55 * len(rows) + 1.6))
     left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.3]})
 
+    values = [row.values["AP"] for row in rows]
     span = max([v for v in values if v is not None and not math.isnan(v)], default=1.0)
-    for y, (value, color, hatch) in enumerate(zip(values, bar_colors, hatches, strict=True)):
+    for y, (row, value) in enumerate(zip(rows, values, strict=True)):
         if value is None or math.isnan(value):
             text = "not evaluated" if value is None else "NaN"
             left.text(0.01 * span, y, text, va="center", ha="left", style="italic", color="0.35")
             continue
-        left.barh(y, value, color=color, hatch=hatch, edgecolor="white" if hatch else None)
-        # The table's differences: to the first run, or to the paper's baseline.
-        base = values[len(runs)] if y > len(runs) else values[0] if 0 < y < len(runs) else None
+        paper = {"color": "0.6", "hatch": "//", "edgecolor": "white"}
+        left.barh(y, value, **(paper if row.is_paper else {"color": colors[y]}))
+        delta = (row.deltas or {}).get("AP")
         text = f"{value:.{decimals}f}"
-        if base is not None and not math.isnan(base):
-            text += f" ({format_delta(value - base, decimals)})"
+        text += "" if delta is None else f" ({format_delta(delta, decimals)})"
         left.text(value + 0.01 * span, y, text, va="center", ha="left")
-    left.set_yticks(range(len(labels)), labels)
+    left.set_yticks(range(len(rows)), [row.label for row in rows])
     left.set(
-        ylim=(len(labels) - 0.5, -0.5),  # first run on top
+        ylim=(len(rows) - 0.5, -0.5),  # first run on top
         xlim=(0, span * 1.3),
         xlabel="AP (COCO bbox, IoU 0.50:0.95)",
-        title="AP per run" + (" (grey: published)" if include_paper else ""),
+        title="AP per run" + (" (grey: published)" if any(r.is_paper for r in rows) else ""),
         axisbelow=True,
     )
     left.grid(axis="x", alpha=0.3)
@@ -123,7 +119,7 @@ def plot_ap(runs, out_path, include_paper=True, decimals=1):
 
 def plot_keep_prob(runs, out_path):
     """Write a PNG of the logged keep_prob against iteration; runs without DropBlock at 1.0."""
-    fig = _figure(8, 4.5)
+    fig = agg_figure(8, 4.5)
     ax = fig.subplots()
     drawn, lowest = 0, 1.0
     for run, color in zip(runs, run_colors(len(runs)), strict=True):
@@ -155,7 +151,7 @@ def plot_keep_prob(runs, out_path):
 def plot_losses(runs, out_path):
     """Write a PNG with a panel per logged loss: raw values faint, lightly smoothed on top."""
     present = [(k, t) for k, t in LOSS_KEYS if any(r.log.series(k)[0] for r in runs)]
-    fig = _figure(5.2 * max(1, len(present)), 4.3)
+    fig = agg_figure(5.2 * max(1, len(present)), 4.3)
     if not present:
         _no_data(fig.subplots(), "no run logged a training loss")
         fig.savefig(out_path, dpi=_DPI)

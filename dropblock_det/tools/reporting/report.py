@@ -42,17 +42,14 @@ def write_report(
         run_dirs (Sequence): Detectron2 OUTPUT_DIRs; the first is the reference of the deltas.
         out_dir (str or Path): folder of the report (created if needed).
         names (Sequence[str] or None): one label per run; folder names when None.
-        include_paper (bool): add the paper's RetinaNet rows, unless no run is a RetinaNet (the
-            footnotes then say why they are left out).
+        include_paper (bool): add the paper's RetinaNet rows, unless no run is a RetinaNet (a
+            footnote then says so).
         dataset (str or None): with several test datasets, the one to report.
         decimals (int): digits after the point.
 
-    Returns:
-        ReportResult: the runs, the table and the written paths.
-
     Raises:
-        NotARunFolderError: for a path that is not a run folder.
-        ValueError: for no runs, a wrong number of names, or an unknown ``dataset``.
+        ValueError: for no runs, a wrong number of names, an unknown ``dataset``, or (as
+            NotARunFolderError) a path that is not a run folder.
     """
     runs = read_runs(run_dirs, names=names, dataset=dataset)
     out_dir = Path(out_dir)
@@ -72,7 +69,7 @@ def write_report(
         )
     rows = build_rows(runs, include_paper=include_paper)
     figures = {
-        "ap": plot_ap(runs, out_dir / FIGURE_NAMES["ap"], include_paper, decimals),
+        "ap": plot_ap(runs, rows, out_dir / FIGURE_NAMES["ap"], decimals),
         "keep_prob": plot_keep_prob(runs, out_dir / FIGURE_NAMES["keep_prob"]),
         "loss": plot_losses(runs, out_dir / FIGURE_NAMES["loss"]),
     }

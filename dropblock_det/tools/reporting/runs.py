@@ -167,12 +167,8 @@ def read_run(path, name=None, dataset=None):
     """Read one run folder (labelled ``name``, the folder name when None).
 
     The metrics come from eval_results.json when readable, else from the last evaluation logged in
-    metrics.json. With several test datasets, ``dataset`` (default ``DATASETS.TEST[0]``) is the one
-    reported.
-
-    Raises:
-        NotARunFolderError: when ``path`` holds none of the run files.
-        ValueError: when the run has no results for ``dataset``.
+    metrics.json; ``dataset`` (default ``DATASETS.TEST[0]``) picks one of several test datasets.
+    NotARunFolderError when ``path`` holds no run file, ValueError without results for ``dataset``.
     """
     path = Path(path)
     if not path.is_dir():
@@ -206,11 +202,7 @@ def read_run(path, name=None, dataset=None):
 
 
 def read_runs(paths, names=None, dataset=None):
-    """Read several run folders with :func:`read_run`, named by ``names`` or distinct folder names.
-
-    Raises:
-        ValueError: for no paths or a wrong number of names.
-    """
+    """:func:`read_run` of each path, named by ``names`` or distinct folder names; ValueError."""
     paths = [Path(p) for p in paths]
     if not paths:
         raise ValueError("no run folders given: pass at least one Detectron2 OUTPUT_DIR")

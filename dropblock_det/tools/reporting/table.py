@@ -45,14 +45,9 @@ class TableRow:
 
 
 def build_rows(runs, include_paper=True):
-    """Table rows of the runs, then of the paper; a ``segm AP`` column when any run has masks.
+    """Table rows of the runs (deltas to the first), then of the paper (deltas to its baseline).
 
-    Args:
-        runs (Sequence[Run]): the runs; the first is the reference of every delta.
-        include_paper (bool): append the paper's baseline and DropBlock rows.
-
-    Returns:
-        list[TableRow]: the rows.
+    A ``segm AP`` column when any run has masks.
     """
     with_segm = any(r.evaluation is not None and r.evaluation.segm_ap is not None for r in runs)
     columns = (*BBOX_METRICS, SEGM_AP) if with_segm else BBOX_METRICS
