@@ -154,10 +154,8 @@ def _check_out(out):
 
 
 class _Runs:
-    """A run's train_net command line and config.
-
-    Each is the base config, train_net's flags (``--num-gpus``, ``--coco-dataset``) and the
-    command's ``KEY VALUE`` options, then the run's own options ``extra``.
+    """A run's train_net command line and config: the base config, train_net's flags
+    (``--num-gpus``, ``--coco-dataset``), the command's ``KEY VALUE`` options, then ``extra``.
     """
 
     def __init__(self, config_file, base_opts, coco_datasets, num_gpus):
@@ -184,19 +182,25 @@ class _Runs:
 
         return build_cfg(self.args(extra))
 
+    def has_dropblock(self, extra):
+        from dropblock_det.config import requested_groups
+
+        return bool(requested_groups(self(extra)))
+
     def checked(self, extra=()):
-        """The config of ``extra``, with the model checks train_net runs (datasets aside).
+        """A trial's config of ``extra`` (DropBlock on), with train_net's model checks.
 
         The model is built once on the CPU, as train_net does before training, so that a
         placement the model cannot take is refused here. A setting that puts DropBlock nowhere is
-        the baseline itself (the search trains it with MODEL.DROPBLOCK.ENABLED False), so it
-        passes unchecked.
+        the baseline itself (trained with MODEL.DROPBLOCK.ENABLED False), so it passes unchecked.
         """
         from dropblock_det.config import requested_groups
         from dropblock_det.tools.trainer import check_model
         from dropblock_det.tools.validation import check_training_inputs
 
-        cfg = self(extra)
+        from .study import SETTING_OPTS
+
+        cfg = self([*SETTING_OPTS, *extra])
         if requested_groups(cfg):
             check_training_inputs(cfg, check_train=False, check_test=False)
             check_model(cfg)
@@ -211,9 +215,8 @@ def _prepare(args):
     """
     from dropblock_det.tools.trainer import check_inputs
 
-    from .report import hide_password
-    from .space import check_space, default_space, load_space, space_to_yaml
-    from .study import BASELINE_OPTS, SETTING_OPTS, SearchSetup, check_storage_url
+    from .space import check_space, default_space, load_space
+    from .study import BASELINE_OPTS, SearchSetup, check_storage_url
 
     _check_flags(args)
     config_file = os.path.abspath(args.config_file)
@@ -222,10 +225,7 @@ def _prepare(args):
     to_create = _check_out(out)
     default_db = os.path.join(out, "study.db")
     storage_url = args.storage or f"sqlite:///{default_db}"
-    try:
-        check_storage_url(storage_url)
-    except ValueError as error:
-        raise InputError(f"--storage {hide_password(storage_url)!r}: {error}") from error
+    check_storage_url(storage_url)
     if args.report_only and not args.storage and not os.path.isfile(default_db):
         raise InputError(
             f"--report-only: there is no study to report in {out!r} (no study.db); run the "
@@ -247,30 +247,22 @@ def _prepare(args):
             "exactly one, e.g. DATASETS.TEST \"('dropblock_digits_val',)\"."
         )
     try:
-        runs.checked(SETTING_OPTS)
+        runs.checked()
     except InputError as error:
         raise InputError(
             f"--config-file {args.config_file!r} with MODEL.DROPBLOCK.ENABLED True, as every "
             f"trial trains it: {error}"
         ) from error
-
-    def check(extra):
-        return runs.checked([*SETTING_OPTS, *extra])
-
     if args.space:
-        params = check_space(params, cfg, check, args.space)
+        params = check_space(params, cfg, runs.checked, args.space)
     else:
-        params = check_space(
-            default_space(cfg), cfg, check, "the default space", DEFAULT_SPACE_ADVICE
-        )
-    comparable = cfg.clone()
-    comparable.defrost()
-    comparable.OUTPUT_DIR = ""
-    setup = SearchSetup(
-        config_hash=hashlib.sha1(comparable.dump().encode()).hexdigest()[:16],
+        source = "the default space"
+        params = check_space(default_space(cfg), cfg, runs.checked, source, DEFAULT_SPACE_ADVICE)
+    setup = SearchSetup(  # OUTPUT_DIR aside, every worker trains the same config
+        config_hash=hashlib.sha1(runs(["OUTPUT_DIR", ""]).dump().encode()).hexdigest()[:16],
         seeds=list(args.seeds),
         heldout_seeds=list(args.heldout_seeds),
-        space=space_to_yaml(params),
+        space=repr(list(params.values())),
         metric="bbox/AP",
         max_iter=int(cfg.SOLVER.MAX_ITER),
     )
@@ -296,10 +288,6 @@ def _sampler_and_pruner(args, setup):
     return sampler, optuna.pruners.NopPruner()
 
 
-def _log(line):
-    print(line, flush=True)
-
-
 def _error(message):
     print(f"tune.py: error: {message}", file=sys.stderr)
     return 2
@@ -323,9 +311,7 @@ def main(argv=None) -> int:
     import optuna
     import sqlalchemy
 
-    from dropblock_det.config import requested_groups
-
-    from .report import format_ap, format_duration, hide_password, write_report
+    from .report import format_ap, format_duration, hide_password, log, write_report
     from .runs import RunStore
     from .study import BaselineFailed, Search, TooManyFailures, open_storage
 
@@ -362,12 +348,8 @@ def main(argv=None) -> int:
         if to_create is not None:
             shutil.rmtree(to_create, ignore_errors=True)  # nothing of this command is left behind
         return _error(error)
-    store = RunStore(runs_storage, name, out, runs.command, setup.metric, args.poll, log=_log)
-
-    def has_dropblock(opts):
-        return bool(requested_groups(runs(opts)))
-
-    search = Search(study, store, params, setup, has_dropblock, log=_log)
+    store = RunStore(runs_storage, name, out, runs.command, setup.metric, args.poll)
+    search = Search(study, store, params, setup, runs.has_dropblock)
     given = argv if argv is not None else sys.argv[1:]
     # The study and its report keep the command, never a storage password.
     command = shlex.join(["python", "tools/tune.py", *map(hide_password, given)])
@@ -378,7 +360,7 @@ def main(argv=None) -> int:
     if not args.report_only:
         if "command" not in study.user_attrs:  # the report quotes the command that searched
             study.set_user_attr("command", command)
-        _log(
+        log(
             f"[tune] study {name!r} in {shown_url}: {args.n_trials} trials, seeds {setup.seeds},"
             f" held-out seeds {setup.heldout_seeds}, {len(params)} searched keys; output in {out}"
         )
@@ -388,7 +370,7 @@ def main(argv=None) -> int:
                 search.verdict()
         except (BaselineFailed, TooManyFailures) as error:
             _error(error)
-            write_report(search, out, runs, command, storage_url, runs.dataset_flags())
+            write_report(search, out, runs, command, storage_url)
             return 1
         except KeyboardInterrupt:
             print(
@@ -397,19 +379,19 @@ def main(argv=None) -> int:
                 file=sys.stderr,
             )
             return 130
-    report = write_report(search, out, runs, command, storage_url, runs.dataset_flags())
-    if study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        best = study.best_trial
-        _log(
+    report = write_report(search, out, runs, command, storage_url)
+    best = search.best()
+    if best is not None:
+        log(
             f"[tune] best: trial {best.number}, Δ {format_ap(best.value, signed=True)} AP on the "
             "search seeds: " + search.describe(best.params)
         )
         verdict = study.user_attrs.get(f"verdict/{best.number}")
         if verdict and verdict.get("p") is not None:
-            _log(
+            log(
                 f"[tune] held-out seeds {verdict['seeds']}: Δ "
                 f"{format_ap(verdict['mean'], signed=True)} ± {format_ap(verdict['sd'])} AP, "
                 f"paired t {verdict['t']:.2f}, p {verdict['p']:.3f}"
             )
-    _log(f"[tune] report: {report} ({format_duration(int(time.time() - start))} in this worker)")
+    log(f"[tune] report: {report} ({format_duration(int(time.time() - start))} in this worker)")
     return 0

@@ -9,7 +9,7 @@ import warnings
 import optuna
 from optuna.trial import TrialState
 
-__all__ = ["format_ap", "format_duration", "hide_password", "write_report"]
+__all__ = ["format_ap", "format_duration", "hide_password", "log", "write_report"]
 
 # Optuna's matplotlib plots of the study: file name, function, keyword arguments.
 _PLOTS = (
@@ -37,6 +37,11 @@ def format_ap(value, signed=False) -> str:
     else:
         return f"{value:{sign}.1e}"
     return f"{value:{sign}.{decimals}f}"
+
+
+def log(line: str) -> None:
+    """Print a progress line at once (a worker's console is read while it runs)."""
+    print(line, flush=True)
 
 
 def format_duration(seconds: float) -> str:
@@ -72,9 +77,8 @@ def _state(trial, trials, seeds, max_iter) -> str:
         # Steps are seed index * (MAX_ITER + 1) + iteration (see Search.objective).
         step = max(trial.intermediate_values)
         index, iteration = divmod(step, max_iter + 1)
-        seed = seeds[index] if index < len(seeds) else "?"
         value = format_ap(trial.intermediate_values[step])
-        return f"PRUNED at iteration {iteration} of seed {seed} (AP {value} then)"
+        return f"PRUNED at iteration {iteration} of seed {seeds[index]} (AP {value} then)"
     if trial.state == TrialState.FAIL:
         retried = [
             t.number
@@ -125,22 +129,21 @@ def _write_plots(study, params, out_dir) -> dict[str, str]:
     return status
 
 
-def write_report(search, out_dir, build_cfg, command, storage_url, dataset_flags=()) -> str:
+def write_report(search, out_dir, runs, command, storage_url) -> str:
     """Write ``report.md`` (and ``best.yaml`` and the plots) from what the storage holds.
 
     Args:
         search (Search): the worker's search (its study, runs, space and setup).
         out_dir (str): the study's output folder.
-        build_cfg (Callable[[list[str]], CfgNode]): the config of extra options on the base ones.
+        runs (Callable[[list[str]], CfgNode]): the config of extra options on the base ones; its
+            ``dataset_flags()`` are the ``--coco-dataset`` flags the best setting trains with.
         command (str): the command line, quoted in the report.
         storage_url (str): where the study lives (shown without a password).
-        dataset_flags (Sequence[str]): the ``--coco-dataset`` flags the best setting trains with.
 
     Returns:
         str: the path of report.md.
     """
     study, setup, params = search.study, search.setup, search.params
-    os.makedirs(out_dir, exist_ok=True)
     trials = study.get_trials(deepcopy=False)
     seeds = setup.seeds
     counts = {s.name: sum(t.state == s for t in trials) for s in TrialState}
@@ -195,9 +198,10 @@ def write_report(search, out_dir, build_cfg, command, storage_url, dataset_flags
         lines.append("| " + " | ".join(cells) + " |")
 
     lines += ["", "## Held-out verdict", ""]
-    if any(t.state == TrialState.COMPLETE for t in trials):
-        lines += _verdict_lines(study)
-        lines += _write_best_yaml(search, out_dir, build_cfg, list(dataset_flags))
+    best = search.best()
+    if best is not None:
+        lines += _verdict_lines(study, best)
+        lines += _write_best_yaml(search, best, out_dir, runs)
         lines += ["", "## Plots", ""]
         for name, status in _write_plots(study, params, out_dir).items():
             lines.append(f"- `{name}` {status}" if status else f"![{name}]({name})")
@@ -209,11 +213,12 @@ def write_report(search, out_dir, build_cfg, command, storage_url, dataset_flags
     return path
 
 
-def _verdict_lines(study) -> list[str]:
-    best = study.best_trial
+def _verdict_lines(study, best) -> list[str]:
+    from .study import BASELINE_KEY
+
     verdict = study.user_attrs.get(f"verdict/{best.number}")
     if verdict is None:
-        if best.user_attrs.get("setting_key") == "baseline":
+        if best.user_attrs.get("setting_key") == BASELINE_KEY:
             return ["The best trial puts DropBlock nowhere: no setting beat the baseline."]
         return [f"Not run yet for the best trial #{best.number} (it runs after the search)."]
     out = [
@@ -250,14 +255,15 @@ def _verdict_lines(study) -> list[str]:
     ]
 
 
-def _write_best_yaml(search, out_dir, build_cfg, dataset_flags) -> list[str]:
+def _write_best_yaml(search, best, out_dir, runs) -> list[str]:
     """Write ``best.yaml``, a full config train_net trains as it is; return its report lines."""
-    study, best = search.study, search.study.best_trial
-    cfg = build_cfg(list(best.user_attrs["opts"]))
-    cfg.defrost()
-    cfg.OUTPUT_DIR = os.path.join("output", f"{study.study_name}-best")
+    study = search.study
+    output_dir = os.path.join("output", f"{study.study_name}-best")
+    cfg = runs([*best.user_attrs["opts"], "OUTPUT_DIR", output_dir])
     path = os.path.join(out_dir, "best.yaml")
-    train = shlex.join(["python", "tools/train_net.py", "--config-file", path, *dataset_flags])
+    train = shlex.join(
+        ["python", "tools/train_net.py", "--config-file", path, *runs.dataset_flags()]
+    )
     searched = [(k, best.params[k]) for k in search.params if k in best.params]
     header = [
         f"The best setting of DropBlock search {study.study_name!r}: trial #{best.number}, "

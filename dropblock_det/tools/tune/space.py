@@ -30,15 +30,7 @@ from ...config import FPN_LEVELS, RESNET_STAGES
 from ...modeling import DropBlockFastRCNNConvFCHead, DropBlockRetinaNet
 from ..errors import InputError
 
-__all__ = [
-    "Param",
-    "SpaceError",
-    "check_space",
-    "default_space",
-    "format_value",
-    "load_space",
-    "space_to_yaml",
-]
+__all__ = ["Param", "SpaceError", "check_space", "default_space", "format_value", "load_space"]
 
 # Set by the search itself: each run's seed and folder, and the switch that tells a trial from the
 # baseline. Searching them would break the comparison the objective rests on.
@@ -73,11 +65,7 @@ class Param:
 
     @property
     def labels(self) -> tuple[Any, ...]:
-        """What Optuna stores for each choice: the value, or ``"res4+res5"`` for a list value.
-
-        Optuna's categorical parameters hold None, bool, int, float or str only; the empty list
-        is stored as ``"none"``.
-        """
+        """Optuna's (scalar) form of each choice: the value, or ``"res4+res5"``/``"none"``."""
         return tuple(
             ("+".join(map(str, c)) or "none") if isinstance(c, (list, tuple)) else c
             for c in self.choices
@@ -241,12 +229,14 @@ def _parse_range(where, key, spec):
     return Param(key, low=low, high=high, log=log, step=step)
 
 
-def _all_keys(node: CfgNode, prefix="") -> list[str]:
-    keys = []
+def _flatten(node: CfgNode, prefix="") -> dict[str, Any]:
+    values = {}
     for name, value in node.items():
-        full = f"{prefix}{name}"
-        keys.extend(_all_keys(value, full + ".") if isinstance(value, CfgNode) else [full])
-    return keys
+        if isinstance(value, CfgNode):
+            values.update(_flatten(value, f"{prefix}{name}."))
+        else:
+            values[f"{prefix}{name}"] = value
+    return values
 
 
 def check_space(params, cfg, build, source="the search space", advice="Change it in the space."):
@@ -268,16 +258,14 @@ def check_space(params, cfg, build, source="the search space", advice="Change it
         SpaceError: naming ``source``, the key and the value at fault.
     """
     checked = {}
-    keys = _all_keys(cfg)
+    values = _flatten(cfg)
     for key, param in params.items():
         where = f"{source}: {key}"
-        if key not in keys:
-            matches = difflib.get_close_matches(key, keys, n=3, cutoff=0.7)
+        if key not in values:
+            matches = difflib.get_close_matches(key, list(values), n=3, cutoff=0.7)
             hint = f" Did you mean {', '.join(matches)}?" if matches else ""
             raise SpaceError(f"{where} is not a key of the config.{hint}")
-        current = cfg
-        for part in key.split("."):
-            current = current[part]
+        current = values[key]
         if param.choices is None:
             if isinstance(current, bool) or not isinstance(current, (int, float)):
                 raise SpaceError(
@@ -303,15 +291,3 @@ def check_space(params, cfg, build, source="the search space", advice="Change it
                 ) from error
         checked[key] = param
     return checked
-
-
-def space_to_yaml(params: dict[str, Param]) -> str:
-    """The space as the yaml :func:`load_space` reads (for the study's record and its report)."""
-    data = {}
-    for key, p in params.items():
-        if p.choices is not None:
-            data[key] = {"choices": [list(c) if isinstance(c, tuple) else c for c in p.choices]}
-        else:
-            data[key] = {"low": p.low, "high": p.high, **({"log": True} if p.log else {})}
-            data[key].update({"step": p.step} if p.step else {})
-    return yaml.safe_dump(data, sort_keys=False, default_flow_style=None)
