@@ -86,8 +86,15 @@ def parse_args(argv=None):
 
 
 def _check_flags(args):
-    if args.n_trials < 1:
-        raise InputError(f"--n-trials {args.n_trials}: expected at least 1.")
+    for flag, value, least in (
+        ("--n-trials", args.n_trials, 1),
+        ("--num-gpus", args.num_gpus, 1),
+        ("--pruner-startup", args.pruner_startup, 0),
+        ("--startup-trials", args.startup_trials, 0),
+        ("--max-retry", args.max_retry, 0),
+    ):
+        if value < least:
+            raise InputError(f"{flag} {value}: expected at least {least}.")
     for flag, seeds in (("--seeds", args.seeds), ("--heldout-seeds", args.heldout_seeds)):
         if len(set(seeds)) != len(seeds):
             raise InputError(f"{flag} {seeds}: the seeds must be distinct.")
@@ -101,14 +108,6 @@ def _check_flags(args):
             f"--heldout-seeds shares {shared} with --seeds: the verdict must use seeds the search "
             "never saw, or the selection bias of the best trial comes back."
         )
-    for flag, value, least in (
-        ("--num-gpus", args.num_gpus, 1),
-        ("--pruner-startup", args.pruner_startup, 0),
-        ("--startup-trials", args.startup_trials, 0),
-        ("--max-retry", args.max_retry, 0),
-    ):
-        if value < least:
-            raise InputError(f"{flag} {value}: expected at least {least}.")
     if args.sampler_seed is not None and not 0 <= args.sampler_seed <= _MAX_SAMPLER_SEED:
         raise InputError(
             f"--sampler-seed {args.sampler_seed}: expected an integer in [0, {_MAX_SAMPLER_SEED}]."
@@ -309,7 +308,6 @@ def main(argv=None) -> int:
         return _error(error)
 
     import optuna
-    import sqlalchemy
 
     from .report import format_ap, format_duration, hide_password, log, write_report
     from .runs import RunStore
@@ -319,16 +317,12 @@ def main(argv=None) -> int:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     shown_url = hide_password(storage_url)
     try:
-        os.makedirs(out, exist_ok=True)
-    except OSError as error:
-        return _error(f"--out {out!r} cannot be created: {error}")
-    try:
         try:
-            storage = open_storage(storage_url, args.heartbeat, args.max_retry)
-            runs_storage = open_storage(storage_url, args.heartbeat, args.max_retry, retry=False)
-        except (sqlalchemy.exc.SQLAlchemyError, ImportError, RuntimeError) as error:
-            reason = " ".join(str(getattr(error, "orig", None) or error).split())
-            raise InputError(f"--storage {shown_url!r} cannot be opened: {reason}") from error
+            os.makedirs(out, exist_ok=True)
+        except OSError as error:
+            raise InputError(f"--out {out!r} cannot be created: {error}") from error
+        storage = open_storage(storage_url, args.heartbeat, args.max_retry)
+        runs_storage = open_storage(storage_url, args.heartbeat, args.max_retry, retry=False)
         if args.report_only and name not in optuna.study.get_all_study_names(storage):
             raise InputError(
                 f"--report-only: the storage {shown_url!r} holds no study {name!r}; run the "

@@ -2,6 +2,7 @@
 
 import math
 import os
+import re
 import shlex
 import statistics
 import warnings
@@ -30,12 +31,9 @@ def format_ap(value, signed=False) -> str:
         return "–"
     value, sign = float(value), "+" if signed else ""
     size = abs(value)
-    if size >= 1 or size == 0:
-        decimals = 1
-    elif size >= 0.001:
-        decimals = 1 - math.floor(math.log10(size))
-    else:
+    if 0 < size < 0.001:
         return f"{value:{sign}.1e}"
+    decimals = 1 if size >= 1 or size == 0 else 1 - math.floor(math.log10(size))
     return f"{value:{sign}.{decimals}f}"
 
 
@@ -56,12 +54,7 @@ def hide_password(text: str) -> str:
     Everything between the user name and the last ``@`` is hidden, also a password that holds an
     ``@`` (which SQLAlchemy's own URL parser would split there, showing the rest).
     """
-    if "://" in text and "@" in text:
-        scheme, rest = text.split("://", 1)
-        credentials, host = rest.rsplit("@", 1)
-        if ":" in credentials:
-            return f"{scheme}://{credentials.split(':', 1)[0]}:***@{host}"
-    return text
+    return re.sub(r"(://[^:/@]*):.*@", r"\1:***@", text)
 
 
 def _mean_sd(values) -> str:
@@ -81,10 +74,7 @@ def _state(trial, trials, seeds, max_iter) -> str:
         return f"PRUNED at iteration {iteration} of seed {seeds[index]} (AP {value} then)"
     if trial.state == TrialState.FAIL:
         retried = [
-            t.number
-            for t in trials
-            if t.system_attrs.get("failed_trial") == trial.number
-            or trial.number in t.system_attrs.get("retry_history", [])
+            t.number for t in trials if trial.number in t.system_attrs.get("retry_history", ())
         ]
         if retried:
             return f"FAIL (worker lost, retried as #{retried[0]})"
@@ -93,8 +83,8 @@ def _state(trial, trials, seeds, max_iter) -> str:
     return trial.state.name
 
 
-def _write_plots(study, params, out_dir) -> dict[str, str]:
-    """Optuna's matplotlib plots as PNG files: file name -> ``""`` when written, else why not."""
+def _write_plots(study, params, out_dir) -> list[str]:
+    """Draw Optuna's matplotlib plots as PNG files; return their report lines."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -106,7 +96,7 @@ def _write_plots(study, params, out_dir) -> dict[str, str]:
         plots.append(
             ("contour_block_size_keep_prob.png", "plot_contour", {"params": _CONTOUR_KEYS})
         )
-    status = {}
+    lines = []
     for name, function, kwargs in plots:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -115,7 +105,7 @@ def _write_plots(study, params, out_dir) -> dict[str, str]:
                 axes = getattr(vis, function)(study, **kwargs)
             except (ValueError, RuntimeError, ZeroDivisionError) as error:
                 # Optuna refuses some plots on small studies, e.g. importances of one trial.
-                status[name] = f"not drawn: {error}"
+                lines.append(f"- `{name}` not drawn: {error}")
                 continue
         if hasattr(axes, "flat"):  # a grid of axes (the slice and contour of several keys)
             figure = axes.flat[0].figure
@@ -125,8 +115,8 @@ def _write_plots(study, params, out_dir) -> dict[str, str]:
             figure.tight_layout()
         figure.savefig(os.path.join(out_dir, name), dpi=72)
         plt.close(figure)
-        status[name] = ""
-    return status
+        lines.append(f"![{name}]({name})")
+    return lines
 
 
 def write_report(search, out_dir, runs, command, storage_url) -> str:
@@ -202,9 +192,7 @@ def write_report(search, out_dir, runs, command, storage_url) -> str:
     if best is not None:
         lines += _verdict_lines(study, best)
         lines += _write_best_yaml(search, best, out_dir, runs)
-        lines += ["", "## Plots", ""]
-        for name, status in _write_plots(study, params, out_dir).items():
-            lines.append(f"- `{name}` {status}" if status else f"![{name}]({name})")
+        lines += ["", "## Plots", "", *_write_plots(study, params, out_dir)]
     else:
         lines.append("No trial completed yet.")
     path = os.path.join(out_dir, "report.md")

@@ -118,12 +118,9 @@ class RunStore:
 
     def __init__(self, storage, study_name, out_dir, train_command, metric, poll_s):
         self._storage = storage
+        # Its trials draw no parameters: the value of each is the run's AP.
         self.study = optuna.create_study(
-            study_name=f"{study_name}.runs",
-            storage=storage,
-            load_if_exists=True,
-            direction="maximize",
-            sampler=optuna.samplers.RandomSampler(),
+            storage=storage, study_name=f"{study_name}.runs", load_if_exists=True
         )
         self._study_id = storage.get_study_id_from_name(self.study.study_name)
         self._out_dir, self._train_command = out_dir, train_command

@@ -71,18 +71,15 @@ class Param:
             for c in self.choices
         )
 
-    def suggest(self, trial) -> None:
-        """Draw this key's value for an Optuna trial (stored in ``trial.params``)."""
+    def suggest(self, trial) -> Any:
+        """Draw this key's value for an Optuna trial; return it as the config takes it."""
         if self.choices is not None:
-            trial.suggest_categorical(self.key, self.labels)
-        elif self.integer:
-            trial.suggest_int(self.key, self.low, self.high, step=self.step or 1, log=self.log)
-        else:
-            trial.suggest_float(self.key, self.low, self.high, step=self.step, log=self.log)
-
-    def value_of(self, stored) -> Any:
-        """The config value of what Optuna stored for this key (see :attr:`labels`)."""
-        return stored if self.choices is None else self.choices[self.labels.index(stored)]
+            return self.choices[self.labels.index(trial.suggest_categorical(self.key, self.labels))]
+        if self.integer:
+            return trial.suggest_int(
+                self.key, self.low, self.high, step=self.step or 1, log=self.log
+            )
+        return trial.suggest_float(self.key, self.low, self.high, step=self.step, log=self.log)
 
     def candidates(self) -> list[Any]:
         """The values that :func:`check_space` tries in the config: every choice, or both ends."""
@@ -102,16 +99,10 @@ def format_value(value) -> str:
 
 
 def default_space(cfg: CfgNode) -> dict[str, Param]:
-    """The default DropBlock space for a config, with the keys its model takes.
+    """The default DropBlock space (by config key) for a config whose model names are registered.
 
     ``configs/search/default_space.yaml`` is this space for the tiny RetinaNet; the README's search
     section says what it holds for other models.
-
-    Args:
-        cfg (CfgNode): the base config of the search (its model names registered).
-
-    Returns:
-        dict[str, Param]: by config key.
     """
     # Detectron2's ResNet builds the stages up to the deepest of its OUT_FEATURES.
     outs = [RESNET_STAGES.index(f) for f in cfg.MODEL.RESNETS.OUT_FEATURES if f in RESNET_STAGES]
@@ -148,9 +139,6 @@ def default_space(cfg: CfgNode) -> dict[str, Param]:
 
 def load_space(path: str) -> dict[str, Param]:
     """Read a search-space yaml file (see the module docstring), checking its form only.
-
-    Args:
-        path (str): the yaml file.
 
     Returns:
         dict[str, Param]: by config key, in the file's order.

@@ -17,6 +17,7 @@ import json
 import socket
 import statistics
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass
 
 import optuna
@@ -109,6 +110,9 @@ def open_storage(url: str, heartbeat_s: float, max_retry: int, retry: bool = Tru
     False only failed (the runs). Two workers that create the schema of an empty database at the
     same instant race (PostgreSQL answers one with a duplicate ``CREATE TYPE``): a failed attempt
     is repeated, by then the other worker's schema is there.
+
+    Raises:
+        InputError: the storage cannot be opened; the message has the reason, not the password.
     """
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
     callback = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry) if retry else None
@@ -121,11 +125,13 @@ def open_storage(url: str, heartbeat_s: float, max_retry: int, retry: bool = Tru
                 grace_period=3 * heartbeat_s,
                 heartbeat_stale_trial_callback=callback,
             )
-        except (sqlalchemy.exc.ArgumentError, ImportError):
-            raise  # a bad URL or a missing driver: no retry mends it
-        except Exception:  # noqa: BLE001  (the schema race raises driver-specific errors)
-            if attempt == 4:
-                raise
+        except Exception as error:  # noqa: BLE001  (the schema race raises driver-specific errors)
+            # A bad URL or a missing driver: no retry mends it.
+            if attempt == 4 or isinstance(error, (sqlalchemy.exc.ArgumentError, ImportError)):
+                reason = " ".join(str(getattr(error, "orig", None) or error).split())
+                raise InputError(
+                    f"--storage {hide_password(url)!r} cannot be opened: {reason}"
+                ) from error
             time.sleep(0.5 * (attempt + 1))
 
 
@@ -202,13 +208,10 @@ class Search:
     def objective(self, trial) -> float:
         """Train the trial's setting and the baseline on the search seeds; return the mean Δ."""
         self._check_budget(trial)
-        for param in self.params.values():
-            param.suggest(trial)
-        stored = dict(trial.params)  # Optuna's stored form (labels for list choices)
-        seeds, max_iter = self.setup.seeds, self.setup.max_iter
         opts = list(SETTING_OPTS)
         for key, param in self.params.items():
-            opts += [key, format_value(param.value_of(stored[key]))]
+            opts += [key, format_value(param.suggest(trial))]
+        seeds, max_iter = self.setup.seeds, self.setup.max_iter
         # A setting with nothing to drop anywhere is the stock model, i.e. the baseline.
         jobs = baseline = self.baseline_jobs(seeds)
         if self._has_dropblock(opts):
@@ -226,7 +229,7 @@ class Search:
             log(f"[tune] trial {trial.number}: no DropBlock anywhere, the baseline itself")
             own = base = self._baseline(seeds)
         else:
-            log(f"[tune] trial {trial.number}: {self.describe(stored)}")
+            log(f"[tune] trial {trial.number}: {self.describe(trial.params)}")
             try:
                 own = self.store.get(jobs, reporter=report)
             except RunFailed as error:
@@ -265,10 +268,9 @@ class Search:
         self.n_trials = n_trials
         failures = 0
         while True:
-            trials = self.study.get_trials(deepcopy=False)
-            finished = sum(t.state in _FINISHED for t in trials)
-            running = sum(t.state == TrialState.RUNNING for t in trials)
-            waiting = sum(t.state == TrialState.WAITING for t in trials)
+            count = Counter(t.state for t in self.study.get_trials(deepcopy=False))
+            finished = count[TrialState.COMPLETE] + count[TrialState.PRUNED]
+            running, waiting = count[TrialState.RUNNING], count[TrialState.WAITING]
             if finished >= n_trials and running == 0:
                 return
             if not waiting and finished + running >= n_trials:
