@@ -153,8 +153,10 @@ def _check_out(out):
 
 
 class _Runs:
-    """A run's train_net command line and config: the base config, train_net's flags
-    (``--num-gpus``, ``--coco-dataset``), the command's ``KEY VALUE`` options, then ``extra``.
+    """A run's train_net command line and config, of the command's and the run's options.
+
+    Each is the base config, train_net's flags (``--num-gpus``, ``--coco-dataset``), the
+    command's ``KEY VALUE`` options, then the run's own ``extra``.
     """
 
     def __init__(self, config_file, base_opts, coco_datasets, num_gpus):
@@ -197,7 +199,7 @@ class _Runs:
         from dropblock_det.tools.trainer import check_model
         from dropblock_det.tools.validation import check_training_inputs
 
-        from .study import SETTING_OPTS
+        from .runs import SETTING_OPTS
 
         cfg = self([*SETTING_OPTS, *extra])
         if requested_groups(cfg):
@@ -214,8 +216,9 @@ def _prepare(args):
     """
     from dropblock_det.tools.trainer import check_inputs
 
+    from .runs import BASELINE_OPTS
     from .space import check_space, default_space, load_space
-    from .study import BASELINE_OPTS, SearchSetup, check_storage_url
+    from .study import SearchSetup, check_storage_url
 
     _check_flags(args)
     config_file = os.path.abspath(args.config_file)

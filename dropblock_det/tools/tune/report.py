@@ -202,7 +202,7 @@ def write_report(search, out_dir, runs, command, storage_url) -> str:
 
 
 def _verdict_lines(study, best) -> list[str]:
-    from .study import BASELINE_KEY
+    from .runs import BASELINE_KEY
 
     verdict = study.user_attrs.get(f"verdict/{best.number}")
     if verdict is None:

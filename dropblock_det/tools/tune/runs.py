@@ -29,8 +29,12 @@ from optuna.trial import TrialState
 from ..trainer import EVAL_RESULTS_FILE
 from .report import format_ap, log
 
-__all__ = ["Job", "RunFailed", "RunStore", "setting_key"]
+__all__ = ["BASELINE_KEY", "BASELINE_OPTS", "SETTING_OPTS", "Job", "RunFailed", "RunStore"]
 
+# The baseline trains with DropBlock off; a setting turns it on, its own options after these.
+BASELINE_OPTS = ("MODEL.DROPBLOCK.ENABLED", "False")
+SETTING_OPTS = ("MODEL.DROPBLOCK.ENABLED", "True")
+BASELINE_KEY = "baseline"
 # Each run's console output, in its OUTPUT_DIR.
 LOG_FILE = "train.log"
 _PR_SET_PDEATHSIG = 1
@@ -46,25 +50,25 @@ class Job:
 
     Attributes:
         arm (str): what the run is for, e.g. ``"baseline"`` or ``"trial 3"`` (folder names, logs).
-        key (str): identifies the setting; runs with the same key and seed are the same run.
         opts (tuple[str]): the setting's ``KEY VALUE`` options, after the study's base options.
         seed (int): Detectron2's ``SEED``.
     """
 
     arm: str
-    key: str
     opts: tuple[str, ...]
     seed: int
+
+    @property
+    def key(self) -> str:
+        """A short stable name of the setting: runs of one key and seed are the same run."""
+        if self.opts == BASELINE_OPTS:
+            return BASELINE_KEY
+        return hashlib.sha1(json.dumps(list(self.opts)).encode()).hexdigest()[:12]
 
     @property
     def id(self) -> str:
         """The run's name in the runs study: ``<key>/seed<seed>``."""
         return f"{self.key}/seed{self.seed}"
-
-
-def setting_key(opts: Sequence[str]) -> str:
-    """A short stable identifier of a setting's options."""
-    return hashlib.sha1(json.dumps(list(opts)).encode()).hexdigest()[:12]
 
 
 def _die_with_parent():

@@ -170,11 +170,8 @@ def load_space(path: str) -> dict[str, Param]:
             )
         if not isinstance(spec, dict):
             raise SpaceError(f"{where}: expected {_SPEC}.")
-        params[key] = (
-            _parse_choices(where, key, spec)
-            if "choices" in spec
-            else _parse_range(where, key, spec)
-        )
+        parse = _parse_choices if "choices" in spec else _parse_range
+        params[key] = parse(where, key, spec)
     return params
 
 

@@ -27,14 +27,11 @@ from scipy import stats
 
 from ..errors import InputError
 from .report import format_ap, format_duration, hide_password, log
-from .runs import Job, RunFailed, setting_key
+from .runs import BASELINE_KEY, BASELINE_OPTS, SETTING_OPTS, Job, RunFailed
 from .space import format_value
 
 __all__ = ["Search", "SearchSetup", "check_storage_url", "open_storage", "paired_stats"]
 
-BASELINE_OPTS = ("MODEL.DROPBLOCK.ENABLED", "False")
-SETTING_OPTS = ("MODEL.DROPBLOCK.ENABLED", "True")
-BASELINE_KEY = "baseline"
 # A setting may fail on its own (diverge); several failures in a row point at the setup instead.
 MAX_FAILURES_IN_A_ROW = 3
 _FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -194,7 +191,7 @@ class Search:
 
     def baseline_jobs(self, seeds):
         """The baseline's jobs on some seeds."""
-        return [Job("baseline", BASELINE_KEY, BASELINE_OPTS, s) for s in seeds]
+        return [Job("baseline", BASELINE_OPTS, s) for s in seeds]
 
     def best(self):
         """The study's best COMPLETE trial, or None while there is none."""
@@ -215,7 +212,7 @@ class Search:
         # A setting with nothing to drop anywhere is the stock model, i.e. the baseline.
         jobs = baseline = self.baseline_jobs(seeds)
         if self._has_dropblock(opts):
-            jobs = [Job(f"trial {trial.number}", setting_key(opts), tuple(opts), s) for s in seeds]
+            jobs = [Job(f"trial {trial.number}", tuple(opts), s) for s in seeds]
         trial.set_user_attr("opts", list(jobs[0].opts))
         trial.set_user_attr("setting_key", jobs[0].key)
 
@@ -334,7 +331,7 @@ class Search:
             return None
         seeds = self.setup.heldout_seeds
         opts = tuple(best.user_attrs["opts"])
-        best_jobs = [Job("best", setting_key(opts), opts, s) for s in seeds]
+        best_jobs = [Job("best", opts, s) for s in seeds]
         base_jobs = self.baseline_jobs(seeds)
         log(
             f"[tune] verdict: trial {best.number} (Δ {format_ap(best.value, signed=True)} in the "
