@@ -16,7 +16,15 @@ import sys
 import time
 import warnings
 
+import optuna
+
 from ..errors import InputError
+from ..train_net import add_coco_dataset_argument
+from ..trainer import check_inputs
+from .report import format_ap, format_duration, hide_password, log, write_report
+from .runs import BASELINE_OPTS, RunCommand, RunStore
+from .space import check_space, default_space, load_space
+from .study import Search, SearchFailed, SearchSetup, check_storage_url, open_storage
 
 __all__ = ["main", "parse_args"]
 
@@ -50,8 +58,6 @@ examples:
 
 def parse_args(argv=None):
     """Parse tune.py's command line (None: ``sys.argv``); ``opts`` holds the ``KEY VALUE`` options."""
-    from dropblock_det.tools.train_net import add_coco_dataset_argument
-
     parser = argparse.ArgumentParser(
         prog="tune.py",
         description="Search the best DropBlock setting for a Detectron2 config with Optuna.",
@@ -152,74 +158,12 @@ def _check_out(out):
     return top
 
 
-class _Runs:
-    """A run's train_net command line and config, of the command's and the run's options.
-
-    Each is the base config, train_net's flags (``--num-gpus``, ``--coco-dataset``), the
-    command's ``KEY VALUE`` options, then the run's own ``extra``.
-    """
-
-    def __init__(self, config_file, base_opts, coco_datasets, num_gpus):
-        self.config_file, self.base_opts, self.num_gpus = config_file, list(base_opts), num_gpus
-        self.coco_datasets = [list(triple) for triple in coco_datasets]
-
-    def dataset_flags(self):
-        return [flag for triple in self.coco_datasets for flag in ("--coco-dataset", *triple)]
-
-    def argv(self, extra=()):
-        flags = ["--num-gpus", str(self.num_gpus), *self.dataset_flags()]
-        return ["--config-file", self.config_file, *flags, *self.base_opts, *extra]
-
-    def command(self, extra):
-        return [sys.executable, "-m", "dropblock_det.tools.train_net", *self.argv(extra)]
-
-    def args(self, extra=()):
-        from dropblock_det.tools.train_net import build_parser
-
-        return build_parser().parse_args(self.argv(extra))
-
-    def __call__(self, extra=()):
-        from dropblock_det.tools.trainer import build_cfg
-
-        return build_cfg(self.args(extra))
-
-    def has_dropblock(self, extra):
-        from dropblock_det.config import requested_groups
-
-        return bool(requested_groups(self(extra)))
-
-    def checked(self, extra=()):
-        """A trial's config of ``extra`` (DropBlock on), with train_net's model checks.
-
-        The model is built once on the CPU, as train_net does before training, so that a
-        placement the model cannot take is refused here. A setting that puts DropBlock nowhere is
-        the baseline itself (trained with MODEL.DROPBLOCK.ENABLED False), so it passes unchecked.
-        """
-        from dropblock_det.config import requested_groups
-        from dropblock_det.tools.trainer import check_model
-        from dropblock_det.tools.validation import check_training_inputs
-
-        from .runs import SETTING_OPTS
-
-        cfg = self([*SETTING_OPTS, *extra])
-        if requested_groups(cfg):
-            check_training_inputs(cfg, check_train=False, check_test=False)
-            check_model(cfg)
-        return cfg
-
-
 def _prepare(args):
     """Check every input and build what the search needs; nothing is written.
 
     Raises:
         InputError: naming the flag, key or file at fault.
     """
-    from dropblock_det.tools.trainer import check_inputs
-
-    from .runs import BASELINE_OPTS
-    from .space import check_space, default_space, load_space
-    from .study import SearchSetup, check_storage_url
-
     _check_flags(args)
     config_file = os.path.abspath(args.config_file)
     name = args.study_name or f"dropblock-{os.path.splitext(os.path.basename(config_file))[0]}"
@@ -234,7 +178,7 @@ def _prepare(args):
             "search first, or give the --out or --storage of the study."
         )
     params = load_space(args.space) if args.space else None  # its form, before the slower checks
-    runs = _Runs(config_file, args.opts, args.coco_dataset, args.num_gpus)
+    runs = RunCommand(config_file, args.opts, args.coco_dataset, args.num_gpus)
     cfg = runs()
     check_inputs(runs.args(BASELINE_OPTS))  # the datasets, once, as train_net checks them
     # Every run is trained in its own process, in this working directory or not: absolute paths.
@@ -272,8 +216,6 @@ def _prepare(args):
 
 
 def _sampler_and_pruner(args, setup):
-    import optuna
-
     # Parallel workers: pending trials count as if they had the worst value (constant liar), so
     # that two workers do not draw the same point.
     sampler = optuna.samplers.TPESampler(
@@ -309,12 +251,6 @@ def main(argv=None) -> int:
         runs, params, name, out, to_create, storage_url, setup = _prepare(args)
     except InputError as error:
         return _error(error)
-
-    import optuna
-
-    from .report import format_ap, format_duration, hide_password, log, write_report
-    from .runs import RunStore
-    from .study import BaselineFailed, Search, TooManyFailures, open_storage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -365,7 +301,7 @@ def main(argv=None) -> int:
             search.run(args.n_trials)
             if not args.no_verdict:
                 search.verdict()
-        except (BaselineFailed, TooManyFailures) as error:
+        except SearchFailed as error:
             _error(error)
             write_report(search, out, runs, command, storage_url)
             return 1

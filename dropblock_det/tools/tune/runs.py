@@ -26,10 +26,13 @@ from dataclasses import dataclass
 import optuna
 from optuna.trial import TrialState
 
-from ..trainer import EVAL_RESULTS_FILE
+from ...config import requested_groups
+from ..train_net import build_parser
+from ..trainer import EVAL_RESULTS_FILE, build_cfg, check_model
+from ..validation import check_training_inputs
 from .report import format_ap, log
 
-__all__ = ["BASELINE_KEY", "BASELINE_OPTS", "SETTING_OPTS", "Job", "RunFailed", "RunStore"]
+__all__ = ["Job", "RunCommand", "RunFailed", "RunStore"]
 
 # The baseline trains with DropBlock off; a setting turns it on, its own options after these.
 BASELINE_OPTS = ("MODEL.DROPBLOCK.ENABLED", "False")
@@ -69,6 +72,50 @@ class Job:
     def id(self) -> str:
         """The run's name in the runs study: ``<key>/seed<seed>``."""
         return f"{self.key}/seed{self.seed}"
+
+
+class RunCommand:
+    """A run's train_net command line and config, of the command's and the run's options.
+
+    Each is the base config, train_net's flags (``--num-gpus``, ``--coco-dataset``), the
+    command's ``KEY VALUE`` options, then the run's own ``extra``.
+    """
+
+    def __init__(self, config_file, base_opts, coco_datasets, num_gpus):
+        self.config_file, self.base_opts, self.num_gpus = config_file, list(base_opts), num_gpus
+        self.coco_datasets = [list(triple) for triple in coco_datasets]
+
+    def dataset_flags(self):
+        return [flag for triple in self.coco_datasets for flag in ("--coco-dataset", *triple)]
+
+    def argv(self, extra=()):
+        flags = ["--num-gpus", str(self.num_gpus), *self.dataset_flags()]
+        return ["--config-file", self.config_file, *flags, *self.base_opts, *extra]
+
+    def command(self, extra):
+        return [sys.executable, "-m", "dropblock_det.tools.train_net", *self.argv(extra)]
+
+    def args(self, extra=()):
+        return build_parser().parse_args(self.argv(extra))
+
+    def __call__(self, extra=()):
+        return build_cfg(self.args(extra))
+
+    def has_dropblock(self, extra):
+        return bool(requested_groups(self(extra)))
+
+    def checked(self, extra=()):
+        """A trial's config of ``extra`` (DropBlock on), with train_net's model checks.
+
+        The model is built once on the CPU, as train_net does before training, so that a
+        placement the model cannot take is refused here. A setting that puts DropBlock nowhere is
+        the baseline itself (trained with MODEL.DROPBLOCK.ENABLED False), so it passes unchecked.
+        """
+        cfg = self([*SETTING_OPTS, *extra])
+        if requested_groups(cfg):
+            check_training_inputs(cfg, check_train=False, check_test=False)
+            check_model(cfg)
+        return cfg
 
 
 def _die_with_parent():

@@ -30,7 +30,7 @@ from .report import format_ap, format_duration, hide_password, log
 from .runs import BASELINE_KEY, BASELINE_OPTS, SETTING_OPTS, Job, RunFailed
 from .space import format_value
 
-__all__ = ["Search", "SearchSetup", "check_storage_url", "open_storage", "paired_stats"]
+__all__ = ["Search", "SearchFailed", "SearchSetup", "check_storage_url", "open_storage"]
 
 # A setting may fail on its own (diverge); several failures in a row point at the setup instead.
 MAX_FAILURES_IN_A_ROW = 3
@@ -38,11 +38,15 @@ _FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 _LIVE = (*_FINISHED, TrialState.RUNNING, TrialState.WAITING)
 
 
-class BaselineFailed(RuntimeError):
+class SearchFailed(RuntimeError):
+    """The search cannot go on in this worker; the message says why."""
+
+
+class BaselineFailed(SearchFailed):
     """The baseline's training failed: no trial can be scored, so the worker stops."""
 
 
-class TooManyFailures(RuntimeError):
+class TooManyFailures(SearchFailed):
     """Several trials in a row failed in this worker, which points at the setup, not a setting."""
 
 
