@@ -251,11 +251,8 @@ class RunStore:
             trial.set_user_attr(name, value)
         deadline = time.time() + 30 * self.poll_s
         while True:
-            earlier = [
-                r
-                for r in self.runs((TrialState.RUNNING, TrialState.COMPLETE))
-                if r.number < trial.number
-            ]
+            claims = self.runs((TrialState.RUNNING, TrialState.COMPLETE))
+            earlier = [r for r in claims if r.number < trial.number]
             if any(r.user_attrs.get("job") == job.id for r in earlier):
                 trial.set_user_attr("yielded", True)
                 self.study.tell(trial, state=TrialState.FAIL)

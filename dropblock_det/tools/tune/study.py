@@ -82,22 +82,18 @@ def check_storage_url(url: str) -> None:
         InputError: the URL does not parse, names no SQLAlchemy dialect, or its driver is not
             installed; the message says which.
     """
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
-
     flag = f"--storage {hide_password(url)!r}"
     example = "e.g. sqlite:///study.db or postgresql+psycopg://user:password@host:5432/db"
     try:
-        parsed = make_url(url)
-    except ArgumentError as error:
-        raise InputError(f"{flag}: not an SQLAlchemy URL ({example}).") from error
-    try:
+        parsed = sqlalchemy.engine.make_url(url)
         parsed.get_dialect().import_dbapi()
-    except NoSuchModuleError as error:
+    except sqlalchemy.exc.NoSuchModuleError as error:  # an ArgumentError: caught before those
         raise InputError(
             f"{flag}: SQLAlchemy has no database {parsed.drivername!r} ({example}; 'postgres://' "
             "is spelled 'postgresql://')."
         ) from error
+    except sqlalchemy.exc.ArgumentError as error:
+        raise InputError(f"{flag}: not an SQLAlchemy URL ({example}).") from error
     except ImportError as error:
         raise InputError(
             f"{flag}: the driver of {parsed.drivername!r} is not installed here ({error})."
@@ -253,11 +249,8 @@ class Search:
             raise BaselineFailed(str(error)) from error
 
     def _check_budget(self, trial):
-        earlier = [
-            t
-            for t in self.study.get_trials(deepcopy=False, states=_LIVE)
-            if t.number < trial.number and not t.user_attrs.get("surplus")
-        ]
+        live = self.study.get_trials(deepcopy=False, states=_LIVE)
+        earlier = [t for t in live if t.number < trial.number and not t.user_attrs.get("surplus")]
         if len(earlier) >= self.n_trials:
             trial.set_user_attr("surplus", True)
             raise _Surplus(
