@@ -174,16 +174,12 @@ def write_report(search, out_dir, runs, command, storage_url) -> str:
     def value(t):  # a pruned trial's value is its last intermediate AP, not a difference
         return t.value if t.state == TrialState.COMPLETE else None
 
-    for t in sorted(trials, key=lambda t: (value(t) is None, -(value(t) or 0.0), t.number)):
-        if t.state == TrialState.WAITING:
-            continue
-        cells = [str(t.number)]
-        for key in params:
-            cell = t.params.get(key, "–")
-            cells.append(f"{cell:.3f}" if isinstance(cell, float) else str(cell))
-        p = t.user_attrs.get("delta", {}).get("p")
-        cells += [_mean_sd(list(t.user_attrs.get("ap", {}).values()))]
-        cells += [format_ap(value(t), signed=True), "–" if p is None else f"{p:.3f}"]
+    shown = [t for t in trials if t.state != TrialState.WAITING]
+    for t in sorted(shown, key=lambda t: (value(t) is None, -(value(t) or 0.0), t.number)):
+        searched = [t.params.get(key, "–") for key in params]
+        cells = [str(t.number), *(f"{v:.3f}" if isinstance(v, float) else str(v) for v in searched)]
+        p, aps = t.user_attrs.get("delta", {}).get("p"), list(t.user_attrs.get("ap", {}).values())
+        cells += [_mean_sd(aps), format_ap(value(t), signed=True), "–" if p is None else f"{p:.3f}"]
         cells.append(_state(t, trials, seeds, setup.max_iter))
         lines.append("| " + " | ".join(cells) + " |")
 
