@@ -622,11 +622,7 @@ def postgres_url():
     folder = tempfile.mkdtemp(prefix="tune_pg_")
     if as_postgres:
         shutil.chown(folder, "postgres")
-    data = os.path.join(folder, "data")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    bindir = PG_BINDIR
+    data, port, bindir = os.path.join(folder, "data"), free_port(), PG_BINDIR
     started = False
     try:
         subprocess.run(

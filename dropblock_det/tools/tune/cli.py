@@ -16,7 +16,15 @@ import sys
 import time
 import warnings
 
+import optuna
+
 from ..errors import InputError
+from ..train_net import add_coco_dataset_argument
+from ..trainer import check_inputs
+from .report import format_ap, format_duration, hide_password, log, write_report
+from .runs import BASELINE_OPTS, RunCommand, RunStore
+from .space import check_space, default_space, load_space
+from .study import Search, SearchFailed, SearchSetup, check_storage_url, open_storage
 
 __all__ = ["main", "parse_args"]
 
@@ -50,8 +58,6 @@ examples:
 
 def parse_args(argv=None):
     """Parse tune.py's command line (None: ``sys.argv``); ``opts`` holds the ``KEY VALUE`` options."""
-    from dropblock_det.tools.train_net import add_coco_dataset_argument
-
     parser = argparse.ArgumentParser(
         prog="tune.py",
         description="Search the best DropBlock setting for a Detectron2 config with Optuna.",
@@ -86,8 +92,15 @@ def parse_args(argv=None):
 
 
 def _check_flags(args):
-    if args.n_trials < 1:
-        raise InputError(f"--n-trials {args.n_trials}: expected at least 1.")
+    for flag, value, least in (
+        ("--n-trials", args.n_trials, 1),
+        ("--num-gpus", args.num_gpus, 1),
+        ("--pruner-startup", args.pruner_startup, 0),
+        ("--startup-trials", args.startup_trials, 0),
+        ("--max-retry", args.max_retry, 0),
+    ):
+        if value < least:
+            raise InputError(f"{flag} {value}: expected at least {least}.")
     for flag, seeds in (("--seeds", args.seeds), ("--heldout-seeds", args.heldout_seeds)):
         if len(set(seeds)) != len(seeds):
             raise InputError(f"{flag} {seeds}: the seeds must be distinct.")
@@ -101,14 +114,6 @@ def _check_flags(args):
             f"--heldout-seeds shares {shared} with --seeds: the verdict must use seeds the search "
             "never saw, or the selection bias of the best trial comes back."
         )
-    for flag, value, least in (
-        ("--num-gpus", args.num_gpus, 1),
-        ("--pruner-startup", args.pruner_startup, 0),
-        ("--startup-trials", args.startup_trials, 0),
-        ("--max-retry", args.max_retry, 0),
-    ):
-        if value < least:
-            raise InputError(f"{flag} {value}: expected at least {least}.")
     if args.sampler_seed is not None and not 0 <= args.sampler_seed <= _MAX_SAMPLER_SEED:
         raise InputError(
             f"--sampler-seed {args.sampler_seed}: expected an integer in [0, {_MAX_SAMPLER_SEED}]."
@@ -153,68 +158,12 @@ def _check_out(out):
     return top
 
 
-class _Runs:
-    """A run's train_net command line and config.
-
-    Each is the base config, train_net's flags (``--num-gpus``, ``--coco-dataset``) and the
-    command's ``KEY VALUE`` options, then the run's own options ``extra``.
-    """
-
-    def __init__(self, config_file, base_opts, coco_datasets, num_gpus):
-        self.config_file, self.base_opts, self.num_gpus = config_file, list(base_opts), num_gpus
-        self.coco_datasets = [list(triple) for triple in coco_datasets]
-
-    def dataset_flags(self):
-        return [flag for triple in self.coco_datasets for flag in ("--coco-dataset", *triple)]
-
-    def argv(self, extra=()):
-        flags = ["--num-gpus", str(self.num_gpus), *self.dataset_flags()]
-        return ["--config-file", self.config_file, *flags, *self.base_opts, *extra]
-
-    def command(self, extra):
-        return [sys.executable, "-m", "dropblock_det.tools.train_net", *self.argv(extra)]
-
-    def args(self, extra=()):
-        from dropblock_det.tools.train_net import build_parser
-
-        return build_parser().parse_args(self.argv(extra))
-
-    def __call__(self, extra=()):
-        from dropblock_det.tools.trainer import build_cfg
-
-        return build_cfg(self.args(extra))
-
-    def checked(self, extra=()):
-        """The config of ``extra``, with the model checks train_net runs (datasets aside).
-
-        The model is built once on the CPU, as train_net does before training, so that a
-        placement the model cannot take is refused here. A setting that puts DropBlock nowhere is
-        the baseline itself (the search trains it with MODEL.DROPBLOCK.ENABLED False), so it
-        passes unchecked.
-        """
-        from dropblock_det.config import requested_groups
-        from dropblock_det.tools.trainer import check_model
-        from dropblock_det.tools.validation import check_training_inputs
-
-        cfg = self(extra)
-        if requested_groups(cfg):
-            check_training_inputs(cfg, check_train=False, check_test=False)
-            check_model(cfg)
-        return cfg
-
-
 def _prepare(args):
     """Check every input and build what the search needs; nothing is written.
 
     Raises:
         InputError: naming the flag, key or file at fault.
     """
-    from dropblock_det.tools.trainer import check_inputs
-
-    from .report import hide_password
-    from .space import check_space, default_space, load_space, space_to_yaml
-    from .study import BASELINE_OPTS, SETTING_OPTS, SearchSetup, check_storage_url
-
     _check_flags(args)
     config_file = os.path.abspath(args.config_file)
     name = args.study_name or f"dropblock-{os.path.splitext(os.path.basename(config_file))[0]}"
@@ -222,17 +171,14 @@ def _prepare(args):
     to_create = _check_out(out)
     default_db = os.path.join(out, "study.db")
     storage_url = args.storage or f"sqlite:///{default_db}"
-    try:
-        check_storage_url(storage_url)
-    except ValueError as error:
-        raise InputError(f"--storage {hide_password(storage_url)!r}: {error}") from error
+    check_storage_url(storage_url)
     if args.report_only and not args.storage and not os.path.isfile(default_db):
         raise InputError(
             f"--report-only: there is no study to report in {out!r} (no study.db); run the "
             "search first, or give the --out or --storage of the study."
         )
     params = load_space(args.space) if args.space else None  # its form, before the slower checks
-    runs = _Runs(config_file, args.opts, args.coco_dataset, args.num_gpus)
+    runs = RunCommand(config_file, args.opts, args.coco_dataset, args.num_gpus)
     cfg = runs()
     check_inputs(runs.args(BASELINE_OPTS))  # the datasets, once, as train_net checks them
     # Every run is trained in its own process, in this working directory or not: absolute paths.
@@ -247,30 +193,22 @@ def _prepare(args):
             "exactly one, e.g. DATASETS.TEST \"('dropblock_digits_val',)\"."
         )
     try:
-        runs.checked(SETTING_OPTS)
+        runs.checked()
     except InputError as error:
         raise InputError(
             f"--config-file {args.config_file!r} with MODEL.DROPBLOCK.ENABLED True, as every "
             f"trial trains it: {error}"
         ) from error
-
-    def check(extra):
-        return runs.checked([*SETTING_OPTS, *extra])
-
     if args.space:
-        params = check_space(params, cfg, check, args.space)
+        params = check_space(params, cfg, runs.checked, args.space)
     else:
-        params = check_space(
-            default_space(cfg), cfg, check, "the default space", DEFAULT_SPACE_ADVICE
-        )
-    comparable = cfg.clone()
-    comparable.defrost()
-    comparable.OUTPUT_DIR = ""
-    setup = SearchSetup(
-        config_hash=hashlib.sha1(comparable.dump().encode()).hexdigest()[:16],
+        source = "the default space"
+        params = check_space(default_space(cfg), cfg, runs.checked, source, DEFAULT_SPACE_ADVICE)
+    setup = SearchSetup(  # OUTPUT_DIR aside, every worker trains the same config
+        config_hash=hashlib.sha1(runs(["OUTPUT_DIR", ""]).dump().encode()).hexdigest()[:16],
         seeds=list(args.seeds),
         heldout_seeds=list(args.heldout_seeds),
-        space=space_to_yaml(params),
+        space=repr(list(params.values())),
         metric="bbox/AP",
         max_iter=int(cfg.SOLVER.MAX_ITER),
     )
@@ -278,8 +216,6 @@ def _prepare(args):
 
 
 def _sampler_and_pruner(args, setup):
-    import optuna
-
     # Parallel workers: pending trials count as if they had the worst value (constant liar), so
     # that two workers do not draw the same point.
     sampler = optuna.samplers.TPESampler(
@@ -294,10 +230,6 @@ def _sampler_and_pruner(args, setup):
         max_resource = len(setup.seeds) * setup.max_iter
         return sampler, optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max_resource)
     return sampler, optuna.pruners.NopPruner()
-
-
-def _log(line):
-    print(line, flush=True)
 
 
 def _error(message):
@@ -320,29 +252,16 @@ def main(argv=None) -> int:
     except InputError as error:
         return _error(error)
 
-    import optuna
-    import sqlalchemy
-
-    from dropblock_det.config import requested_groups
-
-    from .report import format_ap, format_duration, hide_password, write_report
-    from .runs import RunStore
-    from .study import BaselineFailed, Search, TooManyFailures, open_storage
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     shown_url = hide_password(storage_url)
     try:
-        os.makedirs(out, exist_ok=True)
-    except OSError as error:
-        return _error(f"--out {out!r} cannot be created: {error}")
-    try:
         try:
-            storage = open_storage(storage_url, args.heartbeat, args.max_retry)
-            runs_storage = open_storage(storage_url, args.heartbeat, args.max_retry, retry=False)
-        except (sqlalchemy.exc.SQLAlchemyError, ImportError, RuntimeError) as error:
-            reason = " ".join(str(getattr(error, "orig", None) or error).split())
-            raise InputError(f"--storage {shown_url!r} cannot be opened: {reason}") from error
+            os.makedirs(out, exist_ok=True)
+        except OSError as error:
+            raise InputError(f"--out {out!r} cannot be created: {error}") from error
+        storage = open_storage(storage_url, args.heartbeat, args.max_retry)
+        runs_storage = open_storage(storage_url, args.heartbeat, args.max_retry, retry=False)
         if args.report_only and name not in optuna.study.get_all_study_names(storage):
             raise InputError(
                 f"--report-only: the storage {shown_url!r} holds no study {name!r}; run the "
@@ -362,12 +281,8 @@ def main(argv=None) -> int:
         if to_create is not None:
             shutil.rmtree(to_create, ignore_errors=True)  # nothing of this command is left behind
         return _error(error)
-    store = RunStore(runs_storage, name, out, runs.command, setup.metric, args.poll, log=_log)
-
-    def has_dropblock(opts):
-        return bool(requested_groups(runs(opts)))
-
-    search = Search(study, store, params, setup, has_dropblock, log=_log)
+    store = RunStore(runs_storage, name, out, runs.command, setup.metric, args.poll)
+    search = Search(study, store, params, setup, runs.has_dropblock)
     given = argv if argv is not None else sys.argv[1:]
     # The study and its report keep the command, never a storage password.
     command = shlex.join(["python", "tools/tune.py", *map(hide_password, given)])
@@ -378,7 +293,7 @@ def main(argv=None) -> int:
     if not args.report_only:
         if "command" not in study.user_attrs:  # the report quotes the command that searched
             study.set_user_attr("command", command)
-        _log(
+        log(
             f"[tune] study {name!r} in {shown_url}: {args.n_trials} trials, seeds {setup.seeds},"
             f" held-out seeds {setup.heldout_seeds}, {len(params)} searched keys; output in {out}"
         )
@@ -386,9 +301,9 @@ def main(argv=None) -> int:
             search.run(args.n_trials)
             if not args.no_verdict:
                 search.verdict()
-        except (BaselineFailed, TooManyFailures) as error:
+        except SearchFailed as error:
             _error(error)
-            write_report(search, out, runs, command, storage_url, runs.dataset_flags())
+            write_report(search, out, runs, command, storage_url)
             return 1
         except KeyboardInterrupt:
             print(
@@ -397,19 +312,19 @@ def main(argv=None) -> int:
                 file=sys.stderr,
             )
             return 130
-    report = write_report(search, out, runs, command, storage_url, runs.dataset_flags())
-    if study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        best = study.best_trial
-        _log(
+    report = write_report(search, out, runs, command, storage_url)
+    best = search.best()
+    if best is not None:
+        log(
             f"[tune] best: trial {best.number}, Δ {format_ap(best.value, signed=True)} AP on the "
             "search seeds: " + search.describe(best.params)
         )
         verdict = study.user_attrs.get(f"verdict/{best.number}")
         if verdict and verdict.get("p") is not None:
-            _log(
+            log(
                 f"[tune] held-out seeds {verdict['seeds']}: Δ "
                 f"{format_ap(verdict['mean'], signed=True)} ± {format_ap(verdict['sd'])} AP, "
                 f"paired t {verdict['t']:.2f}, p {verdict['p']:.3f}"
             )
-    _log(f"[tune] report: {report} ({format_duration(int(time.time() - start))} in this worker)")
+    log(f"[tune] report: {report} ({format_duration(int(time.time() - start))} in this worker)")
     return 0

@@ -2,6 +2,7 @@
 
 import math
 import os
+import re
 import shlex
 import statistics
 import warnings
@@ -9,7 +10,7 @@ import warnings
 import optuna
 from optuna.trial import TrialState
 
-__all__ = ["format_ap", "format_duration", "hide_password", "write_report"]
+__all__ = ["format_ap", "format_duration", "hide_password", "log", "write_report"]
 
 # Optuna's matplotlib plots of the study: file name, function, keyword arguments.
 _PLOTS = (
@@ -30,13 +31,15 @@ def format_ap(value, signed=False) -> str:
         return "–"
     value, sign = float(value), "+" if signed else ""
     size = abs(value)
-    if size >= 1 or size == 0:
-        decimals = 1
-    elif size >= 0.001:
-        decimals = 1 - math.floor(math.log10(size))
-    else:
+    if 0 < size < 0.001:
         return f"{value:{sign}.1e}"
+    decimals = 1 if size >= 1 or size == 0 else 1 - math.floor(math.log10(size))
     return f"{value:{sign}.{decimals}f}"
+
+
+def log(line: str) -> None:
+    """Print a progress line at once (a worker's console is read while it runs)."""
+    print(line, flush=True)
 
 
 def format_duration(seconds: float) -> str:
@@ -51,12 +54,7 @@ def hide_password(text: str) -> str:
     Everything between the user name and the last ``@`` is hidden, also a password that holds an
     ``@`` (which SQLAlchemy's own URL parser would split there, showing the rest).
     """
-    if "://" in text and "@" in text:
-        scheme, rest = text.split("://", 1)
-        credentials, host = rest.rsplit("@", 1)
-        if ":" in credentials:
-            return f"{scheme}://{credentials.split(':', 1)[0]}:***@{host}"
-    return text
+    return re.sub(r"(://[^:/@]*):.*@", r"\1:***@", text)
 
 
 def _mean_sd(values) -> str:
@@ -72,15 +70,11 @@ def _state(trial, trials, seeds, max_iter) -> str:
         # Steps are seed index * (MAX_ITER + 1) + iteration (see Search.objective).
         step = max(trial.intermediate_values)
         index, iteration = divmod(step, max_iter + 1)
-        seed = seeds[index] if index < len(seeds) else "?"
         value = format_ap(trial.intermediate_values[step])
-        return f"PRUNED at iteration {iteration} of seed {seed} (AP {value} then)"
+        return f"PRUNED at iteration {iteration} of seed {seeds[index]} (AP {value} then)"
     if trial.state == TrialState.FAIL:
         retried = [
-            t.number
-            for t in trials
-            if t.system_attrs.get("failed_trial") == trial.number
-            or trial.number in t.system_attrs.get("retry_history", [])
+            t.number for t in trials if trial.number in t.system_attrs.get("retry_history", ())
         ]
         if retried:
             return f"FAIL (worker lost, retried as #{retried[0]})"
@@ -89,8 +83,8 @@ def _state(trial, trials, seeds, max_iter) -> str:
     return trial.state.name
 
 
-def _write_plots(study, params, out_dir) -> dict[str, str]:
-    """Optuna's matplotlib plots as PNG files: file name -> ``""`` when written, else why not."""
+def _write_plots(study, params, out_dir) -> list[str]:
+    """Draw Optuna's matplotlib plots as PNG files; return their report lines."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -102,7 +96,7 @@ def _write_plots(study, params, out_dir) -> dict[str, str]:
         plots.append(
             ("contour_block_size_keep_prob.png", "plot_contour", {"params": _CONTOUR_KEYS})
         )
-    status = {}
+    lines = []
     for name, function, kwargs in plots:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -111,7 +105,7 @@ def _write_plots(study, params, out_dir) -> dict[str, str]:
                 axes = getattr(vis, function)(study, **kwargs)
             except (ValueError, RuntimeError, ZeroDivisionError) as error:
                 # Optuna refuses some plots on small studies, e.g. importances of one trial.
-                status[name] = f"not drawn: {error}"
+                lines.append(f"- `{name}` not drawn: {error}")
                 continue
         if hasattr(axes, "flat"):  # a grid of axes (the slice and contour of several keys)
             figure = axes.flat[0].figure
@@ -121,26 +115,25 @@ def _write_plots(study, params, out_dir) -> dict[str, str]:
             figure.tight_layout()
         figure.savefig(os.path.join(out_dir, name), dpi=72)
         plt.close(figure)
-        status[name] = ""
-    return status
+        lines.append(f"![{name}]({name})")
+    return lines
 
 
-def write_report(search, out_dir, build_cfg, command, storage_url, dataset_flags=()) -> str:
+def write_report(search, out_dir, runs, command, storage_url) -> str:
     """Write ``report.md`` (and ``best.yaml`` and the plots) from what the storage holds.
 
     Args:
         search (Search): the worker's search (its study, runs, space and setup).
         out_dir (str): the study's output folder.
-        build_cfg (Callable[[list[str]], CfgNode]): the config of extra options on the base ones.
+        runs (Callable[[list[str]], CfgNode]): the config of extra options on the base ones; its
+            ``dataset_flags()`` are the ``--coco-dataset`` flags the best setting trains with.
         command (str): the command line, quoted in the report.
         storage_url (str): where the study lives (shown without a password).
-        dataset_flags (Sequence[str]): the ``--coco-dataset`` flags the best setting trains with.
 
     Returns:
         str: the path of report.md.
     """
     study, setup, params = search.study, search.setup, search.params
-    os.makedirs(out_dir, exist_ok=True)
     trials = study.get_trials(deepcopy=False)
     seeds = setup.seeds
     counts = {s.name: sum(t.state == s for t in trials) for s in TrialState}
@@ -181,26 +174,21 @@ def write_report(search, out_dir, build_cfg, command, storage_url, dataset_flags
     def value(t):  # a pruned trial's value is its last intermediate AP, not a difference
         return t.value if t.state == TrialState.COMPLETE else None
 
-    for t in sorted(trials, key=lambda t: (value(t) is None, -(value(t) or 0.0), t.number)):
-        if t.state == TrialState.WAITING:
-            continue
-        cells = [str(t.number)]
-        for key in params:
-            cell = t.params.get(key, "–")
-            cells.append(f"{cell:.3f}" if isinstance(cell, float) else str(cell))
-        p = t.user_attrs.get("delta", {}).get("p")
-        cells += [_mean_sd(list(t.user_attrs.get("ap", {}).values()))]
-        cells += [format_ap(value(t), signed=True), "–" if p is None else f"{p:.3f}"]
+    shown = [t for t in trials if t.state != TrialState.WAITING]
+    for t in sorted(shown, key=lambda t: (value(t) is None, -(value(t) or 0.0), t.number)):
+        searched = [t.params.get(key, "–") for key in params]
+        cells = [str(t.number), *(f"{v:.3f}" if isinstance(v, float) else str(v) for v in searched)]
+        p, aps = t.user_attrs.get("delta", {}).get("p"), list(t.user_attrs.get("ap", {}).values())
+        cells += [_mean_sd(aps), format_ap(value(t), signed=True), "–" if p is None else f"{p:.3f}"]
         cells.append(_state(t, trials, seeds, setup.max_iter))
         lines.append("| " + " | ".join(cells) + " |")
 
     lines += ["", "## Held-out verdict", ""]
-    if any(t.state == TrialState.COMPLETE for t in trials):
-        lines += _verdict_lines(study)
-        lines += _write_best_yaml(search, out_dir, build_cfg, list(dataset_flags))
-        lines += ["", "## Plots", ""]
-        for name, status in _write_plots(study, params, out_dir).items():
-            lines.append(f"- `{name}` {status}" if status else f"![{name}]({name})")
+    best = search.best()
+    if best is not None:
+        lines += _verdict_lines(study, best)
+        lines += _write_best_yaml(search, best, out_dir, runs)
+        lines += ["", "## Plots", "", *_write_plots(study, params, out_dir)]
     else:
         lines.append("No trial completed yet.")
     path = os.path.join(out_dir, "report.md")
@@ -209,11 +197,12 @@ def write_report(search, out_dir, build_cfg, command, storage_url, dataset_flags
     return path
 
 
-def _verdict_lines(study) -> list[str]:
-    best = study.best_trial
+def _verdict_lines(study, best) -> list[str]:
+    from .runs import BASELINE_KEY
+
     verdict = study.user_attrs.get(f"verdict/{best.number}")
     if verdict is None:
-        if best.user_attrs.get("setting_key") == "baseline":
+        if best.user_attrs.get("setting_key") == BASELINE_KEY:
             return ["The best trial puts DropBlock nowhere: no setting beat the baseline."]
         return [f"Not run yet for the best trial #{best.number} (it runs after the search)."]
     out = [
@@ -250,14 +239,15 @@ def _verdict_lines(study) -> list[str]:
     ]
 
 
-def _write_best_yaml(search, out_dir, build_cfg, dataset_flags) -> list[str]:
+def _write_best_yaml(search, best, out_dir, runs) -> list[str]:
     """Write ``best.yaml``, a full config train_net trains as it is; return its report lines."""
-    study, best = search.study, search.study.best_trial
-    cfg = build_cfg(list(best.user_attrs["opts"]))
-    cfg.defrost()
-    cfg.OUTPUT_DIR = os.path.join("output", f"{study.study_name}-best")
+    study = search.study
+    output_dir = os.path.join("output", f"{study.study_name}-best")
+    cfg = runs([*best.user_attrs["opts"], "OUTPUT_DIR", output_dir])
     path = os.path.join(out_dir, "best.yaml")
-    train = shlex.join(["python", "tools/train_net.py", "--config-file", path, *dataset_flags])
+    train = shlex.join(
+        ["python", "tools/train_net.py", "--config-file", path, *runs.dataset_flags()]
+    )
     searched = [(k, best.params[k]) for k in search.params if k in best.params]
     header = [
         f"The best setting of DropBlock search {study.study_name!r}: trial #{best.number}, "

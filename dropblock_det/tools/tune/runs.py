@@ -26,11 +26,18 @@ from dataclasses import dataclass
 import optuna
 from optuna.trial import TrialState
 
-from ..trainer import EVAL_RESULTS_FILE
-from .report import format_ap
+from ...config import requested_groups
+from ..train_net import build_parser
+from ..trainer import EVAL_RESULTS_FILE, build_cfg, check_model
+from ..validation import check_training_inputs
+from .report import format_ap, log
 
-__all__ = ["Job", "RunFailed", "RunStore", "setting_key"]
+__all__ = ["Job", "RunCommand", "RunFailed", "RunStore"]
 
+# The baseline trains with DropBlock off; a setting turns it on, its own options after these.
+BASELINE_OPTS = ("MODEL.DROPBLOCK.ENABLED", "False")
+SETTING_OPTS = ("MODEL.DROPBLOCK.ENABLED", "True")
+BASELINE_KEY = "baseline"
 # Each run's console output, in its OUTPUT_DIR.
 LOG_FILE = "train.log"
 _PR_SET_PDEATHSIG = 1
@@ -46,15 +53,20 @@ class Job:
 
     Attributes:
         arm (str): what the run is for, e.g. ``"baseline"`` or ``"trial 3"`` (folder names, logs).
-        key (str): identifies the setting; runs with the same key and seed are the same run.
         opts (tuple[str]): the setting's ``KEY VALUE`` options, after the study's base options.
         seed (int): Detectron2's ``SEED``.
     """
 
     arm: str
-    key: str
     opts: tuple[str, ...]
     seed: int
+
+    @property
+    def key(self) -> str:
+        """A short stable name of the setting: runs of one key and seed are the same run."""
+        if self.opts == BASELINE_OPTS:
+            return BASELINE_KEY
+        return hashlib.sha1(json.dumps(list(self.opts)).encode()).hexdigest()[:12]
 
     @property
     def id(self) -> str:
@@ -62,9 +74,48 @@ class Job:
         return f"{self.key}/seed{self.seed}"
 
 
-def setting_key(opts: Sequence[str]) -> str:
-    """A short stable identifier of a setting's options."""
-    return hashlib.sha1(json.dumps(list(opts)).encode()).hexdigest()[:12]
+class RunCommand:
+    """A run's train_net command line and config, of the command's and the run's options.
+
+    Each is the base config, train_net's flags (``--num-gpus``, ``--coco-dataset``), the
+    command's ``KEY VALUE`` options, then the run's own ``extra``.
+    """
+
+    def __init__(self, config_file, base_opts, coco_datasets, num_gpus):
+        self.config_file, self.base_opts, self.num_gpus = config_file, list(base_opts), num_gpus
+        self.coco_datasets = [list(triple) for triple in coco_datasets]
+
+    def dataset_flags(self):
+        return [flag for triple in self.coco_datasets for flag in ("--coco-dataset", *triple)]
+
+    def argv(self, extra=()):
+        flags = ["--num-gpus", str(self.num_gpus), *self.dataset_flags()]
+        return ["--config-file", self.config_file, *flags, *self.base_opts, *extra]
+
+    def command(self, extra):
+        return [sys.executable, "-m", "dropblock_det.tools.train_net", *self.argv(extra)]
+
+    def args(self, extra=()):
+        return build_parser().parse_args(self.argv(extra))
+
+    def __call__(self, extra=()):
+        return build_cfg(self.args(extra))
+
+    def has_dropblock(self, extra):
+        return bool(requested_groups(self(extra)))
+
+    def checked(self, extra=()):
+        """A trial's config of ``extra`` (DropBlock on), with train_net's model checks.
+
+        The model is built once on the CPU, as train_net does before training, so that a
+        placement the model cannot take is refused here. A setting that puts DropBlock nowhere is
+        the baseline itself (trained with MODEL.DROPBLOCK.ENABLED False), so it passes unchecked.
+        """
+        cfg = self([*SETTING_OPTS, *extra])
+        if requested_groups(cfg):
+            check_training_inputs(cfg, check_train=False, check_test=False)
+            check_model(cfg)
+        return cfg
 
 
 def _die_with_parent():
@@ -75,11 +126,9 @@ def _die_with_parent():
 
 
 def _read_metric(path: str, metric: str) -> tuple[int | None, float]:
-    """(iteration, metric) of the eval_results.json a training rewrites after each evaluation.
+    """(iteration, metric) of eval_results.json, replaced atomically after every evaluation.
 
-    The file is replaced atomically after every evaluation (TEST.EVAL_PERIOD and the end), whereas
-    metrics.json only gets the latest one at Detectron2's writer period. COCOEvaluator gives NaN
-    when the model detects nothing at all: as a score that is AP 0.
+    COCOEvaluator gives NaN when the model detects nothing at all: as a score that is AP 0.
 
     Raises:
         OSError, ValueError, KeyError, TypeError: the file is missing or holds no such metric.
@@ -89,6 +138,10 @@ def _read_metric(path: str, metric: str) -> tuple[int | None, float]:
         payload = json.load(f)
     ap = float(payload["results"][task][name])
     return payload.get("iteration"), 0.0 if math.isnan(ap) else ap
+
+
+def _pruned(job, iteration):
+    return optuna.TrialPruned(f"pruned at iteration {iteration} of seed {job.seed}")
 
 
 def _stop(child):
@@ -112,21 +165,17 @@ class RunStore:
             ``KEY VALUE`` options.
         metric (str): the metric, as in metrics.json (``bbox/AP``).
         poll_s (float): seconds between looks at a running training or a rival's claim.
-        log (Callable[[str], None]): progress lines.
     """
 
-    def __init__(self, storage, study_name, out_dir, train_command, metric, poll_s, log=print):
+    def __init__(self, storage, study_name, out_dir, train_command, metric, poll_s):
         self._storage = storage
+        # Its trials draw no parameters: the value of each is the run's AP.
         self.study = optuna.create_study(
-            study_name=f"{study_name}.runs",
-            storage=storage,
-            load_if_exists=True,
-            direction="maximize",
-            sampler=optuna.samplers.RandomSampler(),
+            storage=storage, study_name=f"{study_name}.runs", load_if_exists=True
         )
         self._study_id = storage.get_study_id_from_name(self.study.study_name)
         self._out_dir, self._train_command = out_dir, train_command
-        self._metric, self.poll_s, self._log = metric, poll_s, log
+        self._metric, self.poll_s = metric, poll_s
 
     def runs(self, states=(TrialState.COMPLETE,)) -> list[optuna.trial.FrozenTrial]:
         """The runs study's trials in the given states."""
@@ -158,26 +207,20 @@ class RunStore:
         aps: dict[str, float] = {}
         pending = list(jobs)
         while pending:
+            running = {r.user_attrs.get("job") for r in self.runs((TrialState.RUNNING,))}
             for job in pending:
                 run = self.result(job)
-                if run is not None and reporter is not None:
-                    self._log(f"[tune] {job.arm} seed {job.seed}: reusing run #{run.number}")
-                    for iteration, value in run.user_attrs.get("curve", []):
-                        if reporter(job, iteration, value):
-                            raise optuna.TrialPruned(
-                                f"pruned at iteration {iteration} of seed {job.seed}"
-                            )
                 if run is not None:
+                    if reporter is not None:
+                        log(f"[tune] {job.arm} seed {job.seed}: reusing run #{run.number}")
+                        for iteration, value in run.user_attrs.get("curve", []):
+                            if reporter(job, iteration, value):
+                                raise _pruned(job, iteration)
                     aps[job.id] = run.value
-                elif all(
-                    r.user_attrs.get("job") != job.id for r in self.runs((TrialState.RUNNING,))
-                ):
-                    claim = self._claim(job)
-                    if claim is None:
-                        continue
-                    aps[job.id] = self._train(job, *claim, reporter)
-                else:
+                elif job.id in running or (claim := self._claim(job)) is None:
                     continue
+                else:
+                    aps[job.id] = self._train(job, *claim, reporter)
                 pending.remove(job)
                 break
             else:
@@ -202,17 +245,14 @@ class RunStore:
             self._study_id, trial.number
         )
         self._storage.record_heartbeat(trial_id)
-        trial.set_user_attr("job", job.id)
-        for name, value in (("arm", job.arm), ("seed", job.seed), ("opts", list(job.opts))):
+        worker = f"{socket.gethostname()}:{os.getpid()}"
+        attrs = {"job": job.id, "arm": job.arm, "seed": job.seed, "opts": list(job.opts)}
+        for name, value in {**attrs, "worker": worker}.items():  # "job" first: rivals wait for it
             trial.set_user_attr(name, value)
-        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         deadline = time.time() + 30 * self.poll_s
         while True:
-            earlier = [
-                r
-                for r in self.runs((TrialState.RUNNING, TrialState.COMPLETE))
-                if r.number < trial.number
-            ]
+            claims = self.runs((TrialState.RUNNING, TrialState.COMPLETE))
+            earlier = [r for r in claims if r.number < trial.number]
             if any(r.user_attrs.get("job") == job.id for r in earlier):
                 trial.set_user_attr("yielded", True)
                 self.study.tell(trial, state=TrialState.FAIL)
@@ -230,15 +270,15 @@ class RunStore:
         trial.set_user_attr("output_dir", out)
         cmd = self._train_command([*job.opts, "SEED", str(job.seed), "OUTPUT_DIR", out])
         log_path, results_path = os.path.join(out, LOG_FILE), os.path.join(out, EVAL_RESULTS_FILE)
-        self._log(f"[tune] {job.arm} seed {job.seed}: training run #{trial.number} in {out}")
+        log(f"[tune] {job.arm} seed {job.seed}: training run #{trial.number} in {out}")
         curve: list[tuple[int, float]] = []
         start = time.time()
-        with open(log_path, "w", encoding="utf-8") as log:
-            log.write(" ".join(cmd) + "\n")
-            log.flush()
+        with open(log_path, "w", encoding="utf-8") as log_file:
+            log_file.write(" ".join(cmd) + "\n")
+            log_file.flush()
             child = subprocess.Popen(
                 cmd,
-                stdout=log,
+                stdout=log_file,
                 stderr=subprocess.STDOUT,
                 preexec_fn=_die_with_parent,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -253,16 +293,14 @@ class RunStore:
                     if iteration is not None and (not curve or curve[-1][0] != iteration):
                         curve.append((int(iteration), value))
                         trial.set_user_attr("curve", curve)
-                        self._log(
+                        log(
                             f"[tune] {job.arm} seed {job.seed}: iteration {iteration} "
                             f"{self._metric} {format_ap(value)}"
                         )
                         if reporter is not None and reporter(job, iteration, value):
                             _stop(child)
                             self.study.tell(trial, state=TrialState.PRUNED)
-                            raise optuna.TrialPruned(
-                                f"pruned at iteration {iteration} of seed {job.seed}"
-                            )
+                            raise _pruned(job, iteration)
                     if exited:
                         break
                     self._storage.record_heartbeat(trial_id)
@@ -288,7 +326,7 @@ class RunStore:
             ) from error
         trial.set_user_attr("seconds", seconds)
         self.study.tell(trial, ap)
-        self._log(
+        log(
             f"[tune] {job.arm} seed {job.seed}: run #{trial.number} done, {self._metric} "
             f"{format_ap(ap)} in {seconds / 60:.1f} min"
         )

@@ -30,15 +30,7 @@ from ...config import FPN_LEVELS, RESNET_STAGES
 from ...modeling import DropBlockFastRCNNConvFCHead, DropBlockRetinaNet
 from ..errors import InputError
 
-__all__ = [
-    "Param",
-    "SpaceError",
-    "check_space",
-    "default_space",
-    "format_value",
-    "load_space",
-    "space_to_yaml",
-]
+__all__ = ["Param", "SpaceError", "check_space", "default_space", "format_value", "load_space"]
 
 # Set by the search itself: each run's seed and folder, and the switch that tells a trial from the
 # baseline. Searching them would break the comparison the objective rests on.
@@ -73,28 +65,21 @@ class Param:
 
     @property
     def labels(self) -> tuple[Any, ...]:
-        """What Optuna stores for each choice: the value, or ``"res4+res5"`` for a list value.
-
-        Optuna's categorical parameters hold None, bool, int, float or str only; the empty list
-        is stored as ``"none"``.
-        """
+        """Optuna's (scalar) form of each choice: the value, or ``"res4+res5"``/``"none"``."""
         return tuple(
             ("+".join(map(str, c)) or "none") if isinstance(c, (list, tuple)) else c
             for c in self.choices
         )
 
-    def suggest(self, trial) -> None:
-        """Draw this key's value for an Optuna trial (stored in ``trial.params``)."""
+    def suggest(self, trial) -> Any:
+        """Draw this key's value for an Optuna trial; return it as the config takes it."""
         if self.choices is not None:
-            trial.suggest_categorical(self.key, self.labels)
-        elif self.integer:
-            trial.suggest_int(self.key, self.low, self.high, step=self.step or 1, log=self.log)
-        else:
-            trial.suggest_float(self.key, self.low, self.high, step=self.step, log=self.log)
-
-    def value_of(self, stored) -> Any:
-        """The config value of what Optuna stored for this key (see :attr:`labels`)."""
-        return stored if self.choices is None else self.choices[self.labels.index(stored)]
+            return self.choices[self.labels.index(trial.suggest_categorical(self.key, self.labels))]
+        if self.integer:
+            return trial.suggest_int(
+                self.key, self.low, self.high, step=self.step or 1, log=self.log
+            )
+        return trial.suggest_float(self.key, self.low, self.high, step=self.step, log=self.log)
 
     def candidates(self) -> list[Any]:
         """The values that :func:`check_space` tries in the config: every choice, or both ends."""
@@ -114,16 +99,10 @@ def format_value(value) -> str:
 
 
 def default_space(cfg: CfgNode) -> dict[str, Param]:
-    """The default DropBlock space for a config, with the keys its model takes.
+    """The default DropBlock space (by config key) for a config whose model names are registered.
 
     ``configs/search/default_space.yaml`` is this space for the tiny RetinaNet; the README's search
     section says what it holds for other models.
-
-    Args:
-        cfg (CfgNode): the base config of the search (its model names registered).
-
-    Returns:
-        dict[str, Param]: by config key.
     """
     # Detectron2's ResNet builds the stages up to the deepest of its OUT_FEATURES.
     outs = [RESNET_STAGES.index(f) for f in cfg.MODEL.RESNETS.OUT_FEATURES if f in RESNET_STAGES]
@@ -161,9 +140,6 @@ def default_space(cfg: CfgNode) -> dict[str, Param]:
 def load_space(path: str) -> dict[str, Param]:
     """Read a search-space yaml file (see the module docstring), checking its form only.
 
-    Args:
-        path (str): the yaml file.
-
     Returns:
         dict[str, Param]: by config key, in the file's order.
 
@@ -194,11 +170,8 @@ def load_space(path: str) -> dict[str, Param]:
             )
         if not isinstance(spec, dict):
             raise SpaceError(f"{where}: expected {_SPEC}.")
-        params[key] = (
-            _parse_choices(where, key, spec)
-            if "choices" in spec
-            else _parse_range(where, key, spec)
-        )
+        parse = _parse_choices if "choices" in spec else _parse_range
+        params[key] = parse(where, key, spec)
     return params
 
 
@@ -241,12 +214,14 @@ def _parse_range(where, key, spec):
     return Param(key, low=low, high=high, log=log, step=step)
 
 
-def _all_keys(node: CfgNode, prefix="") -> list[str]:
-    keys = []
+def _flatten(node: CfgNode, prefix="") -> dict[str, Any]:
+    values = {}
     for name, value in node.items():
-        full = f"{prefix}{name}"
-        keys.extend(_all_keys(value, full + ".") if isinstance(value, CfgNode) else [full])
-    return keys
+        if isinstance(value, CfgNode):
+            values.update(_flatten(value, f"{prefix}{name}."))
+        else:
+            values[f"{prefix}{name}"] = value
+    return values
 
 
 def check_space(params, cfg, build, source="the search space", advice="Change it in the space."):
@@ -268,16 +243,14 @@ def check_space(params, cfg, build, source="the search space", advice="Change it
         SpaceError: naming ``source``, the key and the value at fault.
     """
     checked = {}
-    keys = _all_keys(cfg)
+    values = _flatten(cfg)
     for key, param in params.items():
         where = f"{source}: {key}"
-        if key not in keys:
-            matches = difflib.get_close_matches(key, keys, n=3, cutoff=0.7)
+        if key not in values:
+            matches = difflib.get_close_matches(key, list(values), n=3, cutoff=0.7)
             hint = f" Did you mean {', '.join(matches)}?" if matches else ""
             raise SpaceError(f"{where} is not a key of the config.{hint}")
-        current = cfg
-        for part in key.split("."):
-            current = current[part]
+        current = values[key]
         if param.choices is None:
             if isinstance(current, bool) or not isinstance(current, (int, float)):
                 raise SpaceError(
@@ -303,15 +276,3 @@ def check_space(params, cfg, build, source="the search space", advice="Change it
                 ) from error
         checked[key] = param
     return checked
-
-
-def space_to_yaml(params: dict[str, Param]) -> str:
-    """The space as the yaml :func:`load_space` reads (for the study's record and its report)."""
-    data = {}
-    for key, p in params.items():
-        if p.choices is not None:
-            data[key] = {"choices": [list(c) if isinstance(c, tuple) else c for c in p.choices]}
-        else:
-            data[key] = {"low": p.low, "high": p.high, **({"log": True} if p.log else {})}
-            data[key].update({"step": p.step} if p.step else {})
-    return yaml.safe_dump(data, sort_keys=False, default_flow_style=None)

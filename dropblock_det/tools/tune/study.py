@@ -2,10 +2,9 @@
 
 Each trial trains its setting on every search seed; the baseline is trained once per seed and
 shared by all trials (see :mod:`.runs`). The objective is the mean over seeds of the paired
-difference ``AP(setting, seed) - AP(baseline, seed)``; the per-seed APs are trial attributes. Since
-the best of many noisy trials is biased upwards by the selection itself, :meth:`Search.verdict`
-then trains the best setting and the baseline on fresh held-out seeds and keeps the paired test
-on those alone.
+difference ``AP(setting, seed) - AP(baseline, seed)``. Since the best of many noisy trials is
+biased upwards by its selection, :meth:`Search.verdict` then trains the best setting and the
+baseline on fresh held-out seeds and keeps the paired test on those alone.
 
 Workers started with the same command cooperate through the storage: trials are numbered by it,
 the first ``n_trials`` live trials run and any extra one drawn in a race ends at once as FAIL with
@@ -18,6 +17,7 @@ import json
 import socket
 import statistics
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass
 
 import optuna
@@ -26,30 +26,27 @@ from optuna.trial import TrialState
 from scipy import stats
 
 from ..errors import InputError
-from .report import format_ap, format_duration
-from .runs import Job, RunFailed, setting_key
+from .report import format_ap, format_duration, hide_password, log
+from .runs import BASELINE_KEY, BASELINE_OPTS, SETTING_OPTS, Job, RunFailed
 from .space import format_value
 
-__all__ = ["Search", "SearchSetup", "check_storage_url", "open_storage", "paired_stats"]
+__all__ = ["Search", "SearchFailed", "SearchSetup", "check_storage_url", "open_storage"]
 
-BASELINE_OPTS = ("MODEL.DROPBLOCK.ENABLED", "False")
-SETTING_OPTS = ("MODEL.DROPBLOCK.ENABLED", "True")
-BASELINE_KEY = "baseline"
 # A setting may fail on its own (diverge); several failures in a row point at the setup instead.
 MAX_FAILURES_IN_A_ROW = 3
 _FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 _LIVE = (*_FINISHED, TrialState.RUNNING, TrialState.WAITING)
 
 
-class StudyMismatch(InputError):
-    """A worker's command disagrees with the study it joins; the message names what differs."""
+class SearchFailed(RuntimeError):
+    """The search cannot go on in this worker; the message says why."""
 
 
-class BaselineFailed(RuntimeError):
+class BaselineFailed(SearchFailed):
     """The baseline's training failed: no trial can be scored, so the worker stops."""
 
 
-class TooManyFailures(RuntimeError):
+class TooManyFailures(SearchFailed):
     """Several trials in a row failed in this worker, which points at the setup, not a setting."""
 
 
@@ -65,7 +62,7 @@ class SearchSetup:
         config_hash (str): of the base config with the base options (OUTPUT_DIR aside).
         seeds (list[int]): the search seeds.
         heldout_seeds (list[int]): the verdict's seeds, never used during the search.
-        space (str): the search space as yaml.
+        space (str): the checked search space (its parameters' repr).
         metric (str): e.g. ``bbox/AP``.
         max_iter (int): SOLVER.MAX_ITER of a run (the pruner's steps are per seed and iteration).
     """
@@ -79,30 +76,27 @@ class SearchSetup:
 
 
 def check_storage_url(url: str) -> None:
-    """Refuse a storage URL that no RDB storage can open, without connecting to it.
+    """Refuse a ``--storage`` URL that no RDB storage can open, without connecting to it.
 
     Raises:
-        ValueError: the URL does not parse, names no SQLAlchemy dialect, or its driver is not
+        InputError: the URL does not parse, names no SQLAlchemy dialect, or its driver is not
             installed; the message says which.
     """
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
-
+    flag = f"--storage {hide_password(url)!r}"
     example = "e.g. sqlite:///study.db or postgresql+psycopg://user:password@host:5432/db"
     try:
-        parsed = make_url(url)
-    except ArgumentError as error:
-        raise ValueError(f"not an SQLAlchemy URL ({example}).") from error
-    try:
+        parsed = sqlalchemy.engine.make_url(url)
         parsed.get_dialect().import_dbapi()
-    except NoSuchModuleError as error:
-        raise ValueError(
-            f"SQLAlchemy has no database {parsed.drivername!r} ({example}; 'postgres://' is "
-            "spelled 'postgresql://')."
+    except sqlalchemy.exc.NoSuchModuleError as error:  # an ArgumentError: caught before those
+        raise InputError(
+            f"{flag}: SQLAlchemy has no database {parsed.drivername!r} ({example}; 'postgres://' "
+            "is spelled 'postgresql://')."
         ) from error
+    except sqlalchemy.exc.ArgumentError as error:
+        raise InputError(f"{flag}: not an SQLAlchemy URL ({example}).") from error
     except ImportError as error:
-        raise ValueError(
-            f"the driver of {parsed.drivername!r} is not installed here ({error})."
+        raise InputError(
+            f"{flag}: the driver of {parsed.drivername!r} is not installed here ({error})."
         ) from error
 
 
@@ -113,6 +107,9 @@ def open_storage(url: str, heartbeat_s: float, max_retry: int, retry: bool = Tru
     False only failed (the runs). Two workers that create the schema of an empty database at the
     same instant race (PostgreSQL answers one with a duplicate ``CREATE TYPE``): a failed attempt
     is repeated, by then the other worker's schema is there.
+
+    Raises:
+        InputError: the storage cannot be opened; the message has the reason, not the password.
     """
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
     callback = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry) if retry else None
@@ -125,11 +122,13 @@ def open_storage(url: str, heartbeat_s: float, max_retry: int, retry: bool = Tru
                 grace_period=3 * heartbeat_s,
                 heartbeat_stale_trial_callback=callback,
             )
-        except (sqlalchemy.exc.ArgumentError, ImportError):
-            raise  # a bad URL or a missing driver: no retry mends it
-        except Exception:  # noqa: BLE001  (the schema race raises driver-specific errors)
-            if attempt == 4:
-                raise
+        except Exception as error:  # noqa: BLE001  (the schema race raises driver-specific errors)
+            # A bad URL or a missing driver: no retry mends it.
+            if attempt == 4 or isinstance(error, (sqlalchemy.exc.ArgumentError, ImportError)):
+                reason = " ".join(str(getattr(error, "orig", None) or error).split())
+                raise InputError(
+                    f"--storage {hide_password(url)!r} cannot be opened: {reason}"
+                ) from error
             time.sleep(0.5 * (attempt + 1))
 
 
@@ -162,22 +161,20 @@ class Search:
         setup (SearchSetup): what the workers agree on.
         has_dropblock (Callable[[list[str]], bool]): whether a setting's options put DropBlock
             anywhere (one with nothing to drop is the baseline itself and needs no training).
-        log (Callable[[str], None]): progress lines.
     """
 
-    def __init__(self, study, store, params, setup, has_dropblock, log=print):
+    def __init__(self, study, store, params, setup, has_dropblock):
         self.study, self.store, self.params, self.setup = study, store, params, setup
-        self._has_dropblock, self._log = has_dropblock, log
+        self._has_dropblock = has_dropblock
         self._start = time.time()
-        self._last = None
-        self.n_trials = None
+        self._last = self.n_trials = None
 
     @staticmethod
     def agree(study, setup: SearchSetup):
         """Record the setup in a new study, or check that it matches the one recorded.
 
         Raises:
-            StudyMismatch: naming the fields that differ.
+            InputError: naming the fields that differ.
         """
         mine, recorded = asdict(setup), study.user_attrs.get("setup")
         if recorded is None:
@@ -186,7 +183,7 @@ class Search:
         differ = [name for name in mine if recorded.get(name) != mine[name]]
         if differ:
             details = "; ".join(f"{n}: study {recorded.get(n)!r}, here {mine[n]!r}" for n in differ)
-            raise StudyMismatch(
+            raise InputError(
                 f"study {study.study_name!r} was created with a different command ({details}). "
                 "Start every worker with the same config, options, seeds and space, or choose "
                 "another --study-name."
@@ -194,7 +191,12 @@ class Search:
 
     def baseline_jobs(self, seeds):
         """The baseline's jobs on some seeds."""
-        return [Job("baseline", BASELINE_KEY, BASELINE_OPTS, s) for s in seeds]
+        return [Job("baseline", BASELINE_OPTS, s) for s in seeds]
+
+    def best(self):
+        """The study's best COMPLETE trial, or None while there is none."""
+        complete = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        return self.study.best_trial if complete else None
 
     def describe(self, stored) -> str:
         """A trial's stored parameters as ``BLOCK_SIZE=3, KEEP_PROB=0.9``."""
@@ -203,36 +205,28 @@ class Search:
     def objective(self, trial) -> float:
         """Train the trial's setting and the baseline on the search seeds; return the mean Δ."""
         self._check_budget(trial)
-        for param in self.params.values():
-            param.suggest(trial)
-        stored = dict(trial.params)  # Optuna's stored form (labels for list choices)
-        seeds, max_iter = self.setup.seeds, self.setup.max_iter
         opts = list(SETTING_OPTS)
         for key, param in self.params.items():
-            opts += [key, format_value(param.value_of(stored[key]))]
+            opts += [key, format_value(param.suggest(trial))]
+        seeds, max_iter = self.setup.seeds, self.setup.max_iter
         # A setting with nothing to drop anywhere is the stock model, i.e. the baseline.
         jobs = baseline = self.baseline_jobs(seeds)
         if self._has_dropblock(opts):
-            jobs = [Job(f"trial {trial.number}", setting_key(opts), tuple(opts), s) for s in seeds]
+            jobs = [Job(f"trial {trial.number}", tuple(opts), s) for s in seeds]
         trial.set_user_attr("opts", list(jobs[0].opts))
         trial.set_user_attr("setting_key", jobs[0].key)
-        reported = set()
 
         def report(job, iteration, value):
             # The step orders (seed, iteration) pairs; every trial sees the seeds in one order,
             # so the pruner compares trials on the same seed at the same iteration.
-            step = seeds.index(job.seed) * (max_iter + 1) + iteration
-            if step in reported:
-                return False
-            reported.add(step)
-            trial.report(value, step)
+            trial.report(value, seeds.index(job.seed) * (max_iter + 1) + iteration)
             return trial.should_prune()
 
         if jobs is baseline:
-            self._log(f"[tune] trial {trial.number}: no DropBlock anywhere, the baseline itself")
+            log(f"[tune] trial {trial.number}: no DropBlock anywhere, the baseline itself")
             own = base = self._baseline(seeds)
         else:
-            self._log(f"[tune] trial {trial.number}: {self.describe(stored)}")
+            log(f"[tune] trial {trial.number}: {self.describe(trial.params)}")
             try:
                 own = self.store.get(jobs, reporter=report)
             except RunFailed as error:
@@ -255,11 +249,8 @@ class Search:
             raise BaselineFailed(str(error)) from error
 
     def _check_budget(self, trial):
-        earlier = [
-            t
-            for t in self.study.get_trials(deepcopy=False, states=_LIVE)
-            if t.number < trial.number and not t.user_attrs.get("surplus")
-        ]
+        live = self.study.get_trials(deepcopy=False, states=_LIVE)
+        earlier = [t for t in live if t.number < trial.number and not t.user_attrs.get("surplus")]
         if len(earlier) >= self.n_trials:
             trial.set_user_attr("surplus", True)
             raise _Surplus(
@@ -271,10 +262,9 @@ class Search:
         self.n_trials = n_trials
         failures = 0
         while True:
-            trials = self.study.get_trials(deepcopy=False)
-            finished = sum(t.state in _FINISHED for t in trials)
-            running = sum(t.state == TrialState.RUNNING for t in trials)
-            waiting = sum(t.state == TrialState.WAITING for t in trials)
+            count = Counter(t.state for t in self.study.get_trials(deepcopy=False))
+            finished = count[TrialState.COMPLETE] + count[TrialState.PRUNED]
+            running, waiting = count[TrialState.RUNNING], count[TrialState.WAITING]
             if finished >= n_trials and running == 0:
                 return
             if not waiting and finished + running >= n_trials:
@@ -287,16 +277,16 @@ class Search:
             self.study.optimize(
                 self.objective, n_trials=1, catch=(_Surplus, RunFailed), callbacks=[self._progress]
             )
-            mine = [t for t in self.study.get_trials(deepcopy=False) if t.number == self._last]
-            failures = failures + 1 if mine and mine[0].state == TrialState.FAIL else 0
+            mine = self._last  # None for a surplus trial
+            failures = failures + 1 if mine and mine.state == TrialState.FAIL else 0
             if failures >= MAX_FAILURES_IN_A_ROW:
                 raise TooManyFailures(
                     f"{failures} trials in a row failed in this worker; the last one: "
-                    f"{mine[0].user_attrs.get('error', 'see the log above')}"
+                    f"{mine.user_attrs.get('error', 'see the log above')}"
                 )
 
     def _progress(self, study, trial):
-        self._last = None if trial.user_attrs.get("surplus") else trial.number
+        self._last = None if trial.user_attrs.get("surplus") else trial
         if self._last is None:
             return
         trials = study.get_trials(deepcopy=False)
@@ -318,7 +308,7 @@ class Search:
             workers = max(sum(t.state == TrialState.RUNNING for t in trials), 1)
             seconds = (remaining + 2 * len(self.setup.heldout_seeds) * run_s) / workers
             line += f", ETA ~{format_duration(seconds)} (with the verdict)"
-        self._log(line)
+        log(line)
 
     def verdict(self) -> dict | None:
         """Train the best setting and the baseline on the held-out seeds; record the paired test.
@@ -327,20 +317,20 @@ class Search:
             dict or None: the verdict (also stored in the study as ``verdict/<trial number>``), or
             None when no trial completed or the best setting is the baseline itself.
         """
-        if not self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        best = self.best()
+        if best is None:
             return None
-        best = self.study.best_trial
         name = f"verdict/{best.number}"
         if name in self.study.user_attrs:
             return self.study.user_attrs[name]
         if best.user_attrs.get("setting_key") == BASELINE_KEY:
-            self._log("[tune] the best setting puts DropBlock nowhere: no verdict to train")
+            log("[tune] the best setting puts DropBlock nowhere: no verdict to train")
             return None
         seeds = self.setup.heldout_seeds
         opts = tuple(best.user_attrs["opts"])
-        best_jobs = [Job("best", setting_key(opts), opts, s) for s in seeds]
+        best_jobs = [Job("best", opts, s) for s in seeds]
         base_jobs = self.baseline_jobs(seeds)
-        self._log(
+        log(
             f"[tune] verdict: trial {best.number} (Δ {format_ap(best.value, signed=True)} in the "
             f"search) and the baseline on held-out seeds {seeds}"
         )
@@ -357,5 +347,5 @@ class Search:
             "host": socket.gethostname(),
         }
         self.study.set_user_attr(name, verdict)
-        self._log(f"[tune] verdict: {json.dumps(verdict)}")
+        log(f"[tune] verdict: {json.dumps(verdict)}")
         return verdict
