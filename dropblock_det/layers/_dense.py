@@ -4,11 +4,9 @@ Launches a fixed handful of element-wise kernels and never reads a value back to
 serves compiled graphs (keep_prob as tensor data: no recompiles when it changes), CUDA-graph
 capture, and eager CUDA steps without a host sync.
 
-Narrow intermediates: the float32 noise (gamma needs its resolution) becomes float16 seeds, 0 or
-1, exact; the seeds are summed over each block window (``avg_pool2d`` as a sum: no int64 indices,
-which ``max_pool2d`` writes on CUDA), and any rounding of a positive sum stays positive, so "no
-seed in the window" is exact. The kept units are a bool mask, and autograd saves that
-byte a unit and the per-sample factor, not a float32 mask.
+Narrow intermediates: the float32 noise (gamma needs its resolution) becomes float16 seeds, summed
+over each block window (``avg_pool2d`` as a sum: no int64 indices, which ``max_pool2d`` writes on
+CUDA). The kept units are a bool mask: autograd saves a byte a unit, not a float32 mask.
 """
 
 import torch
@@ -36,11 +34,7 @@ def _scaled(t, keep, factor, scale):
 
 
 class _MaskedScale(torch.autograd.Function):
-    """y = x * keep * factor; the gradient is the same mask and factor on dy.
-
-    Saves the bool ``keep`` (a byte a unit) and the per-sample ``factor`` for per-channel masks,
-    the float32 scale map for a shared mask.
-    """
+    """y = x * keep * factor; the gradient is the same mask and factor on dy."""
 
     @staticmethod
     def forward(ctx, x, keep, factor):

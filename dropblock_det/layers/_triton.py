@@ -258,11 +258,7 @@ _triton_apply.register_autograd(_backward, setup_context=_setup_context)
 
 
 class _TritonDropBlock(torch.autograd.Function):
-    """Eager form of the two ops: the same kernels, the same saved mask and counts.
-
-    ``rate`` and ``keep_prob`` are Python floats (kernel arguments) or 0-d tensors (loaded by the
-    kernels, so that a captured CUDA graph follows their new values on replay).
-    """
+    """Eager form of the two ops: the same kernels, the same saved mask and counts."""
 
     @staticmethod
     def forward(ctx, x, seed, rate, keep_prob, block_h, block_w, mask_channels, normalize):
@@ -295,10 +291,9 @@ def drop_block_triton(
 ) -> torch.Tensor:
     """Triton-backend DropBlock; arguments as :func:`~dropblock_det.layers._dense.drop_block_dense`.
 
-    A float keep_prob reaches the kernels as scalar arguments (no device tensor to fill); a 0-d
-    tensor stays on the device, with the seed rate computed from it by tensor ops, so a captured
-    CUDA graph or a compiled graph follows its new value, ``1.0`` included (no seeds, factor 1).
-    The caller checks :func:`triton_serves` first.
+    A float keep_prob reaches the kernels as scalar arguments; a 0-d tensor stays on the device,
+    the seed rate computed from it by tensor ops, so a captured CUDA graph or a compiled graph
+    follows its new value, ``1.0`` included. The caller checks :func:`triton_serves` first.
     """
     batch, channels, height, width = x.shape
     device = x.device

@@ -14,23 +14,13 @@ below ``floor(gamma * 2**32)``. The rate is gamma to within ``2**-32``, the mask
 how the planes are split among programs, and the stream is replayed bit for bit in NumPy by the
 tests.
 
-Mask kernel, one program per group of mask planes of one sample: phase 1 stores the seed words to
-a scratch buffer; after a block barrier, phase 3 builds each 32-unit mask word from the rows it
-covers: for each row, the seed rows ``i - bh + 1 .. i`` are OR-ed as 64-bit windows (columns
-``c - bw + 1 .. c + 31``), and the window is dilated by ``bw - 1`` shift-ORs. With ``DILATE``
-(narrow maps, where a mask word spans three rows or more), phase 2 first ORs the seed rows once
-into an ``H x Wc`` string (bit ``(i, b)``: any seed at ``(i - bh + 1 .. i, b)``, ``OR_t S << t Wc``
-in the flat string), stored to a second scratch buffer behind another barrier, and phase 3 reads
-one window of it per row. Kept units are counted by popcount (shift-and-mask: no portable
-builtin) and added per sample with one atomic per program.
-
-Apply kernel, one program per group of planes of one sample: one factor per program, x read and
-y written in full 128-bit vectors when the plane size is a multiple of 16 (Triton specialises the
-divisibility of integer arguments); no per-element division. Per plane (``FLAT`` false), in blocks
-of whole mask words, the bit of unit ``32 k + t`` by a shift of a word loaded once per 32 units;
-flat (small planes whose size is a multiple of ``APPLY_VEC``, which no block tiles), the
-program's planes as one range in blocks that straddle planes, one mask word loaded per vector of
-``APPLY_VEC`` units.
+Mask kernel, one program per group of mask planes of one sample: phase 1 draws the seed words into
+a scratch buffer; phase 3 ORs the seed rows each mask row needs as 64-bit windows, dilates them by
+``bw - 1`` shift-ORs and counts the kept units (popcount, one atomic per program). With ``DILATE``
+(narrow maps, where a mask word spans three rows or more) phase 2 first dilates the seeds down the
+rows once. Apply kernel, one program per group of planes of one sample: one factor per program, x
+and y in 128-bit vectors, a unit's bit by a shift of its mask word. BENCHMARKS.md, "The Triton
+kernels", gives the design's reasons.
 """
 
 import triton
