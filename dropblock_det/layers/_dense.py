@@ -21,16 +21,16 @@ __all__ = ["drop_block_dense"]
 _SEED_DTYPE = torch.float16
 
 
-def _scaled(t, keep, factor, scale):
-    """``t * keep * factor``, the float32 product rounded once into t's dtype.
+def _scaled(t, mask, factor=None):
+    """``t * mask * factor``, the float32 product rounded once into t's dtype.
 
-    Per-channel masks (``scale`` None): t times the bool ``keep`` (exact), then times ``factor``
-    in place (computed in float32, or float64 for float64 t). A shared mask comes as a float32
-    ``scale`` map (``keep * factor``, 1/C of t's size): one multiply.
+    Per-channel masks: t times the bool ``mask`` (exact), then times ``factor`` in place (computed
+    in float32, or float64 for float64 t). A shared mask comes as one float32 map (``keep *
+    factor``, 1/C of t's size) and no ``factor``: one multiply.
     """
-    if scale is None:
-        return torch.mul(t, keep).mul_(factor)
-    return torch.mul(t, scale, out=torch.empty_like(t))
+    if factor is None:
+        return torch.mul(t, mask, out=torch.empty_like(t))
+    return torch.mul(t, mask).mul_(factor)
 
 
 class _MaskedScale(torch.autograd.Function):
@@ -38,18 +38,13 @@ class _MaskedScale(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, keep, factor):
-        scale = keep * factor if keep.shape[1] != x.shape[1] else None
-        if scale is None:
-            ctx.save_for_backward(keep, factor)
-        else:
-            ctx.save_for_backward(scale)
-        return _scaled(x, keep, factor, scale)
+        saved = (keep * factor,) if keep.shape[1] != x.shape[1] else (keep, factor)
+        ctx.save_for_backward(*saved)
+        return _scaled(x, *saved)
 
     @staticmethod
     def backward(ctx, grad_out):
-        saved = ctx.saved_tensors
-        keep, factor, scale = (*saved, None) if len(saved) == 2 else (None, None, saved[0])
-        return _scaled(grad_out, keep, factor, scale), None, None
+        return _scaled(grad_out, *ctx.saved_tensors), None, None
 
 
 def drop_block_dense(x, keep_prob, block_h, block_w, share_channels, gamma, normalize, generator):

@@ -195,12 +195,8 @@ class _ScaleAndDropBlocks(torch.autograd.Function):
         row_starts = ctx.saved_tensors[0]
         scale = ctx.saved_tensors[1] if ctx.scale is None else ctx.scale
         grad_in = torch.empty_like(grad_out, memory_format=torch.contiguous_format)
-        return (
-            _scale_and_zero_segments(grad_out, scale, grad_in, row_starts, ctx.block_w),
-            None,
-            None,
-            None,
-        )
+        _scale_and_zero_segments(grad_out, scale, grad_in, row_starts, ctx.block_w)
+        return grad_in, None, None, None
 
 
 def _rescale_factors(dropped, units_per_sample, batch, normalize, keep_prob, device, dtype):

@@ -69,9 +69,7 @@ def _words(units: int) -> int:
     return (units + 31) // 32
 
 
-def mask_launch(
-    batch: int, mask_channels: int, height: int, width: int, block_h: int, block_w: int
-):
+def mask_launch(batch, mask_channels, height, width, block_h, block_w):
     """Launch geometry of the mask kernel: (grid, planes per program, seed words, mask words)."""
     planes = batch * mask_channels
     seed_words = _words((height - block_h + 1) * (width - block_w + 1))
@@ -279,16 +277,7 @@ class _TritonDropBlock(torch.autograd.Function):
         return grad_in, None, None, None, None, None, None, None
 
 
-def drop_block_triton(
-    x: torch.Tensor,
-    keep_prob,
-    block_h: int,
-    block_w: int,
-    share_channels: bool,
-    gamma: str,
-    normalize: str,
-    generator: torch.Generator | None,
-) -> torch.Tensor:
+def drop_block_triton(x, keep_prob, block_h, block_w, share_channels, gamma, normalize, generator):
     """Triton-backend DropBlock; arguments as :func:`~dropblock_det.layers._dense.drop_block_dense`.
 
     A float keep_prob reaches the kernels as scalar arguments; a 0-d tensor stays on the device,

@@ -32,18 +32,17 @@ GAMMA_MODES = ("paper", "exact")
 NORMALIZE_MODES = ("batch", "sample", "expected")
 
 
-def _check_block_size(block_size) -> int:
+def _check_settings(block_size, gamma, normalize="batch", backend="auto") -> int:
+    """Raise ValueError for a bad block_size or mode; return block_size as an int."""
     if isinstance(block_size, bool) or not isinstance(block_size, numbers.Integral):
         raise ValueError(f"block_size must be an int >= 1, got {block_size!r}")
     if block_size < 1:
         raise ValueError(f"block_size must be >= 1, got {block_size}")
+    modes = {"gamma": GAMMA_MODES, "normalize": NORMALIZE_MODES, "backend": BACKENDS}
+    for name, value in zip(modes, (gamma, normalize, backend), strict=True):
+        if value not in modes[name]:
+            raise ValueError(f"{name} must be one of {modes[name]}, got {value!r}")
     return int(block_size)
-
-
-def _check_choice(name: str, value, choices) -> str:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
-    return value
 
 
 def seed_rate(height: int, width: int, block_size: int, keep_prob: float, gamma: str = "paper"):
@@ -60,10 +59,8 @@ def seed_rate(height: int, width: int, block_size: int, keep_prob: float, gamma:
         float: the seed probability gamma.
     """
     keep_prob = check_keep_prob(keep_prob)
-    block_h, block_w = clip_block(_check_block_size(block_size), height, width)
-    return host_gamma(
-        _check_choice("gamma", gamma, GAMMA_MODES), height, width, block_h, block_w, keep_prob
-    )
+    block_h, block_w = clip_block(_check_settings(block_size, gamma), height, width)
+    return host_gamma(gamma, height, width, block_h, block_w, keep_prob)
 
 
 def drop_block_2d(
@@ -117,10 +114,7 @@ def drop_block_2d(
         ValueError: keep_prob outside (0, 1], block_size < 1, an unknown gamma, normalize or
             backend, or an x that is not a 4-D floating-point tensor.
     """
-    block_size = _check_block_size(block_size)
-    _check_choice("gamma", gamma, GAMMA_MODES)
-    _check_choice("normalize", normalize, NORMALIZE_MODES)
-    _check_choice("backend", backend, BACKENDS)
+    block_size = _check_settings(block_size, gamma, normalize, backend)
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"x must be an (N, C, H, W) tensor, got {shape}")
@@ -177,11 +171,9 @@ class DropBlock2d(nn.Module):
         super().__init__()
         keep_prob = check_keep_prob(keep_prob)
         self.group = group
-        self.block_size = _check_block_size(block_size)
+        self.block_size = _check_settings(block_size, gamma, normalize, backend)
         self.share_channels = bool(share_channels)
-        self.gamma = _check_choice("gamma", gamma, GAMMA_MODES)
-        self.normalize = _check_choice("normalize", normalize, NORMALIZE_MODES)
-        self.backend = _check_choice("backend", backend, BACKENDS)
+        self.gamma, self.normalize, self.backend = gamma, normalize, backend
         self.register_buffer("_keep_prob", torch.tensor(keep_prob), persistent=False)
         self._adopt_keep_prob(KeepProb(self._keep_prob, keep_prob))
 
