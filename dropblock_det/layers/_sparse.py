@@ -19,18 +19,13 @@ from ._seed_rate import host_gamma
 
 __all__ = ["drop_block_sparse"]
 
-# Single-threaded CPU work unit of the scale-and-zero pass: the chunk scaled last is still in
-# cache when its blocks are zeroed (BENCHMARKS.md, "DropBlock operator"). With several intra-op
-# threads every extra op is a thread-pool round trip, which on a loaded machine costs far more
-# than it saves, so the pass is not chunked there.
+# Single-threaded CPU work unit of the scale-and-zero pass (BENCHMARKS.md, "DropBlock operator").
+# With several intra-op threads each extra op is a thread-pool round trip: no chunks there.
 _CPU_CHUNK_BYTES = 4 << 20
 
 
 def _on_host(device: torch.device) -> bool:
-    """Whether the bookkeeping of a tensor on ``device`` runs on the host (NumPy, Python floats).
-
-    On accelerators it stays on the device: nothing waits beyond the sync sizing the seed list.
-    """
+    """Whether the bookkeeping of a tensor on ``device`` runs on the host (NumPy, Python floats)."""
     return device.type == "cpu"
 
 

@@ -257,11 +257,9 @@ def dropblock_apply_kernel(
     # The loops stay in the kernel's body (no helper): benchmarks/gpu_estimate.py weights each
     # instruction by how often its kernel line runs.
     if FLAT:
-        # The program's planes as one flat range, in vectors of APPLY_VEC units: the plane size is
-        # a multiple of it, so a vector lies in one plane and one mask word. A vector's plane is
-        # its offset times the float32 reciprocal of the plane size, truncated after adding half a
-        # unit: exact below FLAT_UNITS_LIMIT (the product's error stays under half a unit of the
-        # quotient), and no integer division.
+        # The program's planes as one range of APPLY_VEC-unit vectors, each in one plane and one
+        # mask word. A vector's plane: (offset + 0.5) times the float32 reciprocal of the plane
+        # size, truncated; exact below FLAT_UNITS_LIMIT, and no integer division.
         base = first * plane_units
         units = (tl.minimum(first + planes_per_program, planes) - first).to(tl.int32) * plane_units
         reciprocal = 1.0 / plane_units.to(tl.float32)
@@ -305,7 +303,6 @@ def dropblock_apply_kernel(
                 keep = ((bits[:, None] >> bit[None, :]) & 1) != 0
                 base = plane * plane_units
                 x = tl.load(x_ptr + base + offs, mask=inside, other=0.0).to(tl.float32)
-                # where, not a multiply by 0: dropped units are 0 whatever x holds (as in the
-                # sparse path).
+                # where, not a multiply by 0: dropped units are 0 whatever x holds.
                 y = tl.where(keep, x * factor, 0.0)
                 tl.store(y_ptr + base + offs, y.to(y_ptr.dtype.element_ty), mask=inside)

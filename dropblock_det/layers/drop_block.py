@@ -186,11 +186,8 @@ class DropBlock2d(nn.Module):
     def adopt_keep_prob(self, shared: KeepProb) -> None:
         """Read and set keep_prob through ``shared`` from now on, as every module holding it does.
 
-        Args:
-            shared (KeepProb): the value to share, on this module's keep_prob device and dtype.
-
         Raises:
-            ValueError: for a ``shared`` tensor on another device or dtype.
+            ValueError: for a ``shared`` tensor on another device or dtype than this module's.
         """
         mine, theirs = self._buffers["_keep_prob"], shared.tensor
         if (mine.device, mine.dtype) != (theirs.device, theirs.dtype):
