@@ -61,21 +61,19 @@ def drop_block_dense(x, keep_prob, block_h, block_w, share_channels, gamma, norm
     corners = (batch, mask_channels, height - block_h + 1, width - block_w + 1)
     if isinstance(keep_prob, torch.Tensor):
         seed_prob = seed_rate_tensor(keep_prob, height, width, block_h, block_w, gamma, x.device)
-        inverse_keep = 1.0 / keep_prob.to(device=x.device, dtype=torch.float32)
     else:
         # Host floats: a tensor made from them would be a host-to-device copy, i.e. a sync.
         seed_prob = host_gamma(gamma, height, width, block_h, block_w, keep_prob)
-        inverse_keep = 1.0 / keep_prob
     noise = torch.rand(corners, dtype=torch.float32, device=x.device, generator=generator)
     seeds = torch.lt(noise, seed_prob, out=torch.empty_like(noise, dtype=_SEED_DTYPE))
     # A corner at (a, b) covers rows a..a+bh-1: pad by bh-1 (bw-1) on both sides, sum windows.
     seeds = F.pad(seeds, (block_w - 1, block_w - 1, block_h - 1, block_h - 1))
     keep = F.avg_pool2d(seeds, (block_h, block_w), stride=1, divisor_override=1) == 0
     if normalize == "expected":
-        if isinstance(inverse_keep, torch.Tensor):
-            factor = inverse_keep.reshape(1, 1, 1, 1)
+        if isinstance(keep_prob, torch.Tensor):
+            factor = (1.0 / keep_prob.to(device=x.device, dtype=torch.float32)).reshape(1, 1, 1, 1)
         else:
-            factor = torch.full((1, 1, 1, 1), inverse_keep, dtype=torch.float32, device=x.device)
+            factor = torch.full((1, 1, 1, 1), 1.0 / keep_prob, dtype=torch.float32, device=x.device)
     else:
         dims = (0, 1, 2, 3) if normalize == "batch" else (1, 2, 3)
         # float64 sums: exact counts at any detector batch size (float32 stops at 2**24).

@@ -48,15 +48,14 @@ def _check_settings(block_size, gamma, normalize="batch", backend="auto") -> int
 def seed_rate(height: int, width: int, block_size: int, keep_prob: float, gamma: str = "paper"):
     """Per-corner seed probability that :func:`drop_block_2d` uses on an ``height x width`` map.
 
-    Args:
-        height (int): map height.
-        width (int): map width.
-        block_size (int): requested block side (clipped per axis to the map).
-        keep_prob (float): target fraction of kept units, in (0, 1].
-        gamma (str): "paper" or "exact" (see the module docstring).
+    ``block_size`` (clipped per axis to the map), ``keep_prob`` and ``gamma`` are as
+    :func:`drop_block_2d` takes them.
 
     Returns:
         float: the seed probability gamma.
+
+    Raises:
+        ValueError: for the arguments :func:`drop_block_2d` refuses.
     """
     keep_prob = check_keep_prob(keep_prob)
     block_h, block_w = clip_block(_check_settings(block_size, gamma), height, width)
@@ -122,9 +121,8 @@ def drop_block_2d(
         raise ValueError(f"x must be a floating-point tensor, got {x.dtype}")
     if not training:
         return x
-    # Inside a compiled graph or a CUDA graph capture a tensor keep_prob stays data (no
-    # recompiles, and replays follow its new value, 1.0 included), so it is neither read nor
-    # checked here.
+    # In a compiled graph or a CUDA graph capture a tensor keep_prob stays data (no recompiles;
+    # replays follow its new value, 1.0 included): neither read nor checked here.
     on_device = torch.compiler.is_compiling() or capturing(x)
     if not (on_device and isinstance(keep_prob, torch.Tensor)):
         keep_prob = check_keep_prob(keep_prob)
@@ -235,8 +233,7 @@ class DropBlock2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return x
-        # Compiled graphs and CUDA graph captures read the buffer as data (a replay follows the
-        # schedule's fill); eager code uses the Python value.
+        # Compiled graphs and CUDA graph captures read the buffer as data; eager code its value.
         on_device = torch.compiler.is_compiling() or capturing(x)
         keep_prob = self._keep_prob if on_device else self.keep_prob
         return drop_block_2d(
