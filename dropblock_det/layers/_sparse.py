@@ -119,8 +119,7 @@ def _dropped_units(row_starts: torch.Tensor, block_w: int, units_per_sample: int
 def _segment_windows(flat: torch.Tensor, block_w: int) -> torch.Tensor:
     """(positions, bw) view of a flat tensor: row p holds units p .. p + bw - 1.
 
-    One index_fill_ on it writes whole segments without listing every unit. The windows
-    overlap, which is harmless here: every write is the same 0.
+    One index_fill_ on it writes whole segments; the windows overlap, but every write is 0.
     """
     return flat.as_strided((flat.numel() - block_w + 1, block_w), (1, 1))
 
@@ -171,10 +170,7 @@ def _scale_and_zero_segments(src, scale, out, row_starts, block_w) -> torch.Tens
 
 
 class _ScaleAndDropBlocks(torch.autograd.Function):
-    """``y = x * scale`` with the listed blocks zeroed; the gradient gets the same map.
-
-    Saves only the segment starts (a few per seed), never a full-size mask.
-    """
+    """``y = x * scale`` with the listed blocks zeroed, the same on dy; saves no full-size mask."""
 
     @staticmethod
     def forward(ctx, x, scale, row_starts, block_w):
