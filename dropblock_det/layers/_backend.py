@@ -5,18 +5,15 @@ import os
 import torch
 
 from ._dense import drop_block_dense
-from ._seed_rate import host_gamma
 from ._sparse import drop_block_sparse
 
 __all__ = ["AUTO_BACKEND", "BACKENDS", "auto_backend", "capturing", "resolve_backend"]
 
 BACKENDS = ("auto", "sparse", "dense", "triton")
 
-# What backend="auto" runs on each device type (others: "dense"). CPU: the sparse path, fastest
-# there (BENCHMARKS.md, "DropBlock operator"). CUDA: the Triton kernels, estimated from their
-# sm_90 instructions and bytes at a fraction of the dense path's time (BENCHMARKS.md, "Backends
-# and the fused Triton kernel"); where Triton cannot serve a call, "dense" falls in.
-# benchmarks/gpu_check.sh measures both on a GPU.
+# What backend="auto" runs on each device type (others: "dense"): the fastest there, the sparse
+# path on CPU and the Triton kernels on CUDA (BENCHMARKS.md, "DropBlock operator" and "Backends
+# and the fused Triton kernel"; benchmarks/gpu_check.sh measures both on a GPU).
 AUTO_BACKEND = {"cpu": "sparse", "cuda": "triton"}
 
 _triton = None
@@ -73,13 +70,9 @@ def resolve_backend(
 
 def run_backend(backend, x, keep_prob, block_h, block_w, share_channels, gamma, normalize, gen):
     """Compute DropBlock with ``backend`` ("sparse", "dense" or "triton", as resolved)."""
-    if backend == "sparse":
-        height, width = x.shape[-2:]
-        seed_prob = host_gamma(gamma, height, width, block_h, block_w, keep_prob)
-        return drop_block_sparse(
-            x, keep_prob, block_h, block_w, share_channels, seed_prob, normalize, gen
-        )
-    run = _triton_backend().drop_block_triton if backend == "triton" else drop_block_dense
+    run = drop_block_sparse if backend == "sparse" else drop_block_dense
+    if backend == "triton":
+        run = _triton_backend().drop_block_triton
     return run(x, keep_prob, block_h, block_w, share_channels, gamma, normalize, gen)
 
 

@@ -4,11 +4,9 @@ Launches a fixed handful of element-wise kernels and never reads a value back to
 serves compiled graphs (keep_prob as tensor data: no recompiles when it changes), CUDA-graph
 capture, and eager CUDA steps without a host sync.
 
-Narrow intermediates: the float32 noise (gamma needs its resolution) becomes float16 seeds, 0 or
-1, exact; the seeds are summed over each block window (``avg_pool2d`` as a sum: no int64 indices,
-which ``max_pool2d`` writes on CUDA), and any rounding of a positive sum stays positive, so "no
-seed in the window" is exact. The kept units are a bool mask, and autograd saves that
-byte a unit and the per-sample factor, not a float32 mask.
+Narrow intermediates: the float32 noise (gamma needs its resolution) becomes float16 seeds, summed
+over each block window (``avg_pool2d`` as a sum: no int64 indices, which ``max_pool2d`` writes on
+CUDA). The kept units are a bool mask: autograd saves a byte a unit, not a float32 mask.
 """
 
 import torch
@@ -23,39 +21,30 @@ __all__ = ["drop_block_dense"]
 _SEED_DTYPE = torch.float16
 
 
-def _scaled(t, keep, factor, scale):
-    """``t * keep * factor``, the float32 product rounded once into t's dtype.
+def _scaled(t, mask, factor=None):
+    """``t * mask * factor``, the float32 product rounded once into t's dtype.
 
-    Per-channel masks (``scale`` None): t times the bool ``keep`` (exact), then times ``factor``
-    in place (computed in float32, or float64 for float64 t). A shared mask comes as a float32
-    ``scale`` map (``keep * factor``, 1/C of t's size): one multiply.
+    Per-channel masks: t times the bool ``mask`` (exact), then times ``factor`` in place (computed
+    in float32, or float64 for float64 t). A shared mask comes as one float32 map (``keep *
+    factor``, 1/C of t's size) and no ``factor``: one multiply.
     """
-    if scale is None:
-        return torch.mul(t, keep).mul_(factor)
-    return torch.mul(t, scale, out=torch.empty_like(t))
+    if factor is None:
+        return torch.mul(t, mask, out=torch.empty_like(t))
+    return torch.mul(t, mask).mul_(factor)
 
 
 class _MaskedScale(torch.autograd.Function):
-    """y = x * keep * factor; the gradient is the same mask and factor on dy.
-
-    Saves the bool ``keep`` (a byte a unit) and the per-sample ``factor`` for per-channel masks,
-    the float32 scale map for a shared mask.
-    """
+    """y = x * keep * factor; the gradient is the same mask and factor on dy."""
 
     @staticmethod
     def forward(ctx, x, keep, factor):
-        scale = keep * factor if keep.shape[1] != x.shape[1] else None
-        if scale is None:
-            ctx.save_for_backward(keep, factor)
-        else:
-            ctx.save_for_backward(scale)
-        return _scaled(x, keep, factor, scale)
+        saved = (keep * factor,) if keep.shape[1] != x.shape[1] else (keep, factor)
+        ctx.save_for_backward(*saved)
+        return _scaled(x, *saved)
 
     @staticmethod
     def backward(ctx, grad_out):
-        saved = ctx.saved_tensors
-        keep, factor, scale = (*saved, None) if len(saved) == 2 else (None, None, saved[0])
-        return _scaled(grad_out, keep, factor, scale), None, None
+        return _scaled(grad_out, *ctx.saved_tensors), None, None
 
 
 def drop_block_dense(x, keep_prob, block_h, block_w, share_channels, gamma, normalize, generator):
@@ -72,21 +61,19 @@ def drop_block_dense(x, keep_prob, block_h, block_w, share_channels, gamma, norm
     corners = (batch, mask_channels, height - block_h + 1, width - block_w + 1)
     if isinstance(keep_prob, torch.Tensor):
         seed_prob = seed_rate_tensor(keep_prob, height, width, block_h, block_w, gamma, x.device)
-        inverse_keep = 1.0 / keep_prob.to(device=x.device, dtype=torch.float32)
     else:
         # Host floats: a tensor made from them would be a host-to-device copy, i.e. a sync.
         seed_prob = host_gamma(gamma, height, width, block_h, block_w, keep_prob)
-        inverse_keep = 1.0 / keep_prob
     noise = torch.rand(corners, dtype=torch.float32, device=x.device, generator=generator)
     seeds = torch.lt(noise, seed_prob, out=torch.empty_like(noise, dtype=_SEED_DTYPE))
     # A corner at (a, b) covers rows a..a+bh-1: pad by bh-1 (bw-1) on both sides, sum windows.
     seeds = F.pad(seeds, (block_w - 1, block_w - 1, block_h - 1, block_h - 1))
     keep = F.avg_pool2d(seeds, (block_h, block_w), stride=1, divisor_override=1) == 0
     if normalize == "expected":
-        if isinstance(inverse_keep, torch.Tensor):
-            factor = inverse_keep.reshape(1, 1, 1, 1)
+        if isinstance(keep_prob, torch.Tensor):
+            factor = (1.0 / keep_prob.to(device=x.device, dtype=torch.float32)).reshape(1, 1, 1, 1)
         else:
-            factor = torch.full((1, 1, 1, 1), inverse_keep, dtype=torch.float32, device=x.device)
+            factor = torch.full((1, 1, 1, 1), 1.0 / keep_prob, dtype=torch.float32, device=x.device)
     else:
         dims = (0, 1, 2, 3) if normalize == "batch" else (1, 2, 3)
         # float64 sums: exact counts at any detector batch size (float32 stops at 2**24).

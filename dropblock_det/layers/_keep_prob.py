@@ -2,8 +2,7 @@
 
 A schedule changes keep_prob every step. Eager forwards read the Python value (reading the tensor
 on an accelerator would wait for it); compiled graphs read the tensor as data (a new value is no
-recompilation). :func:`share_keep_prob` ties a group of modules to one :class:`KeepProb`, so that
-one :meth:`KeepProb.fill` sets all of them: one in-place fill, whatever the group's size.
+recompilation).
 """
 
 import numbers
@@ -73,8 +72,8 @@ class KeepProb:
     def fill(self, value) -> None:
         """Set the keep probability of every module holding this object.
 
-        One in-place ``fill_`` with the value as a kernel argument: no host sync, no autograd
-        (the tensor never requires grad), and no recompilation of graphs that read the tensor.
+        One in-place ``fill_`` with the value as a kernel argument: no host sync, no autograd and
+        no recompilation of graphs that read the tensor.
 
         Args:
             value (float): the keep probability, in (0, 1].

@@ -4,6 +4,7 @@ The host functions work on Python floats (cached per map shape); :func:`seed_rat
 same math as tensor ops on a keep_prob tensor, for compiled graphs where keep_prob is data.
 """
 
+import collections
 import functools
 import math
 
@@ -33,15 +34,12 @@ def coverage_terms(height: int, width: int, block_h: int, block_w: int):
         # Corners a in [0, size - block] cover unit i when a <= i <= a + block - 1.
         return [min(i, size - block) - max(0, i - block + 1) + 1 for i in range(size)]
 
-    row_counts, col_counts = {}, {}
-    for r in per_axis(height, block_h):
-        row_counts[r] = row_counts.get(r, 0) + 1
-    for c in per_axis(width, block_w):
-        col_counts[c] = col_counts.get(c, 0) + 1
-    terms = {}
+    row_counts = collections.Counter(per_axis(height, block_h))
+    col_counts = collections.Counter(per_axis(width, block_w))
+    terms = collections.Counter()
     for r, nr in row_counts.items():
         for c, nc in col_counts.items():
-            terms[r * c] = terms.get(r * c, 0) + nr * nc
+            terms[r * c] += nr * nc
     area = height * width
     exponents = tuple(sorted(terms))
     return exponents, tuple(terms[k] / area for k in exponents)

@@ -15,22 +15,17 @@ import math
 import numpy as np
 import torch
 
+from ._seed_rate import host_gamma
+
 __all__ = ["drop_block_sparse"]
 
-# Single-threaded CPU work unit of the scale-and-zero pass: the chunk scaled last is still in
-# cache when its blocks are zeroed (BENCHMARKS.md, "DropBlock operator"). With several intra-op
-# threads every extra op is a thread-pool round trip, which on a loaded machine costs far more
-# than it saves, so the pass is not chunked there.
+# Single-threaded CPU work unit of the scale-and-zero pass (BENCHMARKS.md, "DropBlock operator").
+# With several intra-op threads each extra op is a thread-pool round trip: no chunks there.
 _CPU_CHUNK_BYTES = 4 << 20
 
 
 def _on_host(device: torch.device) -> bool:
-    """Whether the bookkeeping of a tensor on ``device`` runs on the host (NumPy, Python floats).
-
-    On CPU that is free; on accelerators the counts and factors stay on the device, so that
-    nothing waits for the device beyond the one sync that sizes the seed list. (The tests also
-    run the accelerator branch on CPU tensors by patching this function.)
-    """
+    """Whether the bookkeeping of a tensor on ``device`` runs on the host (NumPy, Python floats)."""
     return device.type == "cpu"
 
 
@@ -124,36 +119,18 @@ def _dropped_units(row_starts: torch.Tensor, block_w: int, units_per_sample: int
 def _segment_windows(flat: torch.Tensor, block_w: int) -> torch.Tensor:
     """(positions, bw) view of a flat tensor: row p holds units p .. p + bw - 1.
 
-    One index_fill_ on it writes whole segments without listing every unit. The windows
-    overlap, which is harmless here: every write is the same 0.
+    One index_fill_ on it writes whole segments; the windows overlap, but every write is 0.
     """
     return flat.as_strided((flat.numel() - block_w + 1, block_w), (1, 1))
 
 
-def _scale_into(src: torch.Tensor, scale, out: torch.Tensor) -> torch.Tensor:
-    """``out = src * scale`` in src's dtype, the product computed in float32 or wider.
-
-    Args:
-        scale: a Python float (one factor), a list of Python floats (one per sample), or a float32
-            (N, 1, 1, 1) tensor on src's device (accelerators, where reading it back would sync).
-    """
-    if isinstance(scale, float):
-        # A Python scalar enters the kernel at float32+ precision, so fp16 never overflows early.
-        return torch.mul(src, scale, out=out)
-    if isinstance(scale, list):
-        for sample, factor in enumerate(scale):
-            torch.mul(src[sample], factor, out=out[sample])
-        return out
-    # Mixed dtypes promote to float32 inside the kernel (fast on accelerators, not on CPU).
-    return torch.mul(src, scale, out=out)
-
-
 def _scale_and_zero_segments(src, scale, out, row_starts, block_w) -> torch.Tensor:
-    """``out = src * scale``, then zero the bw-long segments at ``row_starts`` (sorted) of out.
+    """``out = src * scale`` in src's dtype, then zero the bw-long segments at ``row_starts``.
 
-    On a single-threaded CPU the work goes in chunks of _CPU_CHUNK_BYTES: each chunk's segments
-    are zeroed right after the chunk is scaled, while it is still in cache. The zeroing is
-    scattered writes, which cost about as much as the whole multiply when they miss the cache.
+    The product is computed in float32 or wider: ``scale`` is a Python float, a list of them (one
+    per sample) or, on accelerators (where reading it back would sync), a float32 (N, 1, 1, 1)
+    tensor. On a single-threaded CPU the work goes in chunks of _CPU_CHUNK_BYTES, each chunk's
+    segments zeroed (scattered writes) right after the chunk is scaled, while it is in cache.
     """
     windows = _segment_windows(out.view(-1), block_w)
     chunked = (
@@ -163,7 +140,11 @@ def _scale_and_zero_segments(src, scale, out, row_starts, block_w) -> torch.Tens
         and torch.get_num_threads() == 1
     )
     if not chunked:
-        _scale_into(src, scale, out)
+        if isinstance(scale, list):
+            for sample, factor in enumerate(scale):
+                torch.mul(src[sample], factor, out=out[sample])
+        else:  # a Python float enters the kernel at float32+ precision: no early fp16 overflow
+            torch.mul(src, scale, out=out)
         if row_starts.numel():
             windows.index_fill_(0, row_starts, 0)
         return out
@@ -189,10 +170,7 @@ def _scale_and_zero_segments(src, scale, out, row_starts, block_w) -> torch.Tens
 
 
 class _ScaleAndDropBlocks(torch.autograd.Function):
-    """``y = x * scale`` with the listed blocks zeroed; the gradient gets the same map.
-
-    Saves only the segment starts (a few per seed), never a full-size mask.
-    """
+    """``y = x * scale`` with the listed blocks zeroed, the same on dy; saves no full-size mask."""
 
     @staticmethod
     def forward(ctx, x, scale, row_starts, block_w):
@@ -208,16 +186,12 @@ class _ScaleAndDropBlocks(torch.autograd.Function):
         row_starts = ctx.saved_tensors[0]
         scale = ctx.saved_tensors[1] if ctx.scale is None else ctx.scale
         grad_in = torch.empty_like(grad_out, memory_format=torch.contiguous_format)
-        return (
-            _scale_and_zero_segments(grad_out, scale, grad_in, row_starts, ctx.block_w),
-            None,
-            None,
-            None,
-        )
+        _scale_and_zero_segments(grad_out, scale, grad_in, row_starts, ctx.block_w)
+        return grad_in, None, None, None
 
 
 def _rescale_factors(dropped, units_per_sample, batch, normalize, keep_prob, device, dtype):
-    """Rescaling factors from dropped-unit counts, in the form :func:`_scale_into` takes.
+    """Rescaling factors from dropped-unit counts, as :func:`_scale_and_zero_segments` takes them.
 
     Python floats on CPU; on accelerators an (N, 1, 1, 1) tensor of ``dtype`` (float32, or
     float64 for float64 inputs) computed on the device, so that nothing waits for the GPU.
@@ -225,13 +199,12 @@ def _rescale_factors(dropped, units_per_sample, batch, normalize, keep_prob, dev
     if normalize == "expected":
         return 1.0 / keep_prob
     if _on_host(device):
-        counts = dropped
         if normalize == "batch":
-            kept = units_per_sample * batch - sum(counts)
+            kept = units_per_sample * batch - sum(dropped)
             return units_per_sample * batch / kept if kept else 0.0
         return [
             units_per_sample / (units_per_sample - d) if d < units_per_sample else 0.0
-            for d in counts
+            for d in dropped
         ]
     # float64 counts are exact; the factor is rounded once, to dtype.
     if normalize == "batch":
@@ -250,9 +223,10 @@ def drop_block_sparse(x, keep_prob, block_h, block_w, share_channels, gamma, nor
     """Eager path: sparse seeds, index-filled blocks, one scaled copy forward and backward."""
     batch, channels, height, width = x.shape
     mask_channels = 1 if share_channels else channels
+    seed_prob = host_gamma(gamma, height, width, block_h, block_w, keep_prob)
     with torch.no_grad():
         row_starts = _block_row_starts(
-            x.shape, mask_channels, block_h, block_w, gamma, generator, x.device
+            x.shape, mask_channels, block_h, block_w, seed_prob, generator, x.device
         )
         units_per_sample = mask_channels * height * width
         dropped = None

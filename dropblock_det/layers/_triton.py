@@ -1,15 +1,12 @@
-"""The Triton backend: the kernels of :mod:`._triton_kernels` as torch custom ops.
+"""The Triton backend: the kernels of :mod:`._triton_kernels` as torch custom ops, and eagerly.
 
-Two ops, both ``torch.library.triton_op`` so that torch.compile traces into the kernels:
 ``dropblock_det::triton_mask`` draws the bit mask and the per-sample kept counts,
-``dropblock_det::triton_apply`` multiplies by mask x factor. The apply op's gradient is the same
-op on the output gradient with the same mask and counts, so it is exactly mask x factor. Eager
-calls launch the same kernels from an autograd Function, without the custom-op dispatch.
-
-The Philox seed is drawn from the torch generator as a one-element device tensor that the kernel
-loads: no host sync, reproducible under ``torch.manual_seed``, and capturable in a CUDA graph.
-gamma and 1/keep_prob also reach the kernels as device tensors, so a compiled graph takes a new
-keep_prob as data.
+``dropblock_det::triton_apply`` multiplies by mask x factor; both are ``torch.library.triton_op``
+so that torch.compile traces into the kernels, and the apply op's gradient is the same op on the
+output gradient (exactly mask x factor). Eager calls launch the same kernels from an autograd
+Function, without the custom-op dispatch. The Philox seed is drawn from the torch generator as a
+one-element device tensor that the kernel loads: no host sync, reproducible under
+``torch.manual_seed``, and capturable in a CUDA graph.
 """
 
 import contextlib
@@ -17,6 +14,7 @@ import os
 
 import torch
 import triton
+from torch import Tensor
 from torch.library import triton_op, wrap_triton
 
 from ._seed_rate import host_gamma, seed_rate_tensor
@@ -69,9 +67,7 @@ def _words(units: int) -> int:
     return (units + 31) // 32
 
 
-def mask_launch(
-    batch: int, mask_channels: int, height: int, width: int, block_h: int, block_w: int
-):
+def mask_launch(batch, mask_channels, height, width, block_h, block_w):
     """Launch geometry of the mask kernel: (grid, planes per program, seed words, mask words)."""
     planes = batch * mask_channels
     seed_words = _words((height - block_h + 1) * (width - block_w + 1))
@@ -95,24 +91,21 @@ def apply_launch(batch: int, channels: int, plane_units: int):
     planes run as one flat range, whose plane index per vector costs less than those idle lanes.
     """
     planes = batch * channels
-    block = _fewest_idle_lanes(plane_units)
-    padded = triton.cdiv(plane_units, block) * block
+    plane_block = _fewest_idle_lanes(plane_units)
+    padded = triton.cdiv(plane_units, plane_block) * plane_block
     flat = False
     if (padded - plane_units) * _FLAT_IDLE_SHARE > padded and plane_units % APPLY_VEC.value == 0:
         per_program = _planes_per_program(planes, channels, plane_units, _APPLY_UNITS_PER_PROGRAM)
         block = _fewest_idle_lanes(per_program * plane_units)
         flat = per_program * plane_units + block <= FLAT_UNITS_LIMIT
     if not flat:
-        block = _fewest_idle_lanes(plane_units)
-        per_program = _planes_per_program(
-            planes, channels, triton.cdiv(plane_units, block) * block, _APPLY_UNITS_PER_PROGRAM
-        )
+        block = plane_block
+        per_program = _planes_per_program(planes, channels, padded, _APPLY_UNITS_PER_PROGRAM)
     # 8 elements per thread: one 128-bit vector of fp16, two of fp32.
-    grid = (triton.cdiv(planes, per_program),)
-    return grid, per_program, block, max(1, block // 256), flat
+    return (triton.cdiv(planes, per_program),), per_program, block, max(1, block // 256), flat
 
 
-def triton_serves(x: torch.Tensor, block_h: int, share_channels: bool, block_w: int = 1) -> bool:
+def triton_serves(x: Tensor, block_h: int, share_channels: bool, block_w: int = 1) -> bool:
     """Whether the Triton backend computes DropBlock of ``x`` (otherwise: the dense path).
 
     It takes CUDA tensors (CPU tensors under ``TRITON_INTERPRET=1``) of float32/float16/bfloat16
@@ -150,7 +143,7 @@ def _launch_mask(launcher, x, seed, rate, block_h, block_w, mask_channels):
         dilated = torch.empty((planes, dilated_words), dtype=torch.int32, device=x.device)
     mask = torch.empty((planes, mask_words), dtype=torch.int32, device=x.device)
     counts = torch.zeros((batch,), dtype=torch.int32, device=x.device)
-    on_device = isinstance(rate, torch.Tensor)
+    on_device = isinstance(rate, Tensor)
     launcher(dropblock_mask_kernel)[grid](
         seed,
         rate if on_device else seed,
@@ -188,7 +181,7 @@ def _launch_apply(launcher, x, mask, counts, keep_prob, normalize):
     x = x.contiguous()
     y = torch.empty_like(x)
     grid, per_program, block, warps, flat = apply_launch(batch, channels, height * width)
-    on_device = isinstance(keep_prob, torch.Tensor)
+    on_device = isinstance(keep_prob, Tensor)
     launcher(dropblock_apply_kernel)[grid](
         x,
         mask,
@@ -221,24 +214,15 @@ def _direct(kernel):
 # _TritonDropBlock instead, skipping the custom-op dispatch layers (host time in every step).
 @triton_op("dropblock_det::triton_mask", mutates_args=())
 def _triton_mask(
-    x: torch.Tensor,
-    seed: torch.Tensor,
-    gamma: torch.Tensor,
-    block_h: int,
-    block_w: int,
-    mask_channels: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    x: Tensor, seed: Tensor, gamma: Tensor, block_h: int, block_w: int, mask_channels: int
+) -> tuple[Tensor, Tensor]:
     return _launch_mask(wrap_triton, x, seed, gamma, block_h, block_w, mask_channels)
 
 
 @triton_op("dropblock_det::triton_apply", mutates_args=())
 def _triton_apply(
-    x: torch.Tensor,
-    mask: torch.Tensor,
-    counts: torch.Tensor,
-    keep_prob: torch.Tensor,
-    normalize: int,
-) -> torch.Tensor:
+    x: Tensor, mask: Tensor, counts: Tensor, keep_prob: Tensor, normalize: int
+) -> Tensor:
     return _launch_apply(wrap_triton, x, mask, counts, keep_prob, normalize)
 
 
@@ -258,16 +242,12 @@ _triton_apply.register_autograd(_backward, setup_context=_setup_context)
 
 
 class _TritonDropBlock(torch.autograd.Function):
-    """Eager form of the two ops: the same kernels, the same saved mask and counts.
-
-    ``rate`` and ``keep_prob`` are Python floats (kernel arguments) or 0-d tensors (loaded by the
-    kernels, so that a captured CUDA graph follows their new values on replay).
-    """
+    """Eager form of the two ops: the same kernels, the same saved mask and counts."""
 
     @staticmethod
     def forward(ctx, x, seed, rate, keep_prob, block_h, block_w, mask_channels, normalize):
         mask, counts = _launch_mask(_direct, x, seed, rate, block_h, block_w, mask_channels)
-        if isinstance(keep_prob, torch.Tensor):
+        if isinstance(keep_prob, Tensor):
             ctx.save_for_backward(mask, counts, keep_prob)
         else:
             ctx.save_for_backward(mask, counts)
@@ -283,26 +263,16 @@ class _TritonDropBlock(torch.autograd.Function):
         return grad_in, None, None, None, None, None, None, None
 
 
-def drop_block_triton(
-    x: torch.Tensor,
-    keep_prob,
-    block_h: int,
-    block_w: int,
-    share_channels: bool,
-    gamma: str,
-    normalize: str,
-    generator: torch.Generator | None,
-) -> torch.Tensor:
+def drop_block_triton(x, keep_prob, block_h, block_w, share_channels, gamma, normalize, generator):
     """Triton-backend DropBlock; arguments as :func:`~dropblock_det.layers._dense.drop_block_dense`.
 
-    A float keep_prob reaches the kernels as scalar arguments (no device tensor to fill); a 0-d
-    tensor stays on the device, with the seed rate computed from it by tensor ops, so a captured
-    CUDA graph or a compiled graph follows its new value, ``1.0`` included (no seeds, factor 1).
-    The caller checks :func:`triton_serves` first.
+    A float keep_prob reaches the kernels as scalar arguments; a 0-d tensor stays on the device,
+    the seed rate computed from it by tensor ops, so a captured CUDA graph or a compiled graph
+    follows its new value, ``1.0`` included. The caller checks :func:`triton_serves` first.
     """
     batch, channels, height, width = x.shape
     device = x.device
-    if isinstance(keep_prob, torch.Tensor):
+    if isinstance(keep_prob, Tensor):
         keep_prob = keep_prob.to(device=device, dtype=torch.float32).reshape(())
         rate = seed_rate_tensor(keep_prob, height, width, block_h, block_w, gamma, device)
         rate = rate.reshape(())
@@ -317,7 +287,7 @@ def drop_block_triton(
             return _TritonDropBlock.apply(
                 x, seed, rate, keep_prob, block_h, block_w, mask_channels, normalize
             )
-        if not isinstance(keep_prob, torch.Tensor):
+        if not isinstance(keep_prob, Tensor):
             keep_prob = torch.full((), keep_prob, dtype=torch.float32, device=device)
             rate = torch.full((), rate, dtype=torch.float32, device=device)
         mask, counts = _triton_mask(x, seed, rate, block_h, block_w, mask_channels)

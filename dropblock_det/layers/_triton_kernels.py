@@ -14,23 +14,13 @@ below ``floor(gamma * 2**32)``. The rate is gamma to within ``2**-32``, the mask
 how the planes are split among programs, and the stream is replayed bit for bit in NumPy by the
 tests.
 
-Mask kernel, one program per group of mask planes of one sample: phase 1 stores the seed words to
-a scratch buffer; after a block barrier, phase 3 builds each 32-unit mask word from the rows it
-covers: for each row, the seed rows ``i - bh + 1 .. i`` are OR-ed as 64-bit windows (columns
-``c - bw + 1 .. c + 31``), and the window is dilated by ``bw - 1`` shift-ORs. With ``DILATE``
-(narrow maps, where a mask word spans three rows or more), phase 2 first ORs the seed rows once
-into an ``H x Wc`` string (bit ``(i, b)``: any seed at ``(i - bh + 1 .. i, b)``, ``OR_t S << t Wc``
-in the flat string), stored to a second scratch buffer behind another barrier, and phase 3 reads
-one window of it per row. Kept units are counted by popcount (shift-and-mask: no portable
-builtin) and added per sample with one atomic per program.
-
-Apply kernel, one program per group of planes of one sample: one factor per program, x read and
-y written in full 128-bit vectors when the plane size is a multiple of 16 (Triton specialises the
-divisibility of integer arguments); no per-element division. Per plane (``FLAT`` false), in blocks
-of whole mask words, the bit of unit ``32 k + t`` by a shift of a word loaded once per 32 units;
-flat (small planes whose size is a multiple of ``APPLY_VEC``, which no block tiles), the
-program's planes as one range in blocks that straddle planes, one mask word loaded per vector of
-``APPLY_VEC`` units.
+Mask kernel, one program per group of mask planes of one sample: phase 1 draws the seed words into
+a scratch buffer; phase 3 ORs the seed rows each mask row needs as 64-bit windows, dilates them by
+``bw - 1`` shift-ORs and counts the kept units (popcount, one atomic per program). With ``DILATE``
+(narrow maps, where a mask word spans three rows or more) phase 2 first dilates the seeds down the
+rows once. Apply kernel, one program per group of planes of one sample: one factor per program, x
+and y in 128-bit vectors, a unit's bit by a shift of its mask word. BENCHMARKS.md, "The Triton
+kernels", gives the design's reasons.
 """
 
 import triton
@@ -267,11 +257,9 @@ def dropblock_apply_kernel(
     # The loops stay in the kernel's body (no helper): benchmarks/gpu_estimate.py weights each
     # instruction by how often its kernel line runs.
     if FLAT:
-        # The program's planes as one flat range, in vectors of APPLY_VEC units: the plane size is
-        # a multiple of it, so a vector lies in one plane and one mask word. A vector's plane is
-        # its offset times the float32 reciprocal of the plane size, truncated after adding half a
-        # unit: exact below FLAT_UNITS_LIMIT (the product's error stays under half a unit of the
-        # quotient), and no integer division.
+        # The program's planes as one range of APPLY_VEC-unit vectors, each in one plane and one
+        # mask word. A vector's plane: (offset + 0.5) times the float32 reciprocal of the plane
+        # size, truncated; exact below FLAT_UNITS_LIMIT, and no integer division.
         base = first * plane_units
         units = (tl.minimum(first + planes_per_program, planes) - first).to(tl.int32) * plane_units
         reciprocal = 1.0 / plane_units.to(tl.float32)
@@ -315,7 +303,6 @@ def dropblock_apply_kernel(
                 keep = ((bits[:, None] >> bit[None, :]) & 1) != 0
                 base = plane * plane_units
                 x = tl.load(x_ptr + base + offs, mask=inside, other=0.0).to(tl.float32)
-                # where, not a multiply by 0: dropped units are 0 whatever x holds (as in the
-                # sparse path).
+                # where, not a multiply by 0: dropped units are 0 whatever x holds.
                 y = tl.where(keep, x * factor, 0.0)
                 tl.store(y_ptr + base + offs, y.to(y_ptr.dtype.element_ty), mask=inside)

@@ -2,24 +2,19 @@
 
 Geometry. A block of ``bh x bw`` units (``block_size`` clipped per axis to the map) is placed by its
 top-left corner, drawn only where the whole block fits: the ``(H - bh + 1) x (W - bw + 1)`` "valid
-centres" of the paper. Seen from the seed (the unit the paper calls the block centre), a block
-covers ``bs // 2`` units before the seed and ``(bs - 1) // 2`` after it on each axis: the centre for
-odd sizes, and for even sizes the extra unit before the seed, which is exactly the anchoring of the
-TF reference's SAME-padded min-pool. Every corner is a seed independently with probability gamma.
+centres" of the paper, each a seed independently with probability gamma. Seen from the seed, a
+block covers ``bs // 2`` units before it and ``(bs - 1) // 2`` after it on each axis: the centre
+for odd sizes, the anchoring of the TF reference's SAME-padded min-pool for even ones.
 
-Seed rate. ``gamma="paper"`` is the paper's formula with separate height and width,
-``(1 - keep_prob) * H * W / (bh * bw * (H - bh + 1) * (W - bw + 1))``, which counts overlapping
-blocks twice and so drops about 5% less than ``1 - keep_prob``. ``gamma="exact"`` solves for the
-rate whose expected dropped fraction is exactly ``1 - keep_prob``: unit ``(i, j)`` is covered by
-``r_i * c_j`` possible blocks, so it survives with probability ``(1 - gamma) ** (r_i * c_j)``
-(:mod:`._seed_rate`).
+Seed rate (:mod:`._seed_rate`). ``gamma="paper"`` is the paper's formula with separate height and
+width, ``(1 - keep_prob) * H * W / (bh * bw * (H - bh + 1) * (W - bw + 1))``, which counts
+overlapping blocks twice and so drops less than ``1 - keep_prob``; ``gamma="exact"`` is the rate
+whose expected dropped fraction is exactly ``1 - keep_prob``.
 
-Backends, one private module each, all with these semantics: "sparse" (:mod:`._sparse`: seeds as a
-sorted list, blocks by index fills; fastest on CPU, one host sync per call on accelerators),
-"dense" (:mod:`._dense`: dense noise and block-window sums, no host sync), "triton"
-(:mod:`._triton`: a fused bit-mask kernel and a masked rescale, no host sync; CUDA's "auto").
-"auto" picks per device (:data:`._backend.AUTO_BACKEND`); a backend that cannot serve a call
-falls back to "dense".
+Backends, one private module each, all with these semantics: "sparse" (:mod:`._sparse`, fastest on
+CPU, one host sync per call on accelerators), "dense" (:mod:`._dense`) and "triton"
+(:mod:`._triton`, fused kernels), neither of which syncs. "auto" picks per device
+(:data:`AUTO_BACKEND`); a backend that cannot serve a call falls back to "dense".
 """
 
 import numbers
@@ -28,56 +23,43 @@ import torch
 from torch import nn
 
 from ._backend import BACKENDS, capturing, resolve_backend, run_backend
-from ._keep_prob import KeepProb, check_keep_prob, share_keep_prob
+from ._keep_prob import KeepProb, check_keep_prob
 from ._seed_rate import clip_block, host_gamma
 
-__all__ = ["BACKENDS", "GAMMA_MODES", "NORMALIZE_MODES", "DropBlock2d", "KeepProb"]
-__all__ += ["drop_block_2d", "seed_rate", "share_keep_prob"]
+__all__ = ["GAMMA_MODES", "NORMALIZE_MODES", "DropBlock2d", "drop_block_2d", "seed_rate"]
 
 GAMMA_MODES = ("paper", "exact")
 NORMALIZE_MODES = ("batch", "sample", "expected")
 
 
-def _check_block_size(block_size) -> int:
+def _check_settings(block_size, gamma, normalize="batch", backend="auto") -> int:
+    """Raise ValueError for a bad block_size or mode; return block_size as an int."""
     if isinstance(block_size, bool) or not isinstance(block_size, numbers.Integral):
         raise ValueError(f"block_size must be an int >= 1, got {block_size!r}")
     if block_size < 1:
         raise ValueError(f"block_size must be >= 1, got {block_size}")
+    modes = {"gamma": GAMMA_MODES, "normalize": NORMALIZE_MODES, "backend": BACKENDS}
+    for name, value in zip(modes, (gamma, normalize, backend), strict=True):
+        if value not in modes[name]:
+            raise ValueError(f"{name} must be one of {modes[name]}, got {value!r}")
     return int(block_size)
-
-
-def _check_choice(name: str, value, choices) -> str:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
-    return value
-
-
-def _check_input(x) -> None:
-    if not isinstance(x, torch.Tensor) or x.dim() != 4:
-        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"x must be an (N, C, H, W) tensor, got {shape}")
-    if not x.is_floating_point():
-        raise ValueError(f"x must be a floating-point tensor, got {x.dtype}")
 
 
 def seed_rate(height: int, width: int, block_size: int, keep_prob: float, gamma: str = "paper"):
     """Per-corner seed probability that :func:`drop_block_2d` uses on an ``height x width`` map.
 
-    Args:
-        height (int): map height.
-        width (int): map width.
-        block_size (int): requested block side (clipped per axis to the map).
-        keep_prob (float): target fraction of kept units, in (0, 1].
-        gamma (str): "paper" or "exact" (see the module docstring).
+    ``block_size`` (clipped per axis to the map), ``keep_prob`` and ``gamma`` are as
+    :func:`drop_block_2d` takes them.
 
     Returns:
         float: the seed probability gamma.
+
+    Raises:
+        ValueError: for the arguments :func:`drop_block_2d` refuses.
     """
     keep_prob = check_keep_prob(keep_prob)
-    block_h, block_w = clip_block(_check_block_size(block_size), height, width)
-    return host_gamma(
-        _check_choice("gamma", gamma, GAMMA_MODES), height, width, block_h, block_w, keep_prob
-    )
+    block_h, block_w = clip_block(_check_settings(block_size, gamma), height, width)
+    return host_gamma(gamma, height, width, block_h, block_w, keep_prob)
 
 
 def drop_block_2d(
@@ -94,11 +76,9 @@ def drop_block_2d(
 ) -> torch.Tensor:
     """DropBlock: zero random ``block_size x block_size`` blocks of a feature map and rescale.
 
-    Blocks are anchored by their top-left corner, drawn only where the block fits (see the module
-    docstring): for odd sizes the seed is the block's centre; for even sizes the block spans
-    ``bs // 2`` units before the seed and ``(bs - 1) // 2`` after it (TF SAME anchoring). A block
-    larger than the map on an axis is clipped to that axis, so a block covering the whole map
-    drops whole channels (SpatialDropout) and ``block_size=1`` is dropout.
+    Blocks are placed as the module docstring says. A block larger than the map on an axis is
+    clipped to it, so a block covering the whole map drops whole channels (SpatialDropout), and
+    ``block_size=1`` is dropout.
 
     Args:
         x (Tensor): (N, C, H, W) floating-point input (float32, float16, bfloat16 or float64).
@@ -109,7 +89,7 @@ def drop_block_2d(
         training (bool): False returns ``x`` itself.
         share_channels (bool): False draws one mask per channel (the paper's Algorithm 1); True
             draws one mask per sample, shared by its channels.
-        gamma (str): seed rate, "paper" (the paper's formula, ~5% under target because blocks
+        gamma (str): seed rate, "paper" (the paper's formula, under target because blocks
             overlap) or "exact" (expected dropped fraction exactly ``1 - keep_prob``).
         normalize (str): rescaling of the kept units: "batch" multiplies by
             count(mask) / count_ones(mask) over the whole batch (paper, TF reference), "sample" does
@@ -133,16 +113,16 @@ def drop_block_2d(
         ValueError: keep_prob outside (0, 1], block_size < 1, an unknown gamma, normalize or
             backend, or an x that is not a 4-D floating-point tensor.
     """
-    block_size = _check_block_size(block_size)
-    _check_choice("gamma", gamma, GAMMA_MODES)
-    _check_choice("normalize", normalize, NORMALIZE_MODES)
-    _check_choice("backend", backend, BACKENDS)
-    _check_input(x)
+    block_size = _check_settings(block_size, gamma, normalize, backend)
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"x must be an (N, C, H, W) tensor, got {shape}")
+    if not x.is_floating_point():
+        raise ValueError(f"x must be a floating-point tensor, got {x.dtype}")
     if not training:
         return x
-    # Inside a compiled graph or a CUDA graph capture a tensor keep_prob stays data (no
-    # recompiles, and replays follow its new value, 1.0 included), so it is neither read nor
-    # checked here.
+    # In a compiled graph or a CUDA graph capture a tensor keep_prob stays data (no recompiles;
+    # replays follow its new value, 1.0 included): neither read nor checked here.
     on_device = torch.compiler.is_compiling() or capturing(x)
     if not (on_device and isinstance(keep_prob, torch.Tensor)):
         keep_prob = check_keep_prob(keep_prob)
@@ -158,12 +138,10 @@ def drop_block_2d(
 class DropBlock2d(nn.Module):
     """DropBlock as a module; identity in eval mode.
 
-    ``keep_prob`` is a settable attribute stored in a non-persistent 0-d buffer: it follows the
-    module across devices, stays out of the state_dict (a model's state_dict is the same with and
-    without DropBlock), and is read as data inside ``torch.compile`` graphs, so a schedule can
-    change it every step without recompiling. Eager forwards use its Python copy (a
-    :class:`KeepProb`), so they never wait on an accelerator to read it. :func:`share_keep_prob`
-    ties a group of modules to one value that one ``fill`` sets (through :meth:`adopt_keep_prob`).
+    ``keep_prob`` is a settable attribute held in a non-persistent 0-d buffer (:mod:`._keep_prob`):
+    it follows the module across devices, stays out of the state_dict (a model's state_dict is the
+    same with and without DropBlock), and is data to compiled graphs, so a schedule can change it
+    every step without recompiling; eager forwards read its Python copy.
 
     Args:
         keep_prob (float): target fraction of kept units, in (0, 1].
@@ -187,15 +165,13 @@ class DropBlock2d(nn.Module):
         backend: str = "auto",
         group: str | None = None,
     ):
-        """Check the settings and store keep_prob (see the class docstring for the arguments)."""
+        """Check the settings and store keep_prob (arguments: see the class docstring)."""
         super().__init__()
         keep_prob = check_keep_prob(keep_prob)
         self.group = group
-        self.block_size = _check_block_size(block_size)
+        self.block_size = _check_settings(block_size, gamma, normalize, backend)
         self.share_channels = bool(share_channels)
-        self.gamma = _check_choice("gamma", gamma, GAMMA_MODES)
-        self.normalize = _check_choice("normalize", normalize, NORMALIZE_MODES)
-        self.backend = _check_choice("backend", backend, BACKENDS)
+        self.gamma, self.normalize, self.backend = gamma, normalize, backend
         self.register_buffer("_keep_prob", torch.tensor(keep_prob), persistent=False)
         self._adopt_keep_prob(KeepProb(self._keep_prob, keep_prob))
 
@@ -208,11 +184,8 @@ class DropBlock2d(nn.Module):
     def adopt_keep_prob(self, shared: KeepProb) -> None:
         """Read and set keep_prob through ``shared`` from now on, as every module holding it does.
 
-        Args:
-            shared (KeepProb): the value to share, on this module's keep_prob device and dtype.
-
         Raises:
-            ValueError: for a ``shared`` tensor on another device or dtype.
+            ValueError: for a ``shared`` tensor on another device or dtype than this module's.
         """
         mine, theirs = self._buffers["_keep_prob"], shared.tensor
         if (mine.device, mine.dtype) != (theirs.device, theirs.dtype):
@@ -231,12 +204,10 @@ class DropBlock2d(nn.Module):
     @property
     def keep_prob(self) -> float:
         """Current keep probability (float)."""
-        cell = self._keep_prob_cell
-        if self._buffers["_keep_prob"] is not cell.tensor:  # the buffer was replaced directly
-            buffer = self._buffers["_keep_prob"]
-            cell = KeepProb(buffer, float(buffer))
-            self._adopt_keep_prob(cell)
-        return cell.value
+        buffer = self._buffers["_keep_prob"]
+        if buffer is not self._keep_prob_cell.tensor:  # the buffer was replaced directly
+            self._adopt_keep_prob(KeepProb(buffer, float(buffer)))
+        return self._keep_prob_cell.value
 
     @keep_prob.setter
     def keep_prob(self, value) -> None:
@@ -262,15 +233,13 @@ class DropBlock2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return x
-        # Compiled graphs and CUDA graph captures read the buffer as data (a replay follows the
-        # schedule's fill); eager code uses the Python value.
+        # Compiled graphs and CUDA graph captures read the buffer as data; eager code its value.
         on_device = torch.compiler.is_compiling() or capturing(x)
         keep_prob = self._keep_prob if on_device else self.keep_prob
         return drop_block_2d(
             x,
             keep_prob,
             self.block_size,
-            training=True,
             share_channels=self.share_channels,
             gamma=self.gamma,
             normalize=self.normalize,
