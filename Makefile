@@ -9,13 +9,13 @@ export OMP_NUM_THREADS ?= 2
 venv:
 	@bash tools/bootstrap_venv.sh
 
-# Test processes (pytest-xdist); each runs one thread, and tests sharing a training run go to one
-# worker (tests/conftest.py).
+# Test processes (pytest-xdist); each runs one thread and takes whole files, so that a file's shared
+# training runs are built once (tests/conftest.py orders the files).
 TEST_WORKERS ?= 2
 
 # Every test, the slow ones (trainings, subprocesses, see pytest.ini) included.
 test: venv
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup tests
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 # The unit tests only: everything not marked slow.
 test-fast: venv

@@ -4,6 +4,7 @@ clean-up, and training runs of tools/train_net.py recorded step by step.
 Plain helpers (the tool runner, the COCO writer, seeded generators) are in helpers.py.
 """
 
+import collections
 import hashlib
 import json
 import os
@@ -346,27 +347,16 @@ def interrupted_run(tmp_path_factory):
     return out
 
 
-# Fixtures that train or run a tool once for all the tests that use them, and their group: under
-# pytest-xdist (``make test``) a group's tests run on one worker, so each fixture is built once.
-SHARED_RUN_GROUPS = {
-    "uninterrupted_run": "scheduled_runs",
-    "interrupted_run": "scheduled_runs",
-    "demo": "demo",
-    "estimator": "gpu_estimate",
-    "budget_rows": "gpu_estimate",
-    "two_worker_study": "tune_studies",
-    "own_data_study": "tune_own_data",
-}
-
-
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
-    """Group the tests of a shared run for xdist, and put the slow tests first.
+    """Run the files with the most slow tests first, each file's tests together.
 
-    Workers take tests in collection order: the long ones first leave the short ones to even out
-    the end, instead of one worker finishing a long file alone.
+    ``make test`` sends whole files to its pytest-xdist workers (``--dist loadfile``: a file's
+    module-scoped training runs are built once), in this order: the long files first leave the
+    short ones to even out the end, instead of one worker finishing a long file alone.
     """
-    for item in items:
-        groups = sorted({SHARED_RUN_GROUPS[f] for f in item.fixturenames if f in SHARED_RUN_GROUPS})
-        if groups:
-            item.add_marker(pytest.mark.xdist_group("+".join(groups)))
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    slow = collections.Counter(item.path for item in items if item.get_closest_marker("slow"))
+    first = {}
+    for index, item in enumerate(items):
+        first.setdefault(item.path, index)
+    items.sort(key=lambda item: (-slow[item.path], first[item.path]))

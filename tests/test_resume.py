@@ -1,12 +1,15 @@
-"""Resume: a run killed after a checkpoint and resumed with --resume continues the schedules.
+"""Resume and determinism, on two runs of the tiny DropBlock config (the fixtures of conftest.py).
 
-At every later iteration the resumed run applies the keep_prob and uses the
-learning rate of an uninterrupted run. Both runs go through tools/train_net.py (the fixtures of
-conftest.py); the interrupted one is SIGKILLed before step 6, two steps after its checkpoint of
-step 3 was written, so the resumed run must redo steps 4 and 5 from that checkpoint.
+Both runs go through tools/train_net.py with the config's SEED 42 (Detectron2's default_setup
+seeds torch, NumPy and Python with SEED + rank; the training sampler's shuffle seed derives from
+it); the interrupted one is SIGKILLed before step 6, two steps after its checkpoint of step 3 was
+written. Their first six steps must draw the same DropBlock masks and give the same losses; resumed
+with --resume, the interrupted run must redo steps 4 and 5 from that checkpoint and at every later
+iteration apply the keep_prob and use the learning rate of the uninterrupted run.
 """
 
 import json
+import math
 import os
 import shutil
 
@@ -76,3 +79,24 @@ def test_resumed_run_follows_the_uninterrupted_keep_prob_and_lr(
         os.path.join(resumed_run, "model_final.pth"), map_location="cpu", weights_only=False
     )
     assert final["iteration"] == MAX_ITER - 1
+
+
+def test_same_seed_gives_identical_masks_and_losses(uninterrupted_run, interrupted_run):
+    first, _ = read_recording(uninterrupted_run)
+    second, _ = read_recording(interrupted_run)
+    compared = range(SCHEDULED_RUN_KILLED_AT)
+    assert all(it in first and it in second for it in compared)
+    for it in compared:
+        # The recorder's replayed masks explain the real outputs' zeros, so the hashes are the
+        # masks the model applied.
+        assert first[it]["replay_ok"] and second[it]["replay_ok"], f"iteration {it}"
+        assert second[it]["keep_probs"] == first[it]["keep_probs"], f"iteration {it}"
+        assert second[it]["masks"] == first[it]["masks"], f"iteration {it}"
+        assert second[it]["dropped"] == first[it]["dropped"], f"iteration {it}"
+        # Bitwise equality: same data, same masks, same single-threaded (OMP_NUM_THREADS=1)
+        # kernels in the same order.
+        assert second[it]["loss"] == first[it]["loss"], f"iteration {it}"
+        assert math.isfinite(first[it]["loss"])
+    # Not vacuous: DropBlock dropped units at every step after the first (keep_prob starts at 1).
+    assert first[0]["dropped"] == 0
+    assert all(first[it]["dropped"] > 0 for it in compared if it > 0)
