@@ -15,8 +15,10 @@ Usage:
 
 import argparse
 import importlib.util
+import os
 import platform
 import statistics
+import sys
 import time
 import warnings
 from datetime import date
@@ -31,9 +33,20 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def _load_operator(path):
-    """An operator module from a file (an older ``drop_block.py``), for side-by-side runs."""
-    spec = importlib.util.spec_from_file_location("dropblock_before", path)
+    """An older operator, for side-by-side runs: a ``drop_block.py`` or a ``layers`` package folder.
+
+    A folder is imported as a package of its own (its relative imports stay inside it), e.g. one
+    written by ``git archive REV dropblock_det/layers | tar -x -C /tmp/before``.
+    """
+    if os.path.isdir(path):
+        init = os.path.join(path, "__init__.py")
+        spec = importlib.util.spec_from_file_location(
+            "dropblock_before", init, submodule_search_locations=[path]
+        )
+    else:
+        spec = importlib.util.spec_from_file_location("dropblock_before", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # the package's submodules import it by name
     spec.loader.exec_module(module)
     return module
 
@@ -44,7 +57,7 @@ def build_implementations(keep_prob, block_size, device=None, before=None):
     Args:
         device (torch.device or None): where the benchmark runs (default CPU); every backend of
             ours that serves it gets its own rows, besides "auto" (the unlabelled rows).
-        before (str or None): path of an older single-file operator to time side by side.
+        before (str or None): an older operator (file or package folder) to time side by side.
 
     Returns:
         tuple(dict, list[str]): the implementations, and notes on skipped peers.
@@ -231,8 +244,8 @@ def main(argv=None):
     parser.add_argument(
         "--before",
         default=None,
-        help="an older single-file drop_block.py to time side by side (rows 'before ...'), e.g. "
-        "from `git show <commit>:dropblock_det/layers/drop_block.py`",
+        help="an older operator to time side by side (rows 'before ...'): a drop_block.py, or a "
+        "layers package folder from `git archive <commit> dropblock_det/layers | tar -x -C DIR`",
     )
     parser.add_argument(
         "--only",
