@@ -105,6 +105,10 @@ def build_implementations(keep_prob, block_size, device=None, before=None):
             lambda x: old.drop_block_2d(x, keep_prob, block_size, share_channels=True),
             "shared",
         )
+        impls["before per-channel [dense]"] = (
+            lambda x: old.drop_block_2d(x, keep_prob, block_size, backend="dense"),
+            "per-channel",
+        )
     try:
         from torchvision.ops import drop_block2d
 
