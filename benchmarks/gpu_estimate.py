@@ -84,9 +84,14 @@ FREE_OPS = frozenset(
 )
 
 
+def floor_bytes_per_element(dtype: str) -> int:
+    """The floor's bytes per element: read x, write y, read dy, write dx."""
+    return 4 * ELEMENT_SIZE[dtype]
+
+
 def floor_seconds_per_element(dtype: str) -> float:
-    """The floor's time per element: read x, write y, read dy, write dx."""
-    return 4 * ELEMENT_SIZE[dtype] / BANDWIDTH
+    """The floor's time per element, at the card's bandwidth."""
+    return floor_bytes_per_element(dtype) / BANDWIDTH
 
 
 def instruction_budget(dtype: str) -> float:
@@ -413,7 +418,7 @@ def dense_count(shape, dtype, mask, device="meta"):
         "ops": counter.ops,
         "launches": len(counter.ops),
         "bytes_per_element": per_element,
-        "bytes_x_floor": per_element / (4 * ELEMENT_SIZE[dtype]),
+        "bytes_x_floor": per_element / floor_bytes_per_element(dtype),
     }
 
 
@@ -893,7 +898,7 @@ def estimate(case, compiler):
         "bytes_per_element": bytes_per_element,
         "kernel_bytes_per_element": bytes_by_kernel,
         "torch_bytes_per_element": case["torch_bytes"] / elements,
-        "bytes_x_floor": bytes_per_element / (4 * ELEMENT_SIZE[dtype]),
+        "bytes_x_floor": bytes_per_element / floor_bytes_per_element(dtype),
         "time_x_floor": seconds / floor,
         "loops": loops,
         "reduced_shape": case["reduced_shape"],
