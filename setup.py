@@ -24,6 +24,8 @@ setup(
         "pycocotools",
         "numpy<2",
         "matplotlib",
+        # ImageFont.load_default(size=) for the dataset preview's labels.
+        "pillow>=10.1",
         "scikit-learn",
     ],
     extras_require={

@@ -108,17 +108,21 @@ class DatasetChecker:
             )
         # A test set may lack annotations (COCO test-dev): COCOEvaluator then only writes the
         # predictions. Training needs them.
-        for field in ("images", "annotations", "categories"):
-            needed = require_annotations or field != "annotations"
-            if field not in content and needed:
+        # Missing keys first, then types, then empty lists: the message names the worst fault.
+        fields = ("images", "annotations", "categories")
+        required = [f for f in fields if require_annotations or f != "annotations"]
+        for field in required:
+            if field not in content:
                 raise InputError(
                     f"{in_file} lacks the key {field!r} (keys found: {sorted(content)}). "
                     f"{_FIX_STRUCTURE}"
                 )
+        for field in fields:
             if field in content and not isinstance(content[field], list):
                 kind = type(content[field]).__name__
                 raise InputError(f"{inside} {field!r} is a {kind}, not a list. {_FIX_STRUCTURE}")
-            if needed and not content[field]:
+        for field in required:
+            if not content[field]:
                 raise InputError(
                     f"{in_file} has an empty {field!r} list. Check that the file is the complete "
                     "one, or regenerate it."

@@ -12,6 +12,7 @@ them and would be regenerated on their first use, so pass ``--out`` for custom d
 """
 
 import argparse
+import collections
 import json
 import os
 import sys
@@ -51,6 +52,9 @@ def save_preview_grid(dataset_dir, out_path, columns=4, scale=2):
         coco = json.load(f)
     names = {c["id"]: c["name"] for c in coco["categories"]}
     images = coco["images"][:12]
+    boxes = collections.defaultdict(list)
+    for ann in coco["annotations"]:
+        boxes[ann["image_id"]].append(ann)
     columns = max(1, min(columns, len(images)))
     side = max([max(i["width"], i["height"]) for i in images], default=64) * scale
     font = ImageFont.load_default(size=6 * scale)
@@ -60,7 +64,7 @@ def save_preview_grid(dataset_dir, out_path, columns=4, scale=2):
             size = (info["width"] * scale, info["height"] * scale)
             tile = image.convert("RGB").resize(size, Image.NEAREST)
         draw = ImageDraw.Draw(tile)
-        for ann in (a for a in coco["annotations"] if a["image_id"] == info["id"]):
+        for ann in boxes[info["id"]]:
             x, y, w, h = (v * scale for v in ann["bbox"])
             draw.rectangle([x, y, x + w - 1, y + h - 1], outline=(0, 255, 0))
             label = draw.textbbox((x, y), names[ann["category_id"]], font=font, anchor="lb")

@@ -45,17 +45,19 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--max-size", type=int, default=10**6, help="cap for --min-size resizing")
     args = parser.parse_args(argv)
-    if args.image is None:
+    if not args.image:
         register_dropblock_digits()
     path = args.image or DatasetCatalog.get(VAL_DATASET)[0]["file_name"]
     try:
         image = read_image(path, format="RGB")
+        if args.min_size:
+            h, w = ResizeShortestEdge.get_output_shape(
+                *image.shape[:2], args.min_size, args.max_size
+            )
+            image = np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
     except (OSError, ValueError) as e:
         print(f"visualize_dropblock.py: error: cannot read image {path}: {e}", file=sys.stderr)
         return 2
-    if args.min_size:
-        h, w = ResizeShortestEdge.get_output_shape(*image.shape[:2], args.min_size, args.max_size)
-        image = np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
     h, w = image.shape[:2]
     sizes = [
         f"{name} {'x'.join(map(str, feature_map_size(h, w, stride)))}"

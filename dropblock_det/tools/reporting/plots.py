@@ -157,9 +157,10 @@ def plot_losses(runs, out_path):
         fig.savefig(out_path, dpi=_DPI)
         return out_path
     axes = np.atleast_1d(fig.subplots(1, len(present), sharex=True))
+    colors = run_colors(len(runs))
     for ax, (key, title) in zip(axes, present, strict=True):
         upper = 0.0
-        for run, color in zip(runs, run_colors(len(runs)), strict=True):
+        for run, color in zip(runs, colors, strict=True):
             iterations, raw = run.log.series(key)
             if not iterations:
                 continue

@@ -61,9 +61,9 @@ class Run:
     name: str
     config: dict | None
     log: MetricsLog
-    evaluation: Evaluation | None = None
-    has_final_checkpoint: bool = False
+    has_final_checkpoint: bool
     notes: list[str] = field(default_factory=list)
+    evaluation: Evaluation | None = None
 
     def config_value(self, dotted_key, default=None):
         """Look up a key such as ``"SOLVER.MAX_ITER"`` in config.yaml; ``default`` when missing."""
@@ -179,6 +179,7 @@ def read_run(path, name=None, dataset=None):
             f"{', '.join(_RUN_FILES)}, as written by tools/train_net.py)"
         )
     notes = []
+    config = _read_config(path / "config.yaml", notes)
     log = MetricsLog()
     if (path / "metrics.json").is_file():
         log = read_metrics_json(path / "metrics.json")
@@ -192,8 +193,7 @@ def read_run(path, name=None, dataset=None):
                 + (f" and {more} more" if more > 0 else "")
             )
     name = name if name is not None else path.resolve().name
-    run = Run(path, name, _read_config(path / "config.yaml", notes), log, notes=notes)
-    run.has_final_checkpoint = (path / "model_final.pth").is_file()
+    run = Run(path, name, config, log, (path / "model_final.pth").is_file(), notes)
     test_datasets = run.config_value("DATASETS.TEST") or []
     run.evaluation = _read_eval_results(path / EVAL_RESULTS_FILE, dataset, test_datasets, notes)
     if run.evaluation is None:
