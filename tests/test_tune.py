@@ -314,6 +314,19 @@ def test_default_space_is_accepted_by_the_tiny_config_and_written_out_in_configs
     assert space["MODEL.DROPBLOCK.KEEP_PROB"].candidates() == [0.8, 0.95]
 
 
+def test_the_studys_record_of_the_space_is_its_yaml_and_reads_back_as_the_same_space(tmp_path):
+    from dropblock_det.tools.tune.space import load_space, space_to_yaml
+
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump({**SPACE, "MODEL.DROPBLOCK.FPN": {"choices": [[], ["p3"]]}}))
+    params = load_space(str(path))
+    record = space_to_yaml(params)
+    # The form a study stores: a rerun of the same command (any version reading this yaml) joins.
+    assert yaml.safe_load(record) == yaml.safe_load(path.read_text())
+    (tmp_path / "again.yaml").write_text(record)
+    assert load_space(str(tmp_path / "again.yaml")) == params
+
+
 def build_checked(config_file, *opts):
     """A config as a trial builds it (DropBlock on), with the model checks of train_net."""
 

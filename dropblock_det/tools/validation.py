@@ -62,7 +62,9 @@ def check_training_inputs(cfg, *, check_train=True, check_test=True):
                     raise InputError(f"DATASETS.TEST: {error}") from error
     checker, checked = DatasetChecker(require_masks=cfg.MODEL.MASK_ON), set()
     for key, names in datasets_by_key.items():
-        for name in dict.fromkeys(n for n in names if n not in checked):  # in order, once
+        for name in names:
+            if name in checked:  # each dataset once, under the first key that names it
+                continue
             checked.add(name)
             num_categories = checker.check(name, key, require_annotations=key == "DATASETS.TRAIN")
             _check_num_classes(cfg, name, key, num_categories)

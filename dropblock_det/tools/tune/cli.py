@@ -23,7 +23,7 @@ from ..train_net import add_coco_dataset_argument
 from ..trainer import check_inputs
 from .report import format_ap, format_duration, hide_password, log, write_report
 from .runs import BASELINE_OPTS, RunCommand, RunStore
-from .space import check_space, default_space, load_space
+from .space import check_space, default_space, load_space, space_to_yaml
 from .study import Search, SearchFailed, SearchSetup, check_storage_url, open_storage
 
 __all__ = ["main", "parse_args"]
@@ -208,7 +208,7 @@ def _prepare(args):
         config_hash=hashlib.sha1(runs(["OUTPUT_DIR", ""]).dump().encode()).hexdigest()[:16],
         seeds=list(args.seeds),
         heldout_seeds=list(args.heldout_seeds),
-        space=repr(list(params.values())),
+        space=space_to_yaml(params),
         metric="bbox/AP",
         max_iter=int(cfg.SOLVER.MAX_ITER),
     )

@@ -171,7 +171,10 @@ class RunStore:
         self._storage = storage
         # Its trials draw no parameters: the value of each is the run's AP.
         self.study = optuna.create_study(
-            storage=storage, study_name=f"{study_name}.runs", load_if_exists=True
+            storage=storage,
+            study_name=f"{study_name}.runs",
+            direction="maximize",
+            load_if_exists=True,
         )
         self._study_id = storage.get_study_id_from_name(self.study.study_name)
         self._out_dir, self._train_command = out_dir, train_command

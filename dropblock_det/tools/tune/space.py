@@ -276,3 +276,22 @@ def check_space(params, cfg, build, source="the search space", advice="Change it
                 ) from error
         checked[key] = param
     return checked
+
+
+def space_to_yaml(params: dict[str, Param]) -> str:
+    """The space as the yaml :func:`load_space` reads: the study's record of it.
+
+    Stable across versions that read the same yaml (unlike a repr of :class:`Param`), so a rerun
+    of the same command joins the study it made.
+    """
+    data = {}
+    for key, p in params.items():
+        if p.choices is not None:
+            data[key] = {"choices": [list(c) if isinstance(c, tuple) else c for c in p.choices]}
+        else:
+            data[key] = {"low": p.low, "high": p.high}
+            if p.log:
+                data[key]["log"] = True
+            if p.step:
+                data[key]["step"] = p.step
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=None)
