@@ -352,3 +352,12 @@ def test_bad_lazyconfig_setting_exits_with_status_2_and_one_message_before_writi
     assert message in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_missing_or_folder_config_file_is_refused_naming_the_flag(tmp_path):
+    from dropblock_det.tools.errors import InputError
+
+    missing = str(tmp_path / "nope.py")
+    for path, problem in ((missing, "does not exist"), (str(tmp_path), "is a folder, not a file")):
+        with pytest.raises(InputError, match=re.escape(f"--config-file {path!r} {problem}; give")):
+            lazyconfig_train_net.load_config(parse_command_line(["--config-file", path]))

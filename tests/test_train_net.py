@@ -163,7 +163,9 @@ def test_setting_the_model_builders_refuse_exits_with_status_2_before_writing_an
 def test_missing_config_file_exits_with_status_2(tmp_path, capsys):
     missing = str(tmp_path / "nope.yaml")
     assert _load_train_net().cli(["--config-file", missing]) == 2
-    assert "--config-file" in capsys.readouterr().err
+    assert f"--config-file {missing!r} does not exist." in capsys.readouterr().err
+    assert _load_train_net().cli(["--config-file", str(tmp_path)]) == 2
+    assert f"--config-file {str(tmp_path)!r} is a folder, not a file." in capsys.readouterr().err
 
 
 def test_trainer_registers_the_schedule_before_the_lr_scheduler_only_with_dropblock(

@@ -25,6 +25,7 @@ from ..lazyconfig import DROPBLOCK_KEY, lazy_target
 from ..modeling import check_placements
 from . import train_net
 from .config import add_training_config
+from .errors import path_problem
 from .evaluation import build_evaluator
 from .trainer import (
     KeepProbOnConsole,
@@ -53,10 +54,11 @@ _PRINTER_WINDOW = 20
 
 def load_config(args):
     """Load ``--config-file`` and apply the ``key=value`` overrides; InputError without the file."""
-    if not args.config_file or not os.path.isfile(args.config_file):
+    problem = path_problem(args.config_file) if args.config_file else "is required"
+    if problem:
         raise InputError(
-            f"--config-file {args.config_file!r} does not exist or is not a file; give a "
-            "LazyConfig, e.g. --config-file configs/tiny/tiny_retinanet_R18_FPN_dropblock.py."
+            f"--config-file {problem}; give a LazyConfig, e.g. "
+            "--config-file configs/tiny/tiny_retinanet_R18_FPN_dropblock.py."
         )
     return LazyConfig.apply_overrides(LazyConfig.load(args.config_file), args.opts or [])
 

@@ -81,8 +81,9 @@ def build_cfg(args):
     """
     if not args.config_file:
         raise InputError("--config-file is required, e.g. --config-file configs/tiny/<name>.yaml.")
-    if not os.path.isfile(args.config_file):
-        raise InputError(f"--config-file {args.config_file!r} does not exist or is not a file.")
+    problem = path_problem(args.config_file)
+    if problem:
+        raise InputError(f"--config-file {problem}.")
     cfg = get_cfg()
     add_dropblock_config(cfg)
     add_training_config(cfg)
